@@ -1,0 +1,169 @@
+"""Backbones: any torchvision or timm model by name, returning pooled features and their width.
+
+``build_backbone(cfg, in_chans)`` returns ``(module, feature_dim)``: the module maps images
+``[B, C, H, W]`` to pooled features ``[B, feature_dim]`` (the classifier removed). ``load_backbone(spec)``
+rebuilds one from a run folder, a checkpoint folder, a ``backbone.safetensors`` or a model name.
+A ``backbone.safetensors`` is self-describing: its metadata holds the ``BackboneConfig`` and input channels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torchvision
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet50"       # torchvision name, "timm:<name>", or a built-in small net (small_convnet)
+    pretrained: bool = False     # load the library's pretrained weights (needs internet the first time)
+    cifar_stem: bool = False     # 3x3 stride-1 first convolution and no max-pool, for 32 px images
+    in_chans: int | None = None  # None: the data's channels (torchvision ResNets are adapted when not 3)
+    width: int = 32              # small_convnet: channels of the first stage, doubled at each of its 4 stages
+    sync_bn: bool = True         # SyncBatchNorm across GPUs (no effect on one process)
+
+
+class SmallConvNet(nn.Module):
+    """Four conv-BN-ReLU stages (two 3x3 convs each, stride 2 from the second) and global average pooling.
+
+    The CPU quickstart backbone: small enough to train SimCLR on Fashion-MNIST on two cores.
+    """
+
+    def __init__(self, in_chans: int, width: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for stage in range(4):
+            out = width * 2 ** stage
+            for conv in range(2):
+                stride = 2 if (stage > 0 and conv == 0) else 1
+                layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False),
+                           nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
+
+
+def _torchvision_backbone(cfg: BackboneConfig, in_chans: int) -> tuple[nn.Module, int]:
+    weights = "DEFAULT" if cfg.pretrained else None
+    model = torchvision.models.get_model(cfg.name.removeprefix("torchvision:"), weights=weights)
+    if not hasattr(model, "fc"):
+        raise ValueError(f"backbone.name '{cfg.name}': only torchvision ResNet-style models (with .fc) are "
+                         "supported; use timm:<name> for other architectures")
+    feature_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    if cfg.cifar_stem:
+        model.conv1 = nn.Conv2d(in_chans, model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_chans != model.conv1.in_channels:
+        old = model.conv1
+        model.conv1 = nn.Conv2d(in_chans, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    return model, feature_dim
+
+
+def _timm_backbone(cfg: BackboneConfig, in_chans: int) -> tuple[nn.Module, int]:
+    import timm
+
+    name = cfg.name.removeprefix("timm:")
+    model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, in_chans=in_chans)
+    if cfg.cifar_stem:
+        raise ValueError(f"backbone.cifar_stem is only implemented for torchvision ResNets, not '{cfg.name}'")
+    return model, model.num_features
+
+
+def build_backbone(cfg: BackboneConfig, in_chans: int = 3) -> tuple[nn.Module, int]:
+    in_chans = cfg.in_chans or in_chans
+    if cfg.name == "small_convnet":
+        model = SmallConvNet(in_chans, cfg.width)
+        return model, model.num_features
+    if cfg.name.startswith("timm:"):
+        return _timm_backbone(cfg, in_chans)
+    if cfg.name.removeprefix("torchvision:") in torchvision.models.list_models(module=torchvision.models):
+        return _torchvision_backbone(cfg, in_chans)
+    import timm
+
+    if timm.is_model(cfg.name):
+        return _timm_backbone(cfg, in_chans)
+    raise ValueError(f"backbone.name '{cfg.name}' is neither small_convnet, a torchvision classification model "
+                     "nor a timm model")
+
+
+BACKBONE_FILE = "backbone.safetensors"
+_METADATA_KEY = "backbone_config"
+
+
+def save_backbone(backbone: nn.Module, cfg: BackboneConfig, in_chans: int, path: str | Path) -> None:
+    """Weights as safetensors, with the ``BackboneConfig`` (and input channels) as JSON metadata."""
+    config = {f.name: getattr(cfg, f.name) for f in fields(cfg)} | {"in_chans": in_chans}
+    state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    tmp = Path(f"{path}.tmp")
+    save_file(state, str(tmp), metadata={_METADATA_KEY: json.dumps(config)})
+    tmp.replace(path)
+
+
+def _resolve_file(spec: Path) -> Path:
+    if spec.is_file():
+        return spec
+    candidates = [spec / BACKBONE_FILE]
+    checkpoints = spec / "checkpoints"
+    if checkpoints.is_dir():
+        steps = sorted(p for p in checkpoints.iterdir() if p.name.startswith("step_") and (p / BACKBONE_FILE).exists())
+        candidates += [steps[-1] / BACKBONE_FILE] if steps else []
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no {BACKBONE_FILE} in '{spec}' (expected a run folder, a checkpoint folder or the file)")
+
+
+def read_backbone_config(spec: str | Path) -> tuple[BackboneConfig, int, Path]:
+    """The ``BackboneConfig``, input channels and file of a saved backbone (run folder, checkpoint or file)."""
+    file = _resolve_file(Path(spec))
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"'{file}' is not a readable safetensors file: {error}") from None
+    if _METADATA_KEY not in metadata:
+        raise ValueError(f"'{file}' has no '{_METADATA_KEY}' metadata: not a backbone saved by ssl-repro")
+    config = json.loads(metadata[_METADATA_KEY])
+    in_chans = config.pop("in_chans")
+    known = {f.name for f in fields(BackboneConfig)}
+    cfg = BackboneConfig(**{k: v for k, v in config.items() if k in known})
+    cfg.pretrained = False
+    return cfg, in_chans, file
+
+
+def is_model_name(spec: str | Path) -> bool:
+    """True when ``spec`` names a model rather than a path on disk."""
+    text = str(spec)
+    return not Path(text).exists() and not text.endswith(".safetensors") and "/" not in text
+
+
+def load_backbone(spec: str | Path, pretrained: bool = True) -> tuple[nn.Module, int]:
+    """A backbone from a run folder, a checkpoint folder, a ``.safetensors`` file or a model name.
+
+    Returns ``(backbone, feature_dim)``. A model name (``resnet50``, ``timm:vit_small_patch16_224``) gives
+    the library's pretrained weights when ``pretrained`` is true. The input channels of a saved backbone
+    are in ``read_backbone_config``.
+    """
+    if is_model_name(spec):
+        return build_backbone(BackboneConfig(name=str(spec), pretrained=pretrained), 3)
+    if not Path(spec).exists():
+        raise FileNotFoundError(f"checkpoint not found: {spec}")
+    cfg, in_chans, file = read_backbone_config(spec)
+    backbone, dim = build_backbone(cfg, in_chans)
+    state = load_file(str(file))
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"'{file}' does not fit backbone '{cfg.name}': {len(missing)} missing keys "
+                         f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    return backbone, dim

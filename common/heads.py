@@ -1,0 +1,49 @@
+"""Projection and prediction heads: MLPs of Linear-Norm-ReLU blocks and a final Linear."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class WSLinear(nn.Linear):
+    """Linear layer with weight standardisation (Qiao et al., 2019): each output row has zero mean, unit std."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        mean = weight.mean(dim=1, keepdim=True)
+        std = weight.std(dim=1, keepdim=True) + 1e-5
+        return F.linear(x, (weight - mean) / std, self.bias)
+
+
+def _norm(kind: str, dim: int) -> nn.Module:
+    if kind == "bn":
+        return nn.BatchNorm1d(dim)
+    if kind == "ln":
+        return nn.LayerNorm(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"head norm must be bn, ln or none, not '{kind}'")
+
+
+def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, norm: str = "bn", last_norm: bool = False,
+        weight_standardization: bool = False, last_bias: bool = True) -> nn.Sequential:
+    """``in_dim -> [Linear, norm, ReLU] x len(hidden_dims) -> Linear -> out_dim`` (+ optional final norm).
+
+    SimCLR's projector: ``mlp(2048, [2048], 128)``; BYOL's: ``mlp(2048, [4096], 256)``; SimCLR v2 and the
+    StochCon recipe use ``last_norm=True`` (a BatchNorm without affine on the output). Hidden layers drop
+    their bias when followed by a normalisation, which would cancel it.
+    """
+    linear = WSLinear if weight_standardization else nn.Linear
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for hidden in hidden_dims:
+        layers += [linear(dim, hidden, bias=norm == "none"), _norm(norm, hidden), nn.ReLU(inplace=True)]
+        dim = hidden
+    layers.append(linear(dim, out_dim, bias=last_bias and not last_norm))
+    if last_norm:
+        layers.append(nn.BatchNorm1d(out_dim, affine=False) if norm == "bn" else _norm(norm, out_dim))
+    return nn.Sequential(*layers)

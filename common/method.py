@@ -1,0 +1,32 @@
+"""The interface between a self-supervised (or supervised) method and the training loop.
+
+The loop knows nothing about any method: it hands the augmented views and the labels to
+``forward``, steps the optimiser on ``loss``, logs every other scalar of the returned dict, feeds
+``features`` to the online linear probe, and calls the two hooks around each optimiser step.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import nn
+
+
+class Method(nn.Module, abc.ABC):
+    """Base class: a backbone plus whatever heads and losses the method needs."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+
+    @abc.abstractmethod
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return ``{"loss": scalar, "features": detached backbone features of views[0], **metrics}``."""
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        """Before the forward pass of optimiser step ``step``: set the method's own schedules."""
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """After the optimiser step: e.g. the EMA update of a target network."""

@@ -1,0 +1,144 @@
+"""Optimisers: LARS as in SimCLR's reference implementation, parameter groups and a factory.
+
+Every parameter group carries ``base_lr``: the trainer sets ``lr`` of each group from its own
+``base_lr`` and the schedule at every step, so groups with different learning rates (the online
+probe, a classifier vs an encoder) share one schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"                 # sgd | lars | adam | adamw
+    lr: float = 0.3                    # base learning rate, before scaling with the batch size
+    lr_scaling: str = "linear"         # linear: lr * batch/256 | linear_views: also * augment.num_views (MSBReg) | sqrt | none
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    nesterov: bool = False
+    eta: float = 1e-3                  # LARS trust coefficient
+    exclude_bias_and_norm: bool = True  # no weight decay and no LARS adaptation for parameters with ndim <= 1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 10.0
+    final_lr: float = 0.0              # learning rate at the end of the cosine, as a fraction of the peak
+    schedule: str = "warmup_cosine"    # warmup_cosine | step | constant
+    milestones: list[float] = field(default_factory=lambda: [0.8])  # step schedule: fractions of training
+    gamma: float = 0.1
+    foreach: bool = True               # multi-tensor (foreach) update where the optimiser has one
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al., 2017) as in SimCLR's TensorFlow code.
+
+    For a parameter w with gradient g, in groups with ``lars_exclude=False``:
+        g <- g + wd * w
+        trust = eta * ||w|| / ||g||   (1 when either norm is 0)
+        v <- m * v + lr * trust * g
+        w <- w - v
+    In groups with ``lars_exclude=True`` (biases and normalisation weights) neither weight decay nor
+    the trust ratio is applied: v <- m * v + lr * g.
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 1e-3, nesterov: bool = False):
+        if lr < 0 or momentum < 0 or weight_decay < 0 or eta < 0:
+            raise ValueError(f"LARS needs non-negative lr, momentum, weight_decay and eta; got {lr}, {momentum}, "
+                             f"{weight_decay}, {eta}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, nesterov=nesterov,
+                        lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if not group["lars_exclude"]:
+                if group["weight_decay"] != 0:
+                    grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                param_norms = torch._foreach_norm(params)
+                grad_norms = torch._foreach_norm(grads)
+                trusts = [
+                    torch.where((pn > 0) & (gn > 0), group["eta"] * pn / gn, torch.ones_like(pn))
+                    for pn, gn in zip(param_norms, grad_norms)
+                ]
+                grads = torch._foreach_mul(grads, trusts)
+            buffers = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffers.append(state["momentum_buffer"])
+            # v <- m * v + lr * g
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, grads, alpha=group["lr"])
+            if group["nesterov"]:
+                update = torch._foreach_add(torch._foreach_mul(buffers, group["momentum"]), grads, alpha=group["lr"])
+                torch._foreach_sub_(params, update)
+            else:
+                torch._foreach_sub_(params, buffers)
+        return loss
+
+
+def is_excluded(name: str, parameter: torch.Tensor) -> bool:
+    """Biases and normalisation weights: every parameter with at most one dimension."""
+    return parameter.ndim <= 1
+
+
+def param_groups(model: nn.Module, base_lr: float, weight_decay: float, exclude_bias_and_norm: bool = True,
+                 ) -> list[dict]:
+    """Two groups: regular weights, and biases/norm parameters without weight decay or LARS adaptation."""
+    regular, excluded = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (excluded if exclude_bias_and_norm and is_excluded(name, parameter) else regular).append(parameter)
+    groups = [dict(params=regular, weight_decay=weight_decay, lars_exclude=False, base_lr=base_lr)]
+    if excluded:
+        groups.append(dict(params=excluded, weight_decay=0.0, lars_exclude=True, base_lr=base_lr))
+    return groups
+
+
+def scaled_lr(cfg: OptimConfig, batch_size: int, num_views: int = 2) -> float:
+    """The peak learning rate from the base one (Goyal et al.'s linear scaling rule and its variants)."""
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * batch_size / 256
+    if cfg.lr_scaling == "linear_views":
+        return cfg.lr * batch_size / 256 * num_views
+    if cfg.lr_scaling == "sqrt":
+        return cfg.lr * (batch_size ** 0.5)
+    if cfg.lr_scaling == "none":
+        return cfg.lr
+    raise ValueError(f"optim.lr_scaling must be linear, linear_views, sqrt or none, not '{cfg.lr_scaling}'")
+
+
+def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """The optimiser named by ``cfg.name`` over ``groups`` (each with its ``base_lr``)."""
+    lr = groups[0]["base_lr"]
+    if cfg.name == "lars":
+        return LARS(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, eta=cfg.eta,
+                    nesterov=cfg.nesterov)
+    for group in groups:  # the other optimisers do not know the LARS flag
+        group.pop("lars_exclude", None)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov, foreach=cfg.foreach)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                foreach=cfg.foreach)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                 foreach=cfg.foreach)
+    raise ValueError(f"optim.name must be one of sgd, lars, adam, adamw, not '{cfg.name}'")
