@@ -1,0 +1,97 @@
+"""Pathwise-differentiable latent variables of StochCon (Section 3, Appendix A.1).
+
+Two distributions sit between the bottleneck projection phi' = pi(h') and the upsampler rho:
+
+- Gumbel-Bernoulli (binary concrete, Jang et al. 2017; Maddison et al. 2017): relaxed variates in (0, 1),
+  optionally forwarded as exact 0/1 values with the straight-through gradient of Appendix A.1.
+- Isotropic Gaussian (Kingma & Welling 2014): z' = mu + sigma * eps with a diagonal scale; StochCon takes the
+  mean from the stochastic view and the scale from the opposing view (Section 4.2).
+
+In eval mode both modules are deterministic: the Gaussian returns its mean (Appendix A.3) and the
+Gumbel-Bernoulli the noise-free limit of its sampler (see `GumbelBernoulli.forward`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def logistic_noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Logistic(0, 1) noise log u - log(1 - u), u ~ U(0, 1), with u kept away from 0 and 1 so it stays finite."""
+    tiny = torch.finfo(like.dtype).tiny
+    u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    u = u.clamp(min=tiny, max=1.0 - torch.finfo(like.dtype).eps)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def straight_through_hard(relaxed: Tensor) -> Tensor:
+    """Appendix A.1: forward 1[relaxed >= 0.5] (exact 0/1), backward the gradient of `relaxed`.
+
+    hard = step(relaxed); returns (hard - relaxed).detach() + relaxed, so d(out)/d(relaxed) = 1.
+    """
+    hard = (relaxed >= 0.5).to(relaxed.dtype)
+    return (hard - relaxed).detach() + relaxed
+
+
+def sample_gumbel_bernoulli(
+    logits: Tensor, temperature: float, hard: bool = False, generator: torch.Generator | None = None
+) -> Tensor:
+    """Binary-concrete sample: z = sigmoid((logits + log u - log(1 - u)) / temperature), u ~ U(0, 1).
+
+    With `hard=True` the forward value is 1[z >= 0.5], which is exactly Bernoulli(sigmoid(logits)) because
+    z >= 0.5  <=>  logits + Logistic noise >= 0, at any temperature; the gradient is that of the relaxed z
+    (straight-through, Appendix A.1).
+    """
+    if temperature <= 0:
+        raise ValueError(f"Gumbel-Bernoulli temperature must be > 0, got {temperature}")
+    relaxed = torch.sigmoid((logits + logistic_noise(logits.shape, logits, generator)) / temperature)
+    return straight_through_hard(relaxed) if hard else relaxed
+
+
+class GumbelBernoulli(nn.Module):
+    """Gumbel-Bernoulli latent over logits phi'.
+
+    `temperature` is set by the method each step (cosine 1.0 -> 0.1 in pre-training, fixed 0.1 in
+    fine-tuning). Training mode samples; eval mode returns the noise-free limit of the same map, so
+    evaluation is deterministic: 1[logits >= 0] for hard variates, sigmoid(logits / temperature) for soft ones.
+    """
+
+    def __init__(self, hard: bool, temperature: float = 1.0) -> None:
+        super().__init__()
+        self.hard = hard
+        self.temperature = temperature
+
+    def forward(self, logits: Tensor) -> Tensor:
+        if self.training:
+            return sample_gumbel_bernoulli(logits, self.temperature, self.hard)
+        if self.hard:
+            return (logits >= 0).to(logits.dtype)
+        return torch.sigmoid(logits / self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"hard={self.hard}, temperature={self.temperature}"
+
+
+class IsotropicGaussian(nn.Module):
+    """Diagonal Gaussian latent z' ~ N(mu, diag(sigma^2)) with mu = phi and sigma = softplus(W phi_var + b).
+
+    `phi_var` is the projection of the view that sets the scale: the opposing view in StochCon (Section 4.2),
+    or the same view for the own-variance ablation, whose scale the paper reports collapsing to 0.
+    Sampling is reparameterised (z = mu + sigma * eps), so gradients reach both mu and sigma.
+    """
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.scale = nn.Linear(latent_dim, latent_dim)
+
+    def std(self, phi_var: Tensor) -> Tensor:
+        return F.softplus(self.scale(phi_var))
+
+    def forward(self, phi: Tensor, phi_var: Tensor | None = None) -> Tensor:
+        if not self.training:
+            return phi
+        if phi_var is None:
+            raise ValueError("IsotropicGaussian needs phi_var (the projection that sets the scale) in training")
+        return phi + self.std(phi_var) * torch.randn_like(phi)
