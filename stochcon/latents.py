@@ -93,5 +93,7 @@ class IsotropicGaussian(nn.Module):
         if not self.training:
             return phi
         if phi_var is None:
-            raise ValueError("IsotropicGaussian needs phi_var (the projection that sets the scale) in training")
+            raise ValueError(
+                "IsotropicGaussian needs phi_var (the projection that sets the scale) in training"
+            )
         return phi + self.std(phi_var) * torch.randn_like(phi)

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -45,7 +46,7 @@ def test_relaxed_samples_sharpen_as_temperature_drops():
         gen = torch.Generator().manual_seed(2)  # the same noise at every temperature
         samples = sample_gumbel_bernoulli(logits, temperature, hard=False, generator=gen)
         distance_from_half.append((samples - 0.5).abs())
-    for warmer, colder in zip(distance_from_half, distance_from_half[1:]):
+    for warmer, colder in itertools.pairwise(distance_from_half):
         assert (colder >= warmer).all()
         assert colder.mean() > warmer.mean()
     # At temperature 0.1 the samples are almost binary: the mean distance to {0, 1} is small.
