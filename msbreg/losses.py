@@ -93,3 +93,28 @@ def brownian_loss(z: Tensor, generator: torch.Generator | None = None) -> Tensor
     xi = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
     xi = F.normalize(xi, dim=-1).to(device=z.device, dtype=z.dtype)
     return (F.normalize(z, dim=-1) * xi).sum(dim=-1).mean()
+
+
+def alignment_loss(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
+    """Alignment of positive pairs (Wang & Isola 2020, eq. 4): L_align = mean_i ||u_i - v_i||_2^alpha.
+
+    ``x``, ``y`` [N, D]: embeddings of two views of the same images, L2-normalised here (u, v). Supplementary
+    Table 3 reports it with alpha = 2, the mean squared distance between positive pairs.
+    """
+    if x.shape != y.shape or x.dim() != 2:
+        raise ValueError(f"alignment_loss expects x and y of the same shape [N, D], got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
+    return (F.normalize(x, dim=-1) - F.normalize(y, dim=-1)).norm(dim=-1).pow(alpha).mean()
+
+
+def uniformity_loss(x: Tensor, t: float = 2.0) -> Tensor:
+    """Uniformity (Wang & Isola 2020, eq. 5): L_uniform = log mean_{i<j} exp(-t ||u_i - u_j||_2^2).
+
+    ``x`` [N, D], L2-normalised here (u): the log of the average pairwise Gaussian potential. Used as an
+    evaluation figure (supplementary Table 3) and as the extra loss of the "BYOL + L_uniform" baseline.
+    """
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"uniformity_loss expects a batch [N, D] with N >= 2, got {tuple(x.shape)}")
+    squared_distances = torch.pdist(F.normalize(x.float(), dim=-1)).pow(2)
+    # logsumexp - log(count) is the log of the mean without underflow for well-spread batches.
+    return torch.logsumexp(-t * squared_distances, dim=0) - torch.log(torch.tensor(float(squared_distances.numel())))

@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msbreg.losses import brownian_loss, byol_loss, multiview_centroid_loss, singular_value_loss
+from msbreg.losses import (
+    alignment_loss,
+    brownian_loss,
+    byol_loss,
+    multiview_centroid_loss,
+    singular_value_loss,
+    uniformity_loss,
+)
 
 
 def test_byol_loss_hand_checked():
@@ -140,3 +147,21 @@ def test_brownian_expected_gradient_is_zero():
     mean_norm = grads.mean(0).norm()
     # The Monte Carlo mean shrinks like 1/sqrt(draws): here to about 1.6 % of a single draw's norm.
     assert mean_norm < 4 * single / math.sqrt(draws)
+
+
+def test_alignment_and_uniformity_hand_checked():
+    x = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    y = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # Normalised pairs: orthogonal (squared distance 2) and identical (0).
+    assert alignment_loss(x, y).item() == pytest.approx(1.0, abs=1e-6)
+    antipodal = torch.tensor([[1.0, 0.0], [-5.0, 0.0]])
+    assert uniformity_loss(antipodal).item() == pytest.approx(-8.0, abs=1e-5)  # log exp(-2 * 4)
+
+
+def test_uniformity_matches_pairwise_formula():
+    torch.manual_seed(8)
+    x = torch.randn(7, 3)
+    u = F.normalize(x, dim=-1)
+    potentials = [math.exp(-2 * (u[i] - u[j]).pow(2).sum().item()) for i in range(7) for j in range(i + 1, 7)]
+    expected = math.log(sum(potentials) / len(potentials))
+    assert uniformity_loss(x).item() == pytest.approx(expected, abs=1e-5)

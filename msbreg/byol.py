@@ -1,0 +1,84 @@
+"""BYOL (Grill et al. 2020): online encoder + projector + predictor regressing an EMA target's projections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.heads import mlp
+from common.method import Method
+from common.schedules import ema_momentum
+from msbreg.ema import ema_update, frozen_copy
+from msbreg.losses import byol_loss
+
+
+@dataclass
+class BYOLConfig:
+    # Heads: 2-layer MLPs with ReLU (supplement 1.2). ResNet-18: 512 hidden / 128 out; ResNet-50: 4096 / 256.
+    proj_hidden_dim: int = 512
+    proj_output_dim: int = 128
+    pred_hidden_dim: int = 512
+    head_norm: str = "bn"                  # bn | ln | none: normalisation in the heads (supplementary Table 4)
+    weight_standardization: bool = False   # weight-standardised linear layers in the heads (supplement 1.2)
+    base_momentum: float = 0.99            # target EMA momentum, cosine from this to 1 per step (0.996 on ImageNet)
+
+
+class BYOL(Method):
+    """Online network (backbone, projector, predictor) and a target network (backbone, projector) moved by EMA.
+
+    Loss: the symmetrised ``byol_loss``, the mean of both directions. Logged metrics: ``proj_std``, the
+    collapse monitor (mean per-dimension std of the L2-normalised online projections; about 1/sqrt(d) for
+    embeddings spread over the sphere, 0 when collapsed), and the current ``ema_momentum``.
+    """
+
+    def __init__(self, cfg: BYOLConfig, backbone: nn.Module, feature_dim: int):
+        super().__init__(backbone, feature_dim)
+        self.cfg = cfg
+        head = {"norm": cfg.head_norm, "weight_standardization": cfg.weight_standardization}
+        self.projector = mlp(feature_dim, [cfg.proj_hidden_dim], cfg.proj_output_dim, **head)
+        self.predictor = mlp(cfg.proj_output_dim, [cfg.pred_hidden_dim], cfg.proj_output_dim, **head)
+        self.target_backbone = frozen_copy(backbone)
+        self.target_projector = frozen_copy(self.projector)
+        self.momentum = cfg.base_momentum
+
+    def embed(self, views: list[Tensor]) -> dict[str, Tensor]:
+        """Every view through both networks, one view per forward pass (batch-norm statistics per view).
+
+        Returns ``predictions``, ``projections`` (online) and ``targets`` as [K, N, D] tensors, and the detached
+        backbone ``features`` of views[0].
+        """
+        features, projections, predictions, targets = [], [], [], []
+        for view in views:
+            feature = self.backbone(view)
+            projection = self.projector(feature)
+            features.append(feature)
+            projections.append(projection)
+            predictions.append(self.predictor(projection))
+            with torch.no_grad():
+                targets.append(self.target_projector(self.target_backbone(view)))
+        return {"predictions": torch.stack(predictions), "projections": torch.stack(projections),
+                    "targets": torch.stack(targets), "features": features[0].detach()}
+
+    def collapse_monitor(self, projections: Tensor) -> Tensor:
+        """Mean over dimensions of the batch std of the L2-normalised online projections [K, N, D]."""
+        normalised = F.normalize(projections.detach().flatten(0, 1).float(), dim=-1)
+        return normalised.std(dim=0).mean()
+
+    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+        if len(views) != 2:
+            raise ValueError(f"BYOL takes exactly 2 views, got {len(views)}: set augment.num_views=2")
+        out = self.embed(views)
+        p, z = out["predictions"], out["targets"]
+        loss = 0.5 * (byol_loss(p[0], z[1]) + byol_loss(p[1], z[0]))
+        return {"loss": loss, "features": out["features"], "proj_std": self.collapse_monitor(out["projections"]),
+                    "ema_momentum": torch.tensor(self.momentum)}
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        self.momentum = ema_momentum(step, total_steps, self.cfg.base_momentum)
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        ema_update(self.target_backbone, self.backbone, self.momentum)
+        ema_update(self.target_projector, self.projector, self.momentum)
