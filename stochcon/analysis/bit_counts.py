@@ -1,0 +1,84 @@
+"""Countable metrics of the binary code (Section 4.3, Figure 4): active bits over a dataset.
+
+For a code b in {0, 1}^D per example, the active-bit count is sum_d b_d; Figure 4 plots its mean over
+the training and test sets as training progresses (about D/2 at the start, falling during training; a
+capacity-restricted 512-unit model keeps using half of its units).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class BitStats:
+    latent_dim: int
+    mean_active: float  # mean over examples of the number of ones
+    std_active: float
+    active_fraction: float  # mean_active / latent_dim
+    dead_units: int  # units that are 0 on every example
+    constant_on_units: int  # units that are 1 on every example
+
+
+def bit_stats(bits: np.ndarray) -> BitStats:
+    bits = np.asarray(bits)
+    if bits.ndim != 2:
+        raise ValueError(f"bit_stats: bits must be [N, D], got shape {bits.shape}")
+    if not np.isin(bits, (0, 1)).all():
+        raise ValueError("bit_stats: the code must hold exactly 0 and 1 (hard Bernoulli variates)")
+    counts = bits.sum(1).astype(np.float64)
+    per_unit = bits.mean(0)
+    dim = bits.shape[1]
+    return BitStats(
+        dim,
+        float(counts.mean()),
+        float(counts.std()),
+        float(counts.mean() / dim),
+        int((per_unit == 0).sum()),
+        int((per_unit == 1).sum()),
+    )
+
+
+@dataclass
+class BitCountCurve:
+    """Bit statistics of one run at successive points of training (one entry per saved checkpoint)."""
+
+    epochs: list[float] = field(default_factory=list)
+    train: list[BitStats] = field(default_factory=list)
+    test: list[BitStats] = field(default_factory=list)
+
+
+def write_bit_count_report(curves: dict[str, BitCountCurve], out_dir: str | Path) -> Path:
+    """`bit_counts.json` and `bit_counts.png`: mean active bits vs epoch on train (left) and test (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bit_counts.json").write_text(json.dumps({k: asdict(v) for k, v in curves.items()}, indent=2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, split in zip(axes, ("train", "test")):
+        for name, curve in curves.items():
+            stats = getattr(curve, split)
+            ax.plot(
+                curve.epochs,
+                [s.mean_active for s in stats],
+                marker="o",
+                label=f"{name} (D={stats[0].latent_dim})" if stats else name,
+            )
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{split} set")
+    axes[0].set_ylabel("mean number of active bits")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Average bit counts of the Bernoulli code")
+    fig.tight_layout()
+    png = out_dir / "bit_counts.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png

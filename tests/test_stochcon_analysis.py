@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+
+from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
+from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, write_bit_count_report
+from stochcon.analysis.compression import compression_ratio, write_compression_report
+from stochcon.analysis.rf_units import random_forest_units, write_rf_units_report
+
+
+def test_compression_ratio_matches_paper_footnote():
+    # 224 * 224 * 3 * 8 = 1,204,224 input bits; / 2048 binary units = 588 exactly.
+    ratio = compression_ratio(224, 224, 3, latent_dim=2048)
+    assert ratio.input_bits == 1_204_224 and ratio.code_bits == 2048
+    assert ratio.ratio == 588.0
+    # A float32 Gaussian code of the same width is 32 times less compressive.
+    assert compression_ratio(224, 224, 3, 2048, bits_per_unit=32).ratio == pytest.approx(588 / 32)
+    with pytest.raises(ValueError, match="latent_dim"):
+        compression_ratio(28, 28, 1, latent_dim=0)
+
+
+def test_aggregate_variance_hand_checked():
+    mu = np.array([[0.0, 2.0], [2.0, 0.0]])  # Var_x[mu] = 1 on both units
+    sigma = np.array([[1.0, 1.0], [1.0, 3.0]])  # E_x[sigma^2] = (1 + 1 + 1 + 9) / 4 = 3
+    result = aggregate_variance(mu, sigma)
+    assert result.latent_dim == 2
+    assert result.variance_of_means == pytest.approx(1.0)
+    assert result.posterior_variance == pytest.approx(3.0)
+    assert result.aggregate_variance == pytest.approx(4.0)
+    assert result.noise_share == pytest.approx(0.75)
+
+
+def test_aggregate_variance_equals_variance_of_mixture_samples():
+    rng = np.random.default_rng(0)
+    mu = rng.normal(size=(50, 3))
+    sigma = rng.uniform(0.1, 2.0, size=(50, 3))
+    draws = 4000
+    samples = (mu[None] + sigma[None] * rng.normal(size=(draws, 50, 3))).reshape(-1, 3)
+    expected = samples.var(0).mean()
+    assert aggregate_variance(mu, sigma).aggregate_variance == pytest.approx(expected, rel=0.02)
+
+
+def test_aggregate_variance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="mu and sigma"):
+        aggregate_variance(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_bit_stats_hand_checked():
+    bits = np.array([[1, 0, 0, 1], [1, 1, 0, 1], [1, 0, 0, 0]])
+    stats = bit_stats(bits)
+    assert stats.latent_dim == 4
+    assert stats.mean_active == pytest.approx(2.0)  # (2 + 3 + 1) / 3
+    assert stats.active_fraction == pytest.approx(0.5)
+    assert stats.dead_units == 1 and stats.constant_on_units == 1
+    with pytest.raises(ValueError, match="exactly 0 and 1"):
+        bit_stats(np.array([[0.0, 0.7]]))
+
+
+def test_random_forest_finds_the_informative_units():
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2, size=(600, 20))
+    labels = 2 * bits[:, 5] + bits[:, 12]  # four classes from two of twenty units
+    curve = random_forest_units(bits, labels, unit_counts=[1, 2, 4, 20], n_estimators=20)
+    assert set(np.argsort(curve.importance)[-2:]) == {5, 12}
+    f1 = dict(zip(curve.unit_counts, curve.f1_mean))
+    assert f1[2] == pytest.approx(1.0) and f1[4] == pytest.approx(1.0)
+    assert f1[1] < 0.7  # one unit separates only two pairs of classes
+    assert curve.units_within == 2
+
+
+def test_random_forest_rejects_unit_counts_beyond_width():
+    with pytest.raises(ValueError, match="unit_counts"):
+        random_forest_units(np.zeros((10, 3)), np.zeros(10), unit_counts=[4])
+
+
+def test_writers_produce_json_and_png(tmp_path):
+    curve = BitCountCurve(
+        epochs=[1, 2],
+        train=[bit_stats(np.eye(4)), bit_stats(np.ones((2, 4)))],
+        test=[bit_stats(np.eye(4))] * 2,
+    )
+    pngs = [
+        write_bit_count_report({"hard-top": curve}, tmp_path),
+        write_compression_report({"bern64": compression_ratio(28, 28, 1, 64)}, tmp_path),
+        write_aggregate_variance_report(
+            {
+                "d8": aggregate_variance(np.eye(8), np.ones((8, 8))),
+                "d16": aggregate_variance(np.eye(16), np.eye(16)),
+            },
+            tmp_path,
+        ),
+        write_rf_units_report(
+            {
+                "bern": random_forest_units(
+                    np.eye(10)[np.arange(50) % 10], np.arange(50) % 2, [1, 2], n_estimators=5
+                )
+            },
+            tmp_path,
+        ),
+    ]
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        data = json.loads(png.with_suffix(".json").read_text())
+        assert data
+    assert (
+        json.loads((tmp_path / "bit_counts.json").read_text())["hard-top"]["train"][1]["mean_active"] == 4.0
+    )
+    assert json.loads((tmp_path / "compression.json").read_text())["bern64"]["ratio"] == 28 * 28 * 8 / 64
