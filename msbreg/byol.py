@@ -60,7 +60,7 @@ class BYOL(Method):
             with torch.no_grad():
                 targets.append(self.target_projector(self.target_backbone(view)))
         return {"predictions": torch.stack(predictions), "projections": torch.stack(projections),
-                    "targets": torch.stack(targets), "features": features[0].detach()}
+                "targets": torch.stack(targets), "features": features[0].detach()}
 
     def collapse_monitor(self, projections: Tensor) -> Tensor:
         """Mean over dimensions of the batch std of the L2-normalised online projections [K, N, D]."""
@@ -74,7 +74,7 @@ class BYOL(Method):
         p, z = out["predictions"], out["targets"]
         loss = 0.5 * (byol_loss(p[0], z[1]) + byol_loss(p[1], z[0]))
         return {"loss": loss, "features": out["features"], "proj_std": self.collapse_monitor(out["projections"]),
-                    "ema_momentum": torch.tensor(self.momentum)}
+                "ema_momentum": torch.tensor(self.momentum)}
 
     def on_step_start(self, step: int, total_steps: int) -> None:
         self.momentum = ema_momentum(step, total_steps, self.cfg.base_momentum)

@@ -1,0 +1,108 @@
+"""Collapse monitor curves: the per-dimension std of the normalised online projections over training.
+
+Every BYOL / MSBReg step logs ``proj_std``, the mean over dimensions of the batch std of z / ||z||. Spread
+over the unit sphere of R^d it is about 1/sqrt(d); a collapsed embedding (every image on the same point)
+gives 0. This command reads the ``metrics.jsonl`` of one or more run folders and writes one PNG with a
+curve per run (the 1/sqrt(d) level dashed) and a JSON of the numbers next to it.
+
+    python -m msbreg.analysis.collapse_curve RUN_DIR [RUN_DIR ...] --output FIGURE.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+METRIC = "proj_std"
+
+
+def read_curve(run_dir: str | Path, metric: str = METRIC) -> tuple[list[int], list[float]]:
+    """Steps and values of ``metric`` from ``<run_dir>/metrics.jsonl`` (lines without it are skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in run folder '{run_dir}'")
+    steps, values = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{number} is not a JSON object") from None
+        if metric in record and "step" in record:
+            steps.append(int(record["step"]))
+            values.append(float(record[metric]))
+    if not steps:
+        raise ValueError(f"{path} has no '{metric}' values: not a BYOL / MSBReg run")
+    return steps, values
+
+
+def projection_dim(run_dir: str | Path) -> int | None:
+    """``method.proj_output_dim`` from the run's ``config.yaml``, if the run folder has one."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    method = (yaml.safe_load(path.read_text()) or {}).get("method") or {}
+    return method.get("proj_output_dim")
+
+
+def write_collapse_curves(run_dirs: list[str | Path], output: str | Path, labels: list[str] | None = None
+                          ) -> dict:
+    """Plot ``proj_std`` against the step for every run; write ``output`` (PNG) and the same name as JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or [Path(run).name for run in run_dirs]
+    if len(labels) != len(run_dirs):
+        raise ValueError(f"--labels: got {len(labels)} labels for {len(run_dirs)} run folders")
+    report = {"metric": METRIC, "runs": {}}
+    figure, axis = plt.subplots(figsize=(6, 4))
+    dims = set()
+    for run, label in zip(run_dirs, labels):
+        steps, values = read_curve(run)
+        dim = projection_dim(run)
+        dims.add(dim)
+        report["runs"][label] = {"run_dir": str(run), "proj_output_dim": dim, "step": steps, METRIC: values,
+                                 "final": values[-1], "min": min(values)}
+        axis.plot(steps, values, label=label)
+    for dim in sorted(d for d in dims if d):
+        axis.axhline(1 / math.sqrt(dim), color="gray", linestyle="--", linewidth=1)
+        axis.text(0, 1 / math.sqrt(dim), f" 1/sqrt({dim})", va="bottom", color="gray", fontsize=8)
+    axis.set_xlabel("step")
+    axis.set_ylabel("std of normalised projections (mean over dims)")
+    axis.set_title("Collapse monitor (0 = collapsed)")
+    axis.set_ylim(bottom=0)
+    axis.legend()
+    figure.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=120)
+    plt.close(figure)
+    output.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", help="run folders with a metrics.jsonl")
+    parser.add_argument("--output", required=True, help="PNG to write; the numbers go to the same name .json")
+    parser.add_argument("--labels", nargs="*", help="legend labels, one per run folder (default: folder names)")
+    args = parser.parse_args(argv)
+    try:
+        report = write_collapse_curves(args.run_dirs, args.output, args.labels)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}")
+        return 2
+    for label, run in report["runs"].items():
+        print(f"{label}: final {METRIC} {run['final']:.4f}, min {run['min']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

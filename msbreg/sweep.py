@@ -1,0 +1,141 @@
+"""Expand a sweep file into training runs: ``python -m msbreg.sweep FILE [--run] [--launcher CMD]``.
+
+A sweep file is YAML with four keys:
+
+    base: imagenet100_resnet18_msbreg.yaml   # the config every run starts from, relative to the sweep file
+    output_root: runs/msbreg/table5          # every run writes to <output_root>/<run name>
+    name: "k{augment.num_views}_ls{method.lambda_s}_lb{method.lambda_b}"   # run name, {dotted.key} = its value
+    overrides:                               # optional: dotted key -> value, the same for every run
+      train.epochs: 300
+    grid:                                    # dotted key -> list of values; runs = the Cartesian product,
+      augment.num_views: [2, 4, 8]           # the first key varying slowest
+      method.lambda_s: [0, 0.002, 0.004, 0.01]
+
+Each run is ``<launcher> -m msbreg.train --config BASE key=value ... output_dir=<output_root>/<name>``.
+Every expanded run is checked against the training config schema before anything is printed or launched,
+so a misspelt key fails at once. Without ``--run`` the commands are printed (a dry run); with it they run one
+after the other and the sweep stops at the first failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from common.config import ConfigError, load_config
+
+_SWEEP_KEYS = {"base", "output_root", "name", "overrides", "grid"}
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+@dataclass
+class SweepRun:
+    name: str
+    argv: list[str]  # the training arguments: --config BASE key=value ... output_dir=...
+
+
+def _format_value(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def read_sweep(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file not found: {path}")
+    sweep = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"sweep file {path} must hold a mapping")
+    unknown = set(sweep) - _SWEEP_KEYS
+    if unknown:
+        raise ConfigError(f"sweep file {path}: unknown key '{min(unknown)}' (expected {sorted(_SWEEP_KEYS)})")
+    for key in ("base", "output_root", "name", "grid"):
+        if key not in sweep:
+            raise ConfigError(f"sweep file {path}: missing key '{key}'")
+    grid = sweep["grid"]
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"sweep file {path}: 'grid' must map dotted keys to non-empty lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep file {path}: grid key '{key}' must have a non-empty list of values")
+    if not isinstance(sweep.get("overrides") or {}, dict):
+        raise ConfigError(f"sweep file {path}: 'overrides' must map dotted keys to values")
+    base = (path.parent / sweep["base"]).resolve()
+    if not base.is_file():
+        raise FileNotFoundError(f"sweep file {path}: base config not found: {base}")
+    sweep["base"] = base
+    return sweep
+
+
+def _run_name(pattern: str, values: dict, path: str | Path) -> str:
+    for key in _PLACEHOLDER.findall(pattern):
+        if key not in values:
+            raise ConfigError(f"sweep file {path}: name placeholder '{{{key}}}' is not a grid or override key")
+    return _PLACEHOLDER.sub(lambda match: _format_value(values[match.group(1)]), pattern)
+
+
+def expand(path: str | Path) -> list[SweepRun]:
+    """The runs of a sweep file, in grid order."""
+    sweep = read_sweep(path)
+    keys = list(sweep["grid"])
+    fixed = sweep.get("overrides") or {}
+    runs = []
+    for combination in itertools.product(*(sweep["grid"][key] for key in keys)):
+        values = {**fixed, **dict(zip(keys, combination))}
+        name = _run_name(sweep["name"], values, path)
+        output_dir = Path(sweep["output_root"]) / name
+        argv = ["--config", str(sweep["base"])]
+        argv += [f"{key}={_format_value(value)}" for key, value in values.items()]
+        argv.append(f"output_dir={output_dir}")
+        runs.append(SweepRun(name, argv))
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sweep file {path}: the 'name' pattern gives the same name to several runs")
+    return runs
+
+
+def validate(runs: list[SweepRun]) -> None:
+    """Resolve every run's config against the training schema (raises ``ConfigError`` naming the key)."""
+    from msbreg.train import MSBRegTrainConfig
+
+    for run in runs:
+        try:
+            load_config(MSBRegTrainConfig, run.argv)
+        except ConfigError as error:
+            raise ConfigError(f"run '{run.name}': {error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Expand an MSBReg sweep file into training runs.")
+    parser.add_argument("sweep_file")
+    parser.add_argument("--run", action="store_true", help="run the commands one after the other (default: print)")
+    parser.add_argument("--launcher", default=f"{shlex.quote(sys.executable)}",
+                        help="what precedes '-m msbreg.train', e.g. 'accelerate launch --num_processes 8'")
+    args = parser.parse_args(argv)
+    try:
+        runs = expand(args.sweep_file)
+        validate(runs)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for index, run in enumerate(runs, start=1):
+        command = shlex.split(args.launcher) + ["-m", "msbreg.train"] + run.argv
+        print(shlex.join(command), flush=True)
+        if args.run:
+            print(f"[{index}/{len(runs)}] {run.name}", flush=True)
+            code = subprocess.call(command)
+            if code != 0:
+                print(f"error: run '{run.name}' failed with exit code {code}", file=sys.stderr)
+                return code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
