@@ -1,0 +1,154 @@
+"""Where VCReg layers go in torchvision ResNets, timm ConvNeXts and timm ViTs (Section 3.2, Appendix A).
+
+Placements:
+- ``final``: the representation entering the classifier (vanilla VCReg, Section 3.1). The layer runs on the
+  classifier's input, so it also works on a backbone whose classifier is ``nn.Identity``.
+- ``blocks``: the output of every residual block, after the residual addition (the paper's choice): the
+  bottleneck/basic blocks of a ResNet, ``stages[i].blocks[j]`` of a ConvNeXt, ``blocks[i]`` of a ViT.
+- ``blocks+downsample``: ``blocks`` plus the output of every downsampling layer: a ConvNeXt's stem and
+  stage downsamplers; a ResNet's stem max-pool (when it has one) and the shortcut projections its
+  blocks call ``downsample``. A ViT has no downsampling layers, so this placement is refused for it.
+
+Layers are attached with forward hooks and stored as a child named ``vcreg`` of the module they follow.
+They hold no parameters or buffers, so the state dict (and a saved ``backbone.safetensors``) is the same
+as without VCReg, and since forward is the identity the plain model evaluates a VCReg-trained one exactly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+
+from torch import nn
+
+from vcreg.layer import VCReg
+
+PLACEMENTS = ("final", "blocks", "blocks+downsample")
+OVERRIDE_KEYS = ("alpha", "beta", "eps", "delta")
+
+
+def _family(module: nn.Module) -> str | None:
+    from timm.models.convnext import ConvNeXt
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(module, ConvNeXt):
+        return "convnext"
+    if isinstance(module, VisionTransformer):
+        return "vit"
+    if hasattr(module, "layer1") and hasattr(module, "fc"):  # torchvision ResNet and our CIFAR ResNet
+        return "resnet"
+    return None
+
+
+def _find_network(model: nn.Module) -> tuple[str, str, nn.Module]:
+    """The first (prefix, family, module) in ``model`` that is a supported network (wrappers allowed)."""
+    for name, module in model.named_modules():
+        family = _family(module)
+        if family is not None:
+            return (f"{name}." if name else ""), family, module
+    raise ValueError(f"apply_vcreg supports torchvision ResNets and timm ConvNeXt/ViT models, "
+                     f"found none inside {type(model).__name__}")
+
+
+def _sites(network: nn.Module, family: str, placement: str) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, on_input) for each layer position; on_input means "before the module" (the classifier)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown VCReg placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    named = dict(network.named_modules())
+    if placement == "final":
+        head = {"resnet": "fc", "convnext": "head.fc", "vit": "head"}[family]
+        return [(head, named[head], True)]
+    sites: list[tuple[str, nn.Module]] = []
+    downsample = placement == "blocks+downsample"
+    if family == "resnet":
+        if downsample and isinstance(getattr(network, "maxpool", None), nn.MaxPool2d):
+            sites.append(("maxpool", network.maxpool))
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(network, stage, ())):
+                if downsample and getattr(block, "downsample", None) is not None:
+                    sites.append((f"{stage}.{index}.downsample", block.downsample))
+                sites.append((f"{stage}.{index}", block))
+    elif family == "convnext":
+        if downsample:
+            sites.append(("stem", network.stem))
+        for s, stage in enumerate(network.stages):
+            if downsample and not isinstance(stage.downsample, nn.Identity):
+                sites.append((f"stages.{s}.downsample", stage.downsample))
+            sites.extend((f"stages.{s}.blocks.{b}", block) for b, block in enumerate(stage.blocks))
+    else:
+        if downsample:
+            raise ValueError("placement 'blocks+downsample' needs downsampling layers and a ViT has none; "
+                             "use 'blocks'")
+        sites.extend((f"blocks.{b}", block) for b, block in enumerate(network.blocks))
+    return [(name, module, False) for name, module in sites]
+
+
+def _run_on_output(module: nn.Module, args, output):
+    return module.vcreg(output)
+
+
+def _run_on_input(module: nn.Module, args):
+    return (module.vcreg(args[0]), *args[1:])
+
+
+def insert_layers(model: nn.Module, placement: str, make_layer: Callable[[str], nn.Module]) -> list[str]:
+    """Insert ``make_layer(name)`` at every position of ``placement``; returns the positions' names.
+
+    Names are module paths inside ``model`` (e.g. ``stages.2.blocks.4``, ``head.fc``).
+    """
+    prefix, family, network = _find_network(model)
+    names = []
+    for name, module, on_input in _sites(network, family, placement):
+        if "vcreg" in module._modules:
+            raise ValueError(f"{prefix}{name} already has a VCReg-position layer; call remove_layers first")
+        module.vcreg = make_layer(prefix + name)
+        handle = (module.register_forward_pre_hook(_run_on_input) if on_input
+                  else module.register_forward_hook(_run_on_output))
+        module._vcreg_hook = handle
+        names.append(prefix + name)
+    return names
+
+
+def remove_layers(model: nn.Module) -> int:
+    """Undo ``insert_layers``/``apply_vcreg``; returns how many layers were removed."""
+    removed = 0
+    for module in model.modules():
+        if "vcreg" in module._modules and hasattr(module, "_vcreg_hook"):
+            module._vcreg_hook.remove()
+            del module._vcreg_hook
+            del module._modules["vcreg"]
+            removed += 1
+    return removed
+
+
+def apply_vcreg(model: nn.Module, placement: str = "blocks", *, alpha: float, beta: float,
+                eps: float = 1e-5, delta: float | None = None, all_reduce: bool = False,
+                overrides: Mapping[str, Mapping[str, float | None]] | None = None) -> list[str]:
+    """Insert ``VCReg`` layers into ``model`` in place; returns the names of the regularised modules.
+
+    ``overrides`` maps shell-style patterns over those names (``"stages.3.*"``, ``"layer4.*"``) to any of
+    ``alpha``, ``beta``, ``eps``, ``delta``; later patterns win. A pattern matching no layer is an error.
+    """
+    overrides = dict(overrides or {})
+    for pattern, values in overrides.items():
+        unknown = set(values) - set(OVERRIDE_KEYS)
+        if unknown:
+            raise ValueError(f"VCReg override {pattern!r} has unknown keys {sorted(unknown)}; "
+                             f"allowed: {', '.join(OVERRIDE_KEYS)}")
+    matched: set[str] = set()
+
+    def make_layer(name: str) -> VCReg:
+        settings = {"alpha": alpha, "beta": beta, "eps": eps, "delta": delta}
+        for pattern, values in overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                settings.update(values)
+                matched.add(pattern)
+        return VCReg(**settings, all_reduce=all_reduce)
+
+    names = insert_layers(model, placement, make_layer)
+    unmatched = sorted(set(overrides) - matched)
+    if unmatched:
+        remove_layers(model)
+        raise ValueError(f"VCReg override patterns {unmatched} match no layer of placement {placement!r}; "
+                         f"layers are named like {names[0]!r}")
+    return names
