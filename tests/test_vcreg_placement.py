@@ -1,0 +1,91 @@
+"""apply_vcreg: positions per architecture, unchanged forward outputs and state dicts, overrides."""
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from vcreg import VCReg, apply_vcreg, remove_layers
+from vcreg.placement import insert_layers
+
+
+def _resnet():
+    return torchvision.models.resnet18(num_classes=10)
+
+
+def _convnext():
+    return timm.create_model("convnext_atto", num_classes=10)
+
+
+def _vit():
+    return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
+
+
+MODELS = {"resnet18": _resnet, "convnext_atto": _convnext, "vit_tiny": _vit}
+EXPECTED_COUNTS = {  # blocks: ResNet-18 2+2+2+2, ConvNeXt-Atto 2+2+6+2, ViT-Ti 12
+    ("resnet18", "final"): 1, ("resnet18", "blocks"): 8, ("resnet18", "blocks+downsample"): 8 + 1 + 3,
+    ("convnext_atto", "final"): 1, ("convnext_atto", "blocks"): 12, ("convnext_atto", "blocks+downsample"): 12 + 4,
+    ("vit_tiny", "final"): 1, ("vit_tiny", "blocks"): 12,
+}
+
+
+@pytest.mark.parametrize("model_name,placement", list(EXPECTED_COUNTS), ids=lambda v: str(v))
+def test_forward_output_and_state_dict_unchanged(model_name, placement):
+    torch.manual_seed(0)
+    model = MODELS[model_name]().train()
+    x = torch.randn(4, 3, 32, 32)
+    reference = model(x)
+    keys = list(model.state_dict())
+    reference_grad = torch.autograd.grad(reference.square().sum(), model.parameters())
+    names = apply_vcreg(model, placement, alpha=1.28, beta=0.16)
+    assert len(names) == EXPECTED_COUNTS[(model_name, placement)]
+    assert sum(isinstance(m, VCReg) for m in model.modules()) == len(names)
+    out = model(x)
+    assert torch.equal(out, reference)
+    assert list(model.state_dict()) == keys
+    grad = torch.autograd.grad(out.square().sum(), model.parameters())
+    # the layers act in backward: the first layer's gradient changes
+    assert not torch.allclose(grad[0], reference_grad[0])
+    assert remove_layers(model) == len(names)
+    assert not any(isinstance(m, VCReg) for m in model.modules())
+    assert torch.allclose(torch.autograd.grad(model(x).square().sum(), model.parameters())[0], reference_grad[0])
+
+
+def test_paper_sized_models_get_table_1_layer_counts():
+    convnext_t = timm.create_model("convnext_tiny", num_classes=0)
+    vit_b32 = timm.create_model("vit_base_patch32_224", num_classes=0)
+    resnet50 = torchvision.models.resnet50()
+    assert len(apply_vcreg(convnext_t, "blocks", alpha=1.0, beta=1.0)) == 18
+    assert len(apply_vcreg(vit_b32, "blocks", alpha=1.0, beta=1.0)) == 12
+    assert len(apply_vcreg(resnet50, "blocks", alpha=1.0, beta=1.0)) == 16
+
+
+def test_overrides_wrappers_and_errors():
+    wrapped = nn.Sequential(_convnext())  # a backbone wrapper: the network is found inside
+    names = apply_vcreg(wrapped, "blocks", alpha=0.16, beta=0.01,
+                        overrides={"0.stages.3.*": {"alpha": 1.28}, "0.stages.3.blocks.1": {"beta": 0.08}})
+    layers = {name: m for name, m in wrapped.named_modules() if isinstance(m, VCReg)}
+    assert names[0] == "0.stages.0.blocks.0"
+    assert (layers["0.stages.0.blocks.0.vcreg"].alpha, layers["0.stages.0.blocks.0.vcreg"].beta) == (0.16, 0.01)
+    assert (layers["0.stages.3.blocks.0.vcreg"].alpha, layers["0.stages.3.blocks.0.vcreg"].beta) == (1.28, 0.01)
+    assert (layers["0.stages.3.blocks.1.vcreg"].alpha, layers["0.stages.3.blocks.1.vcreg"].beta) == (1.28, 0.08)
+    with pytest.raises(ValueError, match="already"):
+        apply_vcreg(wrapped, "blocks", alpha=0.16, beta=0.01)
+    with pytest.raises(ValueError, match="match no layer"):
+        apply_vcreg(_convnext(), "blocks", alpha=0.16, beta=0.01, overrides={"layer4.*": {"alpha": 1.0}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        apply_vcreg(_convnext(), "blocks", alpha=0.16, beta=0.01, overrides={"stages.*": {"gamma": 1.0}})
+    with pytest.raises(ValueError, match="unknown VCReg placement"):
+        apply_vcreg(_resnet(), "everywhere", alpha=0.16, beta=0.01)
+    with pytest.raises(ValueError, match="ViT has none"):
+        apply_vcreg(_vit(), "blocks+downsample", alpha=0.16, beta=0.01)
+    with pytest.raises(ValueError, match="supports torchvision ResNets"):
+        apply_vcreg(nn.Linear(3, 3), "blocks", alpha=0.16, beta=0.01)
+
+
+def test_insert_layers_places_any_layer_at_the_same_positions():
+    model = _resnet()
+    seen = []
+    names = insert_layers(model, "blocks", lambda name: seen.append(name) or nn.Identity())
+    assert names == seen == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
