@@ -16,11 +16,15 @@ Command line: ``python -m evaluation.knn --checkpoint PATH [data.name=... k=200 
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from common.data import DataConfig
 
 # Similarities held at once per chunk (float32: 64M elements = 256 MiB).
 DEFAULT_MAX_CHUNK_ELEMENTS = 1 << 26
@@ -122,3 +126,42 @@ def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Te
                               chunk_size)
     accuracy = top_k_accuracy(scores, test_labels, (1, 5))
     return {"top1": accuracy[1], "top5": accuracy[5]}
+
+
+@dataclass
+class KNNEvalConfig:
+    """``python -m evaluation.knn``: k-NN accuracy of a frozen backbone (train split = bank, test = queries)."""
+
+    checkpoint: str = "???"
+    data: DataConfig = field(default_factory=DataConfig)
+    k: list[int] = field(default_factory=lambda: [200, 20])
+    temperature: float = 0.1
+    image_size: Optional[int] = None   # evaluation resolution; None: the dataset's native size
+    batch_size: int = 256              # feature extraction batch
+    num_workers: int = 4
+    max_train_images: Optional[int] = None
+    device: str = "auto"
+    output: Optional[str] = None
+    overwrite: bool = False
+
+
+def _evaluate_cli(cfg: KNNEvalConfig) -> dict:
+    from evaluation.cli import labelled_features
+
+    train_x, train_y, test_x, test_y = labelled_features(cfg)
+    results: dict = {}
+    for k in cfg.k:
+        accuracy = knn_accuracy(train_x, train_y, test_x, test_y, k=k, temperature=cfg.temperature)
+        results[f"knn_top1_k{k}"] = accuracy["top1"]
+        results[f"knn_top5_k{k}"] = accuracy["top5"]
+    return results
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from evaluation.cli import run_protocol
+
+    return run_protocol(KNNEvalConfig, _evaluate_cli, argv, protocol="knn")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""What every evaluation command shares: backbone loading, evaluation transforms, labelled features,
+and the JSON result file (default next to the checkpoint, never overwritten unless ``overwrite=true``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from common.backbones import is_model_name, load_backbone, read_backbone_config
+from common.config import ConfigError, load_config
+from common.data import build_dataset, dataset_info, stratified_subset
+from evaluation.features import extract_features
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_eval_backbone(checkpoint: str) -> tuple[nn.Module, int, int]:
+    """``(backbone, feature_dim, input_channels)`` of a run folder, checkpoint, safetensors file or model name."""
+    backbone, feature_dim = load_backbone(checkpoint)
+    in_chans = 3 if is_model_name(checkpoint) else read_backbone_config(checkpoint)[1]
+    return backbone, feature_dim, in_chans
+
+
+class RepeatChannels(nn.Module):
+    """Grey images ``[..., 1, H, W]`` to ``channels`` identical channels (for backbones made for RGB)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, images: Tensor) -> Tensor:
+        return images.expand(*images.shape[:-3], self.channels, *images.shape[-2:])
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float], data_channels: int, backbone_channels: int,
+                   crop_size: Optional[int] = None, resize_size: Optional[int] = None,
+                   interpolation: str = "bilinear") -> v2.Compose:
+    """Deterministic evaluation pipeline for PIL images and uint8 tensors (single or batched):
+    resize of the short side to ``resize_size``, centre crop ``crop_size``, float in [0, 1], normalise,
+    grey to RGB when the backbone expects 3 channels."""
+    modes = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+    if interpolation not in modes:
+        raise ValueError(f"interpolation must be bilinear or bicubic, not '{interpolation}'")
+    if data_channels not in (1, backbone_channels):
+        raise ValueError(f"the data has {data_channels} channels but the backbone expects {backbone_channels}")
+    steps: list[nn.Module] = [v2.ToImage()]
+    if resize_size is not None:
+        steps.append(v2.Resize(resize_size, interpolation=modes[interpolation], antialias=True))
+    if crop_size is not None:
+        steps.append(v2.CenterCrop(crop_size))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if data_channels == 1 and backbone_channels != 1:
+        steps.append(RepeatChannels(backbone_channels))
+    return v2.Compose(steps)
+
+
+def dataset_transform(cfg, backbone_channels: int) -> v2.Compose:
+    """The evaluation transform for ``cfg.data`` at ``cfg.image_size`` (native size when None)."""
+    info = dataset_info(cfg.data)
+    size = cfg.image_size
+    if size is None:
+        # Folders of variable-size images: the usual resize to 256 / centre crop 224.
+        resize, crop = (None, None) if cfg.data.name in ("cifar10", "cifar100", "stl10", "fashion_mnist") \
+            else (round(info.image_size * 256 / 224), info.image_size)
+    else:
+        resize, crop = size, size
+    return eval_transform(info.mean, info.std, info.channels, backbone_channels, crop, resize)
+
+
+def labelled_features(cfg) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Frozen features of ``cfg.data``'s train split (optionally ``cfg.max_train_images`` of it, stratified)
+    and test split, from ``cfg.checkpoint``."""
+    backbone, _, in_chans = load_eval_backbone(cfg.checkpoint)
+    device = resolve_device(cfg.device)
+    backbone.to(device)
+    transform = dataset_transform(cfg, in_chans)
+    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
+    indices = None
+    if cfg.max_train_images is not None and cfg.max_train_images < len(train_set):
+        indices = torch.tensor(stratified_subset(train_set.targets, cfg.max_train_images))
+    train_x, train_y = extract_features(backbone, train_set, transform, cfg.batch_size, device,
+                                        cfg.num_workers, indices)
+    test_x, test_y = extract_features(backbone, test_set, transform, cfg.batch_size, device, cfg.num_workers)
+    if (train_y < 0).any() or (test_y < 0).any():
+        raise ValueError(f"dataset '{cfg.data.name}' has unlabelled images; evaluation needs labels")
+    return train_x, train_y, test_x, test_y
+
+
+def default_output(checkpoint: str, protocol: str, dataset: str) -> Path:
+    """``eval_<protocol>_<dataset>.json`` in the run/checkpoint folder, or the current folder for a model name."""
+    name = f"eval_{protocol}_{dataset}.json"
+    if is_model_name(checkpoint):
+        return Path(f"eval_{protocol}_{dataset}_{re.sub(r'[^A-Za-z0-9_.-]', '_', checkpoint)}.json")
+    path = Path(checkpoint)
+    return (path if path.is_dir() else path.parent) / name
+
+
+def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Optional[Sequence[str]],
+                 protocol: str) -> int:
+    """Parse the config, refuse to overwrite an existing result, evaluate, write the JSON; the exit code."""
+    try:
+        cfg = load_config(schema, argv)
+        if cfg.checkpoint in ("???", ""):
+            raise ConfigError("missing value for key 'checkpoint' (a run folder, backbone.safetensors or a model name)")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    dataset = getattr(getattr(cfg, "data", None), "name", None) or getattr(cfg, "dataset", "data")
+    output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, protocol, dataset)
+    if output.exists() and not cfg.overwrite:
+        print(f"error: {output} exists; pass overwrite=true or another output=PATH", file=sys.stderr)
+        return 1
+    try:
+        start = time.perf_counter()
+        results = evaluate(cfg)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    record = {"protocol": protocol, "checkpoint": cfg.checkpoint, "results": results,
+              "seconds": round(time.perf_counter() - start, 2), "config": asdict(cfg)}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(output)
+    for key, value in results.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {output}")
+    return 0
