@@ -1,0 +1,194 @@
+import pytest
+import torch
+from torch import nn
+
+from stochcon.losses import info_nce, multicrop_info_nce
+from stochcon.stochcon import (
+    StochasticBranch,
+    StochCon,
+    StochConConfig,
+    SupervisedBernoulli,
+    SupervisedBernoulliConfig,
+)
+
+WIDTH = 16
+
+
+class TinyBackbone(nn.Module):
+    """Pooled features of any image size: mean over space of a 1x1 convolution (no batch-norm, so a view's
+    features do not depend on which other views share its forward pass)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, WIDTH, 1)
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+def make(cfg: StochConConfig, num_global_views: int = 2) -> StochCon:
+    torch.manual_seed(0)
+    return StochCon(cfg, TinyBackbone(), WIDTH, num_global_views)
+
+
+def small_cfg(**overrides) -> StochConConfig:
+    return StochConConfig(proj_hidden_dim=32, proj_output_dim=8, head_norm="none", **overrides)
+
+
+def views(n_global=2, n_local=0, batch=6):
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(batch, 3, 8, 8, generator=gen) for _ in range(n_global)] + [
+        torch.randn(batch, 3, 4, 4, generator=gen) for _ in range(n_local)
+    ]
+
+
+def test_full_width_latent_turns_projections_off():
+    full = StochasticBranch(WIDTH, "bernoulli", None, "hard", 1.0)
+    assert isinstance(full.pi, nn.Identity) and isinstance(full.rho, nn.Identity)
+    assert isinstance(StochasticBranch(WIDTH, "bernoulli", WIDTH, "hard", 1.0).pi, nn.Identity)
+    narrow = StochasticBranch(WIDTH, "gaussian", 4, "hard", 1.0)
+    assert narrow.pi.weight.shape == (4, WIDTH) and narrow.rho.weight.shape == (WIDTH, 4)
+    with pytest.raises(ValueError, match="method.latent "):
+        StochasticBranch(WIDTH, "beta", 4, "hard", 1.0)
+
+
+def test_two_view_loss_is_algorithm_1():
+    """v = g(h) for view 0, v' = g(rho(hard GB(pi(h')))) for view 1, loss = InfoNCE(v, v')."""
+    method = make(small_cfg(latent_dim=4))
+    x = views()
+    torch.manual_seed(5)
+    out = method(x, torch.full((6,), -1))
+    torch.manual_seed(5)
+    h0, h1 = method.backbone(x[0]), method.backbone(x[1])
+    branch = method.branch
+    from stochcon.latents import sample_gumbel_bernoulli
+
+    z = sample_gumbel_bernoulli(branch.pi(h1), 1.0, hard=True)
+    expected = info_nce(method.projector(h0), method.projector(branch.rho(z)), 0.1)
+    torch.testing.assert_close(out["loss"], expected)
+    torch.testing.assert_close(out["features"], h0.detach())
+    assert 0 <= out["active_bits"] <= 4
+    assert out["gumbel_temperature"] == 1.0
+
+
+def test_hard_bits_are_exactly_binary_and_gradients_reach_every_part():
+    method = make(small_cfg(latent_dim=4))
+    captured = []
+    method.branch.latent.register_forward_hook(lambda module, args, out: captured.append(out))
+    out = method(views(), torch.full((6,), -1))
+    assert set(captured[0].unique().tolist()) <= {0.0, 1.0}
+    out["loss"].backward()
+    for name in ["backbone.conv.weight", "projector.0.weight", "branch.pi.weight", "branch.rho.weight"]:
+        grad = dict(method.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_identity_latent_reduces_to_simclr_multicrop_loss():
+    """A Gaussian whose scale is zero is the identity: the loss is exactly SimCLR's multi-crop InfoNCE."""
+    method = make(small_cfg(latent="gaussian"), num_global_views=2)
+    with torch.no_grad():
+        method.branch.latent.scale.weight.zero_()
+        method.branch.latent.scale.bias.fill_(-1e4)  # softplus -> 0
+    x = views(2, 3)
+    loss = method(x, torch.full((6,), -1))["loss"]
+    projections = [method.projector(method.backbone(v)) for v in x]
+    torch.testing.assert_close(loss, multicrop_info_nce(projections, 2, 0.1))
+
+
+@pytest.mark.parametrize(("placement", "expected_sizes"), [("top", [8, 8]), ("bottom", [4, 4, 4])])
+def test_placement_selects_global_or_local_views(placement, expected_sizes):
+    method = make(small_cfg(latent_dim=4, placement=placement))
+    sizes = []
+    method.branch.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    seen = []
+    original = method.backbone.forward
+
+    def spy(x):
+        seen.append(x.shape[-1])
+        return original(x)
+
+    method.backbone.forward = spy
+    # Record which resolution each stochastic feature batch came from via the views' feature identity.
+    x = views(2, 3)
+    h = method.encode_views(x)
+    through = [k for k in method.stochastic_views(len(x))]
+    assert [x[k].shape[-1] for k in through] == expected_sizes
+    method(x, torch.full((6,), -1))
+    assert len(sizes) == len(expected_sizes)  # each stochastic view sampled once
+    assert len(h) == 5 and seen[:2] == [8, 4]  # one backbone pass per resolution
+
+
+def test_bottom_placement_without_local_views_is_rejected():
+    method = make(small_cfg(placement="bottom"))
+    with pytest.raises(ValueError, match="placement=bottom"):
+        method(views(2, 0), torch.full((6,), -1))
+
+
+def test_gaussian_scale_comes_from_the_opposing_view():
+    top = make(small_cfg(latent="gaussian", latent_dim=4))
+    assert [top.opposing_view(k) for k in (0, 1)] == [1, 0]
+    bottom = make(small_cfg(latent="gaussian", placement="bottom"))
+    assert [bottom.opposing_view(k) for k in (2, 3, 4, 5)] == [0, 1, 0, 1]
+    own = make(small_cfg(latent="gaussian", gaussian_variance="own"))
+    assert own.opposing_view(1) == 1
+
+    # In the two-view loss only view 1 is stochastic; its scale must depend on view 0's features only.
+    x = views()
+    captured = []
+    top.branch.register_forward_hook(lambda module, args, out: captured.append(args[1]))
+    top(x, torch.full((6,), -1))
+    torch.testing.assert_close(captured[0], top.backbone(x[0]))
+    out = top(x, torch.full((6,), -1))
+    out["loss"].backward()
+    assert top.branch.latent.scale.weight.grad.abs().sum() > 0
+    assert out["latent_std"] > 0
+
+
+def test_gumbel_temperature_follows_single_cycle_cosine():
+    method = make(small_cfg(latent_dim=4))
+    for step, expected in [(0, 1.0), (50, 0.55), (100, 0.1), (150, 0.1)]:
+        method.on_step_start(step, 100)
+        assert method.branch.latent.temperature == pytest.approx(expected)
+
+
+def test_eval_mode_is_deterministic():
+    method = make(small_cfg(latent_dim=4)).eval()
+    x = views()
+    with torch.no_grad():
+        assert torch.equal(method(x, torch.full((6,), -1))["loss"], method(x, torch.full((6,), -1))["loss"])
+    method.train()
+    with torch.no_grad():
+        assert not torch.equal(
+            method(x, torch.full((6,), -1))["loss"], method(x, torch.full((6,), -1))["loss"]
+        )
+
+
+def test_code_is_binary_for_bernoulli_and_mean_for_gaussian():
+    h = torch.randn(5, WIDTH)
+    bern = StochasticBranch(WIDTH, "bernoulli", 4, "soft", 1.0)
+    assert set(bern.code(h).unique().tolist()) <= {0.0, 1.0}
+    gauss = StochasticBranch(WIDTH, "gaussian", 4, "soft", 1.0)
+    torch.testing.assert_close(gauss.code(h), gauss.pi(h))
+
+
+def test_supervised_bernoulli_bypass_probability():
+    torch.manual_seed(0)
+    x = views(1, 0, batch=8)
+    labels = torch.arange(8) % 3
+    always_bypass = SupervisedBernoulli(
+        SupervisedBernoulliConfig(latent_dim=4, drop_prob=1.0), TinyBackbone(), WIDTH, 3
+    )
+    logits, h, _, _ = always_bypass.logits(x[0])
+    torch.testing.assert_close(logits, always_bypass.classifier(h))
+    never = SupervisedBernoulli(
+        SupervisedBernoulliConfig(latent_dim=4, drop_prob=0.0), TinyBackbone(), WIDTH, 3
+    )
+    captured = []
+    never.branch.register_forward_hook(lambda module, args, out: captured.append(out[0]))
+    logits, _, _, _ = never.logits(x[0])
+    torch.testing.assert_close(logits, never.classifier(captured[0]))
+    out = never(x, labels)
+    out["loss"].backward()
+    assert never.branch.pi.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="label -1"):
+        never(x, torch.full((8,), -1))
