@@ -95,27 +95,17 @@ def test_identity_latent_reduces_to_simclr_multicrop_loss():
     torch.testing.assert_close(loss, multicrop_info_nce(projections, 2, 0.1))
 
 
-@pytest.mark.parametrize(("placement", "expected_sizes"), [("top", [8, 8]), ("bottom", [4, 4, 4])])
-def test_placement_selects_global_or_local_views(placement, expected_sizes):
+@pytest.mark.parametrize(("placement", "stochastic"), [("top", {0, 1}), ("bottom", {2, 3, 4})])
+def test_placement_selects_global_or_local_views(placement, stochastic):
     method = make(small_cfg(latent_dim=4, placement=placement))
-    sizes = []
-    method.branch.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
-    seen = []
-    original = method.backbone.forward
-
-    def spy(x):
-        seen.append(x.shape[-1])
-        return original(x)
-
-    method.backbone.forward = spy
-    # Record which resolution each stochastic feature batch came from via the views' feature identity.
+    inputs = []
+    method.branch.register_forward_hook(lambda module, args, out: inputs.append(args[0].detach()))
     x = views(2, 3)
-    h = method.encode_views(x)
-    through = [k for k in method.stochastic_views(len(x))]
-    assert [x[k].shape[-1] for k in through] == expected_sizes
     method(x, torch.full((6,), -1))
-    assert len(sizes) == len(expected_sizes)  # each stochastic view sampled once
-    assert len(h) == 5 and seen[:2] == [8, 4]  # one backbone pass per resolution
+    with torch.no_grad():
+        features = [method.backbone(v) for v in x]
+    sampled = [k for h in inputs for k, f in enumerate(features) if torch.allclose(h, f, atol=1e-6)]
+    assert sorted(sampled) == sorted(stochastic)  # each stochastic view sampled exactly once
 
 
 def test_bottom_placement_without_local_views_is_rejected():
