@@ -6,6 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
+from common.backbones import SmallConvNet
 from vcreg import VCReg, apply_vcreg, remove_layers
 from vcreg.placement import insert_layers
 
@@ -22,11 +23,16 @@ def _vit():
     return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=10)
 
 
-MODELS = {"resnet18": _resnet, "convnext_atto": _convnext, "vit_tiny": _vit}
+def _small_convnet():
+    return SmallConvNet(3, width=8)
+
+
+MODELS = {"resnet18": _resnet, "convnext_atto": _convnext, "vit_tiny": _vit, "small_convnet": _small_convnet}
 EXPECTED_COUNTS = {  # blocks: ResNet-18 2+2+2+2, ConvNeXt-Atto 2+2+6+2, ViT-Ti 12
     ("resnet18", "final"): 1, ("resnet18", "blocks"): 8, ("resnet18", "blocks+downsample"): 8 + 1 + 3,
     ("convnext_atto", "final"): 1, ("convnext_atto", "blocks"): 12, ("convnext_atto", "blocks+downsample"): 12 + 4,
     ("vit_tiny", "final"): 1, ("vit_tiny", "blocks"): 12,
+    ("small_convnet", "final"): 1, ("small_convnet", "blocks"): 8,
 }
 
 
@@ -82,6 +88,13 @@ def test_overrides_wrappers_and_errors():
         apply_vcreg(_vit(), "blocks+downsample", alpha=0.16, beta=0.01)
     with pytest.raises(ValueError, match="supports torchvision ResNets"):
         apply_vcreg(nn.Linear(3, 3), "blocks", alpha=0.16, beta=0.01)
+
+
+def test_fp16_autocast_without_a_scaler_is_refused():
+    model = _small_convnet()
+    apply_vcreg(model, "final", alpha=1.0, beta=1.0)
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(ValueError, match="attach_grad_scaler"):
+        model(torch.randn(2, 3, 16, 16))
 
 
 def test_insert_layers_places_any_layer_at_the_same_positions():

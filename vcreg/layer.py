@@ -36,6 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from common import distributed
+
 
 def channels_last_view(x: Tensor) -> Tensor:
     """``[N, C, H, W]`` -> ``[N, H, W, C]``; token ``[N, L, C]`` and vector ``[N, C]`` inputs are returned as is."""
@@ -49,8 +51,8 @@ def statistics_dtype(x: Tensor) -> torch.dtype:
 
 def _global_rows(flat: Tensor, all_reduce: bool) -> tuple[Tensor, int, int]:
     """Centre ``flat`` ``[n_local, d]`` over the (local or global) samples; return it, n and world size."""
-    if all_reduce and dist.is_available() and dist.is_initialized():
-        world = dist.get_world_size()
+    if all_reduce and distributed.is_distributed():
+        world = distributed.world_size()
         stats = torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])])
         dist.all_reduce(stats)
         n = int(stats[-1].item())
@@ -130,6 +132,10 @@ class VCReg(nn.Module):
             return x
         if x.dim() not in (2, 3, 4):
             raise ValueError(f"VCReg expects [N, C], [N, L, C] or [N, C, H, W] features, got shape {tuple(x.shape)}")
+        if (self.grad_scaler is None and torch.is_autocast_enabled(x.device.type)
+                and torch.get_autocast_dtype(x.device.type) == torch.float16):
+            raise ValueError("VCReg under fp16 autocast needs the loss scale: call "
+                             "vcreg.attach_grad_scaler(model, accelerator.scaler) (a disabled GradScaler if unscaled)")
         return VCRegFunction.apply(x, self.alpha, self.beta, self.eps, self.delta, self.all_reduce,
                                    self.loss_scale)
 

@@ -9,6 +9,9 @@ Placements:
   stage downsamplers; a ResNet's stem max-pool (when it has one) and the shortcut projections its
   blocks call ``downsample``. A ViT has no downsampling layers, so this placement is refused for it.
 
+``common.backbones.SmallConvNet`` (the CPU quickstart net) is supported too: its blocks are its eight
+conv-BN-ReLU units and its final representation is its pooled output.
+
 Layers are attached with forward hooks and stored as a child named ``vcreg`` of the module they follow.
 They hold no parameters or buffers, so the state dict (and a saved ``backbone.safetensors``) is the same
 as without VCReg, and since forward is the identity the plain model evaluates a VCReg-trained one exactly.
@@ -21,6 +24,7 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
+from common.backbones import SmallConvNet
 from vcreg.layer import VCReg
 
 PLACEMENTS = ("final", "blocks", "blocks+downsample")
@@ -31,6 +35,8 @@ def _family(module: nn.Module) -> str | None:
     from timm.models.convnext import ConvNeXt
     from timm.models.vision_transformer import VisionTransformer
 
+    if isinstance(module, SmallConvNet):
+        return "small_convnet"
     if isinstance(module, ConvNeXt):
         return "convnext"
     if isinstance(module, VisionTransformer):
@@ -46,7 +52,7 @@ def _find_network(model: nn.Module) -> tuple[str, str, nn.Module]:
         family = _family(module)
         if family is not None:
             return (f"{name}." if name else ""), family, module
-    raise ValueError(f"apply_vcreg supports torchvision ResNets and timm ConvNeXt/ViT models, "
+    raise ValueError(f"apply_vcreg supports torchvision ResNets, timm ConvNeXt/ViT models and small_convnet, "
                      f"found none inside {type(model).__name__}")
 
 
@@ -56,6 +62,8 @@ def _sites(network: nn.Module, family: str, placement: str) -> list[tuple[str, n
         raise ValueError(f"unknown VCReg placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
     named = dict(network.named_modules())
     if placement == "final":
+        if family == "small_convnet":  # no classifier: its pooled output is the representation
+            return [("pool", network.pool, False)]
         head = {"resnet": "fc", "convnext": "head.fc", "vit": "head"}[family]
         return [(head, named[head], True)]
     sites: list[tuple[str, nn.Module]] = []
@@ -75,6 +83,11 @@ def _sites(network: nn.Module, family: str, placement: str) -> list[tuple[str, n
             if downsample and not isinstance(stage.downsample, nn.Identity):
                 sites.append((f"stages.{s}.downsample", stage.downsample))
             sites.extend((f"stages.{s}.blocks.{b}", block) for b, block in enumerate(stage.blocks))
+    elif family == "small_convnet":
+        if downsample:
+            raise ValueError("placement 'blocks+downsample': small_convnet downsamples inside its conv blocks; "
+                             "use 'blocks'")
+        sites.extend((f"features.{i}", m) for i, m in network.features.named_children() if isinstance(m, nn.ReLU))
     else:
         if downsample:
             raise ValueError("placement 'blocks+downsample' needs downsampling layers and a ViT has none; "
