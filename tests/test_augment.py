@@ -1,0 +1,212 @@
+"""Per-image view pipelines: shapes, channels, per-view blur/solarize, eval transform, presets, errors."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.augment import (
+    AugmentConfig,
+    blur_kernel_size,
+    build_eval_transform,
+    build_supervised_transform,
+    build_view_transforms,
+    byol_augment,
+    channel_stats,
+    dino_multicrop,
+    msbreg_augment,
+    per_view,
+    simclr_augment,
+)
+from common.config import ConfigError
+from common.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetInfo,
+    InMemoryImageDataset,
+    MultiViewDataset,
+    dataset_info,
+)
+
+FMNIST = dataset_info("fashion_mnist")
+CIFAR = dataset_info("cifar10")
+IMAGENET = DatasetInfo(3, 224, 1000, IMAGENET_MEAN, IMAGENET_STD)
+RNG = np.random.default_rng(0)
+
+
+def uint8_image(channels, size):
+    return torch.from_numpy(RNG.integers(0, 256, size=(channels, size, size), dtype=np.uint8))
+
+
+def pil_image(width=300, height=200):
+    return Image.fromarray(RNG.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+def denormalize(x, info, out_channels):
+    mean, std = channel_stats(info, out_channels)
+    return x * torch.tensor(std).view(-1, 1, 1) + torch.tensor(mean).view(-1, 1, 1)
+
+
+def only(**changes):
+    """A config with every random photometric op off, so a test isolates the one it turns on."""
+    base = AugmentConfig(flip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=[0.0], solarize_prob=[0.0])
+    return dataclasses.replace(base, **changes)
+
+
+def total_variation(x):
+    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+def test_view_shapes_dtypes_and_channels_with_local_crops():
+    cfg = dataclasses.replace(simclr_augment(), num_views=3, local_crops=2, local_size=12)
+    views = build_view_transforms(cfg, FMNIST, out_channels=3)
+    assert len(views) == 5
+    image = uint8_image(1, 28)
+    outputs = [t(image) for t in views]
+    assert [tuple(o.shape) for o in outputs] == [(3, 28, 28)] * 3 + [(3, 12, 12)] * 2
+    assert all(o.dtype == torch.float32 for o in outputs)
+    # Grayscale data repeated to 3 channels stays gray through jitter and grayscale: channels agree.
+    for o in outputs:
+        assert torch.allclose(o[0], o[1]) and torch.allclose(o[1], o[2])
+
+    one_channel = [t(image) for t in build_view_transforms(simclr_augment(), FMNIST, out_channels=1)]
+    assert [tuple(o.shape) for o in one_channel] == [(1, 28, 28)] * 2
+
+    resized = build_view_transforms(dataclasses.replace(simclr_augment(), image_size=20), CIFAR, 3)
+    assert tuple(resized[0](uint8_image(3, 32)).shape) == (3, 20, 20)
+    assert tuple(resized[0](pil_image(32, 32)).shape) == (3, 20, 20)  # PIL input too
+
+
+def test_dino_multicrop_on_a_pil_image():
+    views = build_view_transforms(dino_multicrop(local_crops=4), IMAGENET, out_channels=3)
+    shapes = [tuple(t(pil_image()).shape) for t in views]
+    assert shapes == [(3, 224, 224)] * 2 + [(3, 96, 96)] * 4
+
+
+def test_blur_probability_takes_effect_per_view():
+    views = build_view_transforms(only(blur_prob=[1.0, 0.0], image_size=64), IMAGENET, 3)
+    image = uint8_image(3, 96)
+    torch.manual_seed(0)
+    blurred = views[0](image)
+    torch.manual_seed(0)
+    sharp = views[1](image)  # same seed: same crop, only the blur differs
+    assert not torch.equal(blurred, sharp)
+    assert total_variation(blurred) < 0.8 * total_variation(sharp)
+
+
+def test_no_blur_below_blur_min_size():
+    views = build_view_transforms(only(blur_prob=[1.0, 0.0]), CIFAR, 3)  # 32 px < blur_min_size 64
+    image = uint8_image(3, 32)
+    torch.manual_seed(0)
+    first = views[0](image)
+    torch.manual_seed(0)
+    assert torch.equal(first, views[1](image))
+
+
+def test_solarize_probability_takes_effect_per_view():
+    views = build_view_transforms(only(solarize_prob=[0.0, 1.0]), CIFAR, 3)
+    image = uint8_image(3, 32)
+    torch.manual_seed(1)
+    plain = denormalize(views[0](image), CIFAR, 3)
+    torch.manual_seed(1)
+    solarized = denormalize(views[1](image), CIFAR, 3)
+    # Solarization inverts the pixels at or above 128 (of 255) and keeps the others.
+    expected = torch.where(plain >= 128 / 255 - 1e-4, 1 - plain, plain)
+    assert torch.allclose(solarized, expected, atol=1e-4)
+    assert not torch.allclose(solarized, plain, atol=1e-4)
+
+
+def test_per_view_lists_cycle_over_global_then_local_views():
+    assert [per_view([1.0, 0.1], v) for v in range(5)] == [1.0, 0.1, 1.0, 0.1, 1.0]
+    # View 2 is the first local crop: with solarize [0, 0, 1] only it is solarized.
+    cfg = only(solarize_prob=[0.0, 0.0, 1.0], local_crops=1, local_size=32, local_crop_scale=[1.0, 1.0])
+    views = build_view_transforms(dataclasses.replace(cfg, crop_scale=[1.0, 1.0]), CIFAR, 3)
+    flat = torch.full((3, 32, 32), 200, dtype=torch.uint8)  # solarized to 55
+    values = [round(float(denormalize(t(flat), CIFAR, 3).mean()) * 255) for t in views]
+    assert values == [200, 200, 55]
+
+
+def test_eval_transform_small_dataset_is_exact_and_deterministic():
+    transform = build_eval_transform(CIFAR, out_channels=3)
+    image = uint8_image(3, 32)
+    out = transform(image)
+    expected = (image.float() / 255 - torch.tensor(CIFAR.mean).view(3, 1, 1)) / torch.tensor(CIFAR.std).view(3, 1, 1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.equal(transform(image), out)
+    gray = build_eval_transform(FMNIST, out_channels=3)(uint8_image(1, 28))
+    assert tuple(gray.shape) == (3, 28, 28) and torch.equal(gray[0], gray[2])
+    assert tuple(build_eval_transform(CIFAR, 3, image_size=64)(image).shape) == (3, 64, 64)
+
+
+def test_eval_transform_imagenet_resizes_then_centre_crops():
+    transform = build_eval_transform(IMAGENET, out_channels=3)
+    image = pil_image(400, 300)
+    out = transform(image)
+    assert tuple(out.shape) == (3, 224, 224) and torch.equal(out, transform(image))
+    # Short side 300 -> 256, long side 400 -> 341; the centre 224 crop starts at (16, 58).
+    resized = np.asarray(image.resize((341, 256), Image.BILINEAR), dtype=np.float32) / 255
+    centre = torch.from_numpy(resized[16:240, 58:282]).permute(2, 0, 1)
+    assert (denormalize(out, IMAGENET, 3) - centre).abs().mean() < 0.02
+    assert tuple(build_eval_transform(IMAGENET, 3, image_size=160)(image).shape) == (3, 160, 160)
+
+
+def test_supervised_and_none_pipelines():
+    supervised = build_supervised_transform(AugmentConfig(name="supervised"), CIFAR, 3)
+    assert tuple(supervised(uint8_image(3, 32)).shape) == (3, 32, 32)
+    views = build_view_transforms(AugmentConfig(name="none", num_views=2), CIFAR, 3)
+    image = uint8_image(3, 32)
+    assert len(views) == 2 and torch.equal(views[0](image), build_eval_transform(CIFAR, 3)(image))
+    assert len(build_view_transforms(AugmentConfig(name="supervised", num_views=1), CIFAR, 3)) == 1
+
+
+def test_views_through_the_multiview_dataset_and_a_dataloader():
+    base = InMemoryImageDataset(torch.from_numpy(RNG.integers(0, 256, (8, 1, 28, 28), dtype=np.uint8)), torch.arange(8))
+    dataset = MultiViewDataset(base, build_view_transforms(byol_augment(), FMNIST, 3), seed=0)
+    views, labels = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
+    assert len(views) == 2 and tuple(views[0].shape) == (4, 3, 28, 28) and labels.tolist() == [0, 1, 2, 3]
+    assert torch.equal(dataset[1][0][0], views[0][1])
+
+
+def test_presets_match_the_papers():
+    simclr = simclr_augment(strength=0.5)
+    assert (simclr.brightness, simclr.contrast, simclr.saturation, simclr.hue) == (0.4, 0.4, 0.4, 0.1)
+    assert simclr.crop_scale == [0.08, 1.0] and simclr.blur_prob == [0.5] and simclr.grayscale_prob == 0.2
+
+    byol = byol_augment()
+    assert (byol.brightness, byol.contrast, byol.saturation, byol.hue) == (0.4, 0.4, 0.2, 0.1)
+    assert byol.blur_prob == [1.0, 0.1] and byol.solarize_prob == [0.0, 0.2] and byol.grayscale_prob == 0.2
+
+    # MSBReg supplementary, table 1.
+    ms = msbreg_augment()
+    assert ms.num_views == 4 and ms.flip_prob == 0.5 and ms.jitter_prob == 0.8
+    assert (ms.brightness, ms.contrast, ms.saturation, ms.hue) == (0.4, 0.4, 0.2, 0.1)
+    assert ms.grayscale_prob == 0.2 and ms.blur_prob == [1.0] and ms.solarize_prob == [0.2]
+    assert msbreg_augment(views=8).num_views == 8
+
+    dino = dino_multicrop()
+    assert dino.num_views == 2 and dino.local_crops == 8 and (dino.image_size, dino.local_size) == (224, 96)
+    assert dino.crop_scale == [0.4, 1.0] and dino.local_crop_scale == [0.05, 0.4]
+    assert dino.blur_prob == [1.0, 0.1] + [0.5] * 8 and dino.solarize_prob == [0.0, 0.2] + [0.0] * 8
+
+
+def test_blur_kernel_is_odd_and_about_ten_percent():
+    assert [blur_kernel_size(s) for s in (224, 96, 64, 32)] == [23, 9, 7, 3]
+
+
+def test_bad_configs_name_the_key():
+    cases = [
+        (AugmentConfig(name="fancy"), "augment.name"),
+        (AugmentConfig(on="gpu"), "augment.on"),
+        (AugmentConfig(blur_prob=[1.5]), "augment.blur_prob"),
+        (AugmentConfig(solarize_prob=[]), "augment.solarize_prob"),
+        (AugmentConfig(crop_scale=[1.0, 0.2]), "augment.crop_scale"),
+        (AugmentConfig(num_views=0), "augment.num_views"),
+        (AugmentConfig(hue=0.7), "augment.hue"),
+    ]
+    for cfg, key in cases:
+        with pytest.raises(ConfigError, match=key):
+            build_view_transforms(cfg, CIFAR, 3)
+    with pytest.raises(ValueError, match="cannot turn 3-channel images into 2 channels"):
+        build_view_transforms(AugmentConfig(), CIFAR, 2)
