@@ -13,6 +13,8 @@ Gumbel-Bernoulli the noise-free limit of its sampler (see `GumbelBernoulli.forwa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -97,3 +99,24 @@ class IsotropicGaussian(nn.Module):
                 "IsotropicGaussian needs phi_var (the projection that sets the scale) in training"
             )
         return phi + self.std(phi_var) * torch.randn_like(phi)
+
+
+@dataclass
+class StochConConfig:
+    """The latent's settings of a StochCon run (`method.stochcon` in the train config).
+
+    Kept here, beside the latents and free of method imports, so that `stochcon.simclr.SimCLRConfig` can hold
+    it without an import cycle (`stochcon.stochcon` builds on `stochcon.simclr`).
+    """
+
+    latent: str = "bernoulli"  # bernoulli (Gumbel-Bernoulli) | gaussian (isotropic Gaussian)
+    latent_dim: int | None = None  # bottleneck width; None or the backbone width turns pi and rho off
+    variates: str = "hard"  # hard (straight-through 0/1, Appendix A.1) | soft (relaxed variates), Figure 4
+    placement: str = "top"  # top: global views through the latent | bottom: the local views (Figure 4)
+    gumbel_temperature_start: float = 1.0  # single-cycle cosine 1.0 -> 0.1 over training (Section 4)
+    gumbel_temperature_end: float = 0.1
+    finetune_gumbel_temperature: float = 0.1  # fixed during fine-tuning (Appendix A.3)
+    gaussian_variance: str = "opposing"  # opposing (Section 4.2) | own: the ablation whose scale collapses
+    supervised_bypass_prob: float = (
+        0.5  # method.name=supervised: P(an example skips the latent), Appendix A.2
+    )

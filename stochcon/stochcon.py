@@ -18,17 +18,16 @@ through the same Gumbel-Bernoulli layer, bypassed ("dropped out") for each examp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.heads import mlp
+from common.data import dataset_info
 from common.method import Method
 from common.schedules import cosine_anneal
-from stochcon.latents import GumbelBernoulli, IsotropicGaussian
+from stochcon.latents import GumbelBernoulli, IsotropicGaussian, StochConConfig
 from stochcon.losses import info_nce
+from stochcon.simclr import SimCLR, SimCLRConfig, encode_views
 
 LATENTS = ("bernoulli", "gaussian")
 
@@ -102,157 +101,150 @@ class StochasticBranch(nn.Module):
             return {"latent_std": sigma.mean(), "latent_mean_spread": phi.std(0).mean()}
 
 
-@dataclass
-class StochConConfig:
-    # SimCLR part: projector g (2048-2048-128 in SimCLR v1 on ResNet-50) and the InfoNCE temperature.
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 128
-    head_norm: str = "bn"  # bn | ln | none
-    temperature: float = 0.1  # InfoNCE temperature tau (Equation 1)
-    # Latent variable (Section 3).
-    latent: str = "bernoulli"  # bernoulli (Gumbel-Bernoulli) | gaussian (isotropic Gaussian)
-    latent_dim: int | None = None  # bottleneck width; None or the backbone width turns pi and rho off
-    variates: str = "hard"  # hard (straight-through 0/1, Appendix A.1) | soft (relaxed), Figure 4
-    placement: str = "top"  # top: global views through the latent | bottom: local views (Figure 4)
-    gumbel_temperature_start: float = 1.0  # single-cycle cosine 1.0 -> 0.1 over training (Section 4)
-    gumbel_temperature_end: float = 0.1
-    gaussian_variance: str = "opposing"  # opposing (Section 4.2) | own: the ablation whose scale collapses
+class StochCon(SimCLR):
+    """SimCLR (its projector g, InfoNCE and multi-crop pairs) with a `StochasticBranch` on the stochastic views."""
 
-
-class StochCon(Method):
-    """SimCLR projector and InfoNCE with a `StochasticBranch` on the stochastic views; see the module doc."""
-
-    def __init__(self, cfg: StochConConfig, backbone: nn.Module, feature_dim: int, num_global_views: int = 2):
-        super().__init__(backbone, feature_dim)
-        _check_choice("placement", cfg.placement, ("top", "bottom"))
-        _check_choice("gaussian_variance", cfg.gaussian_variance, ("opposing", "own"))
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        cfg: SimCLRConfig,
+        latent_cfg: StochConConfig,
+        num_global_views: int,
+    ):
+        super().__init__(backbone, feature_dim, cfg, num_global_views)
+        _check_choice("stochcon.placement", latent_cfg.placement, ("top", "bottom"))
+        _check_choice("stochcon.gaussian_variance", latent_cfg.gaussian_variance, ("opposing", "own"))
         if num_global_views < 1:
             raise ValueError(f"StochCon needs at least one global view, got {num_global_views}")
-        self.cfg = cfg
-        self.num_global_views = num_global_views
-        self.projector = mlp(feature_dim, [cfg.proj_hidden_dim], cfg.proj_output_dim, norm=cfg.head_norm)
+        self.latent_cfg = latent_cfg
         self.branch = StochasticBranch(
-            feature_dim, cfg.latent, cfg.latent_dim, cfg.variates, cfg.gumbel_temperature_start
+            feature_dim,
+            latent_cfg.latent,
+            latent_cfg.latent_dim,
+            latent_cfg.variates,
+            latent_cfg.gumbel_temperature_start,
         )
 
     def stochastic_views(self, num_views: int) -> range:
-        if self.cfg.placement == "top":
+        if self.latent_cfg.placement == "top":
             return range(self.num_global_views)
         if num_views <= self.num_global_views:
             raise ValueError(
-                "method.placement=bottom puts the local views through the latent, but there are none: "
-                "set augment.local_crops > 0 or use placement=top"
+                "method.stochcon.placement=bottom puts the local views through the latent, but there "
+                "are none: set augment.local_crops > 0 or use placement=top"
             )
         return range(self.num_global_views, num_views)
 
     def opposing_view(self, k: int) -> int:
         """The view whose features set the Gaussian scale of stochastic view k."""
-        if self.cfg.gaussian_variance == "own":
+        if self.latent_cfg.gaussian_variance == "own":
             return k
-        if self.num_global_views < 2 and k < self.num_global_views:
-            raise ValueError("gaussian_variance=opposing needs two global views (augment.num_views >= 2)")
         g = self.num_global_views
+        if g < 2 and k < g:
+            raise ValueError(
+                "method.stochcon.gaussian_variance=opposing needs two global views (augment.num_views)"
+            )
         return (k + 1) % g if k < g else (k - g) % g
 
-    def encode_views(self, views: list[Tensor]) -> list[Tensor]:
-        """Backbone features of every view; views of one resolution share a forward pass (as multi-crop does)."""
-        features: list[Tensor | None] = [None] * len(views)
-        by_size: dict[tuple[int, ...], list[int]] = {}
-        for k, view in enumerate(views):
-            by_size.setdefault(tuple(view.shape[1:]), []).append(k)
-        for indices in by_size.values():
-            chunks = self.backbone(torch.cat([views[k] for k in indices])).chunk(len(indices))
-            for k, chunk in zip(indices, chunks):
-                features[k] = chunk
-        return features  # type: ignore[return-value]
+    def contrasted_pairs(self, num_views: int) -> list[tuple[tuple[int, bool], tuple[int, bool]]]:
+        """The pairs of `multicrop_info_nce` (global view i with every later view j), each side as
+        (view, through the latent)."""
+        stochastic = set(self.stochastic_views(num_views))
+        pairs = []
+        for i in range(self.num_global_views):
+            for j in range(i + 1, num_views):
+                through_j = j in stochastic
+                pairs.append(((i, not through_j and i in stochastic), (j, through_j)))
+        return pairs
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if len(views) < 2 or len(views) < self.num_global_views:
             raise ValueError(
                 f"StochCon needs at least 2 views and {self.num_global_views} global ones, got {len(views)}"
             )
-        h = self.encode_views(views)
-        stochastic = set(self.stochastic_views(len(views)))
-        deterministic: dict[int, Tensor] = {}
-        sampled: dict[int, Tensor] = {}
-        zs, phis, h_vars = [], [], []
-
-        def embed(k: int, through_latent: bool) -> Tensor:
-            cache = sampled if through_latent else deterministic
-            if k not in cache:
-                if through_latent:
-                    h_var = h[self.opposing_view(k)] if self.branch.kind == "gaussian" else None
-                    h_stoch, z, phi = self.branch(h[k], h_var)
-                    zs.append(z)
-                    phis.append(phi)
-                    h_vars.append(h_var)
-                    cache[k] = self.projector(h_stoch)
-                else:
-                    cache[k] = self.projector(h[k])
-            return cache[k]
-
-        losses = []
-        for i in range(self.num_global_views):
-            for j in range(i + 1, len(views)):
-                if j in stochastic:
-                    pair = (embed(i, False), embed(j, True))
-                elif i in stochastic:
-                    pair = (embed(i, True), embed(j, False))
-                else:
-                    pair = (embed(i, False), embed(j, False))
-                losses.append(info_nce(pair[0], pair[1], self.cfg.temperature))
-        loss = torch.stack(losses).mean()
-        return {"loss": loss, "features": h[0].detach(), **self.branch.metrics(zs, phis, h_vars)}
+        h = encode_views(self.backbone, views)
+        pairs = self.contrasted_pairs(len(views))
+        sides = sorted({side for pair in pairs for side in pair}, key=lambda side: (side[1], side[0]))
+        plain = [k for k, through in sides if not through]
+        sampled = [k for k, through in sides if through]
+        # One pass through the latent for all stochastic views, one projector pass for every side.
+        inputs = [h[k] for k in plain]
+        metrics: dict[str, Tensor] = {}
+        if sampled:
+            h_var = (
+                torch.cat([h[self.opposing_view(k)] for k in sampled])
+                if self.branch.kind == "gaussian"
+                else None
+            )
+            h_stoch, z, phi = self.branch(torch.cat([h[k] for k in sampled]), h_var)
+            inputs += list(h_stoch.chunk(len(sampled)))
+            metrics = self.branch.metrics([z], [phi], [h_var])
+        embeddings = dict(zip(sides, self.projector(torch.cat(inputs)).chunk(len(sides))))
+        loss = torch.stack(
+            [
+                info_nce(embeddings[a], embeddings[b], self.cfg.temperature, self.cfg.gather_negatives)
+                for a, b in pairs
+            ]
+        ).mean()
+        return {"loss": loss, "features": h[0].detach(), **metrics}
 
     def on_step_start(self, step: int, total_steps: int) -> None:
         self.branch.set_temperature(
             cosine_anneal(
-                step, total_steps, self.cfg.gumbel_temperature_start, self.cfg.gumbel_temperature_end
+                step,
+                total_steps,
+                self.latent_cfg.gumbel_temperature_start,
+                self.latent_cfg.gumbel_temperature_end,
             )
         )
 
 
-@dataclass
-class SupervisedBernoulliConfig:
-    latent_dim: int | None = None  # None: the backbone width (2048 for ResNet-50), no pi / rho
-    variates: str = "hard"
-    drop_prob: float = 0.5  # probability that an example bypasses the Gumbel-Bernoulli layer
-    gumbel_temperature_start: float = 1.0
-    gumbel_temperature_end: float = 0.1
-
-
 class SupervisedBernoulli(Method):
     """Appendix A.2: cross-entropy on a linear classifier over pooled features that pass through a
-    Gumbel-Bernoulli layer, except for a random half of the examples (p = `drop_prob`), which see the
-    features directly -- a proxy for StochCon's deterministic / stochastic branches. Evaluation goes
-    through the (deterministic, eval-mode) latent.
+    Gumbel-Bernoulli layer, except for the examples that bypass it (each with probability
+    `supervised_bypass_prob`, 0.5 in the paper) -- a proxy for StochCon's deterministic and stochastic
+    branches. Evaluation goes through the deterministic (eval-mode) latent. With bypass probability 1 the
+    latent is never used: the plain supervised baseline of Table 1.
     """
 
-    def __init__(
-        self, cfg: SupervisedBernoulliConfig, backbone: nn.Module, feature_dim: int, num_classes: int
-    ):
+    def __init__(self, backbone: nn.Module, feature_dim: int, latent_cfg: StochConConfig, num_classes: int):
         super().__init__(backbone, feature_dim)
-        if not 0.0 <= cfg.drop_prob <= 1.0:
-            raise ValueError(f"method.drop_prob must lie in [0, 1], got {cfg.drop_prob}")
+        if not 0.0 <= latent_cfg.supervised_bypass_prob <= 1.0:
+            raise ValueError(
+                "method.stochcon.supervised_bypass_prob must lie in [0, 1], got "
+                f"{latent_cfg.supervised_bypass_prob}"
+            )
+        if latent_cfg.latent != "bernoulli":
+            raise ValueError(
+                "the supervised control uses a Gumbel-Bernoulli latent: set method.stochcon.latent=bernoulli"
+            )
         if num_classes < 2:
-            raise ValueError(f"SupervisedBernoulli needs a labelled dataset, got {num_classes} classes")
-        self.cfg = cfg
+            raise ValueError(f"the supervised method needs a labelled dataset, got {num_classes} classes")
+        self.latent_cfg = latent_cfg
         self.branch = StochasticBranch(
-            feature_dim, "bernoulli", cfg.latent_dim, cfg.variates, cfg.gumbel_temperature_start
+            feature_dim,
+            "bernoulli",
+            latent_cfg.latent_dim,
+            latent_cfg.variates,
+            latent_cfg.gumbel_temperature_start,
         )
         self.classifier = nn.Linear(feature_dim, num_classes)
 
     def logits(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         h = self.backbone(images)
         h_stoch, z, phi = self.branch(h)
+        bypass_prob = self.latent_cfg.supervised_bypass_prob
         if self.training:
-            bypass = torch.rand(h.shape[0], 1, device=h.device) < self.cfg.drop_prob
+            bypass = torch.rand(h.shape[0], 1, device=h.device) < bypass_prob
             h_stoch = torch.where(bypass, h, h_stoch)
+        elif bypass_prob == 1.0:
+            h_stoch = h
         return self.classifier(h_stoch), h, z, phi
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if bool((labels < 0).any()):
-            raise ValueError("SupervisedBernoulli needs labels for every training image (got label -1)")
+            raise ValueError("the supervised method needs labels for every training image (got label -1)")
         logits, h, z, phi = self.logits(views[0])
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(1) == labels).float().mean()
@@ -266,6 +258,20 @@ class SupervisedBernoulli(Method):
     def on_step_start(self, step: int, total_steps: int) -> None:
         self.branch.set_temperature(
             cosine_anneal(
-                step, total_steps, self.cfg.gumbel_temperature_start, self.cfg.gumbel_temperature_end
+                step,
+                total_steps,
+                self.latent_cfg.gumbel_temperature_start,
+                self.latent_cfg.gumbel_temperature_end,
             )
         )
+
+
+def build_stochcon(cfg, backbone: nn.Module, feature_dim: int) -> Method:
+    """`method.name: stochcon` in `stochcon/train.py`: reads `cfg.method` (SimCLR settings),
+    `cfg.method.stochcon` (the latent) and `cfg.augment.num_views` (the global views)."""
+    return StochCon(backbone, feature_dim, cfg.method, cfg.method.stochcon, cfg.augment.num_views)
+
+
+def build_supervised(cfg, backbone: nn.Module, feature_dim: int) -> Method:
+    """`method.name: supervised`: the Appendix A.2 control (and, with bypass probability 1, plain supervised)."""
+    return SupervisedBernoulli(backbone, feature_dim, cfg.method.stochcon, dataset_info(cfg.data).num_classes)

@@ -2,14 +2,10 @@ import pytest
 import torch
 from torch import nn
 
+from stochcon.latents import StochConConfig, sample_gumbel_bernoulli
 from stochcon.losses import info_nce, multicrop_info_nce
-from stochcon.stochcon import (
-    StochasticBranch,
-    StochCon,
-    StochConConfig,
-    SupervisedBernoulli,
-    SupervisedBernoulliConfig,
-)
+from stochcon.simclr import SimCLRConfig
+from stochcon.stochcon import StochasticBranch, StochCon, SupervisedBernoulli
 
 WIDTH = 16
 
@@ -26,13 +22,16 @@ class TinyBackbone(nn.Module):
         return self.conv(x).mean((2, 3))
 
 
+SIMCLR = SimCLRConfig(proj_hidden_dim=32, proj_output_dim=8, proj_norm="none")
+
+
 def make(cfg: StochConConfig, num_global_views: int = 2) -> StochCon:
     torch.manual_seed(0)
-    return StochCon(cfg, TinyBackbone(), WIDTH, num_global_views)
+    return StochCon(TinyBackbone(), WIDTH, SIMCLR, cfg, num_global_views)
 
 
 def small_cfg(**overrides) -> StochConConfig:
-    return StochConConfig(proj_hidden_dim=32, proj_output_dim=8, head_norm="none", **overrides)
+    return StochConConfig(**overrides)
 
 
 def views(n_global=2, n_local=0, batch=6):
@@ -61,8 +60,6 @@ def test_two_view_loss_is_algorithm_1():
     torch.manual_seed(5)
     h0, h1 = method.backbone(x[0]), method.backbone(x[1])
     branch = method.branch
-    from stochcon.latents import sample_gumbel_bernoulli
-
     z = sample_gumbel_bernoulli(branch.pi(h1), 1.0, hard=True)
     expected = info_nce(method.projector(h0), method.projector(branch.rho(z)), 0.1)
     torch.testing.assert_close(out["loss"], expected)
@@ -104,7 +101,8 @@ def test_placement_selects_global_or_local_views(placement, stochastic):
     method(x, torch.full((6,), -1))
     with torch.no_grad():
         features = [method.backbone(v) for v in x]
-    sampled = [k for h in inputs for k, f in enumerate(features) if torch.allclose(h, f, atol=1e-6)]
+    chunks = inputs[0].chunk(len(stochastic))
+    sampled = [k for h in chunks for k, f in enumerate(features) if torch.allclose(h, f, atol=1e-6)]
     assert sorted(sampled) == sorted(stochastic)  # each stochastic view sampled exactly once
 
 
@@ -166,12 +164,12 @@ def test_supervised_bernoulli_bypass_probability():
     x = views(1, 0, batch=8)
     labels = torch.arange(8) % 3
     always_bypass = SupervisedBernoulli(
-        SupervisedBernoulliConfig(latent_dim=4, drop_prob=1.0), TinyBackbone(), WIDTH, 3
+        TinyBackbone(), WIDTH, StochConConfig(latent_dim=4, supervised_bypass_prob=1.0), 3
     )
     logits, h, _, _ = always_bypass.logits(x[0])
     torch.testing.assert_close(logits, always_bypass.classifier(h))
     never = SupervisedBernoulli(
-        SupervisedBernoulliConfig(latent_dim=4, drop_prob=0.0), TinyBackbone(), WIDTH, 3
+        TinyBackbone(), WIDTH, StochConConfig(latent_dim=4, supervised_bypass_prob=0.0), 3
     )
     captured = []
     never.branch.register_forward_hook(lambda module, args, out: captured.append(out[0]))
