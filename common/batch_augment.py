@@ -1,0 +1,164 @@
+"""Batched augmentation on the training device, with per-sample random parameters.
+
+The same ``AugmentConfig`` as the per-image pipelines of ``common/augment.py``, applied to a whole
+uint8 batch at once: one ``affine_grid``/``grid_sample`` does every sample's random resized crop and flip,
+colour jitter, grayscale, solarisation are elementwise with per-sample factors, and the Gaussian blur is
+a grouped convolution with one kernel per sample. On a CPU this is what makes SimCLR on Fashion-MNIST
+train in minutes: per-image PIL/v2 pipelines in loader workers cost more than the small network.
+
+Differences from torchvision's per-image pipeline, by design: the four jitter operations are applied in
+a fixed order (brightness, contrast, saturation, hue) rather than a random one, and hue is rotated in YIQ
+space. Randomness comes from the ``generator`` passed in, so a step's views are reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from common.augment import AugmentConfig
+from common.data import DatasetInfo
+
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+
+def _bernoulli(n: int, p: float, generator: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) < p
+
+
+def _crop_and_flip(x: torch.Tensor, size: int, scale: tuple[float, float], flip_prob: float,
+                   generator: torch.Generator) -> torch.Tensor:
+    """RandomResizedCrop (area fraction in ``scale``, aspect ratio in [3/4, 4/3]) and horizontal flip."""
+    n, device = x.shape[0], x.device
+    area = _uniform(n, scale[0], scale[1], generator, device)
+    log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), generator, device)
+    ratio = torch.exp(log_ratio)
+    width = torch.sqrt(area * ratio).clamp(max=1.0)   # fraction of the image width
+    height = torch.sqrt(area / ratio).clamp(max=1.0)
+    centre_x = (1 - width) * _uniform(n, -1, 1, generator, device)  # normalised [-1, 1] coordinates
+    centre_y = (1 - height) * _uniform(n, -1, 1, generator, device)
+    flip = torch.where(_bernoulli(n, flip_prob, generator, device), -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=device, dtype=x.dtype)
+    theta[:, 0, 0] = width * flip
+    theta[:, 0, 2] = centre_x
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = centre_y
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    r, g, b = _GRAY_WEIGHTS
+    return (r * x[:, 0:1] + g * x[:, 1:2] + b * x[:, 2:3])
+
+
+def _rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the chroma plane of YIQ by ``shift`` turns (per sample)."""
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    from_yiq = torch.linalg.inv(to_yiq)
+    yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
+    angle = shift * 2 * math.pi
+    cos, sin = torch.cos(angle)[:, None, None], torch.sin(angle)[:, None, None]
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,bjhw->bihw", from_yiq, yiq)
+
+
+def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    n, device = x.shape[0], x.device
+    apply = _bernoulli(n, cfg.jitter_prob, generator, device)[:, None, None, None]
+    out = x
+    if cfg.brightness > 0:
+        factor = _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, generator, device)
+        out = (out * factor[:, None, None, None]).clamp(0, 1)
+    if cfg.contrast > 0:
+        factor = _uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, generator, device)[:, None, None, None]
+        mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
+        out = ((out - mean) * factor + mean).clamp(0, 1)
+    if x.shape[1] == 3 and cfg.saturation > 0:
+        factor = _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, generator, device)[:, None, None, None]
+        gray = _gray(out)
+        out = ((out - gray) * factor + gray).clamp(0, 1)
+    if x.shape[1] == 3 and cfg.hue > 0:
+        out = _rotate_hue(out, _uniform(n, -cfg.hue, cfg.hue, generator, device)).clamp(0, 1)
+    return torch.where(apply, out, x)
+
+
+def _gaussian_blur(x: torch.Tensor, prob: float, sigma_range: tuple[float, float],
+                   generator: torch.Generator) -> torch.Tensor:
+    """Separable Gaussian blur, kernel ~10% of the image side, one sigma per sample."""
+    n, c, h, w = x.shape
+    device = x.device
+    apply = _bernoulli(n, prob, generator, device)
+    sigma = _uniform(n, sigma_range[0], sigma_range[1], generator, device)
+    radius = max(1, int(0.1 * h) // 2)
+    offsets = torch.arange(-radius, radius + 1, device=device, dtype=x.dtype)
+    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = kernel.repeat_interleave(c, dim=0)  # [n*c, k]
+    flat = x.reshape(1, n * c, h, w)
+    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)
+    return torch.where(apply[:, None, None, None], flat.reshape(n, c, h, w), x)
+
+
+def _cycled(values: list[float], index: int) -> float:
+    return values[index % len(values)]
+
+
+class BatchAugment:
+    """Turn a uint8 batch ``[B, C, H, W]`` into the list of normalised float views of ``AugmentConfig``."""
+
+    def __init__(self, cfg: AugmentConfig, info: DatasetInfo, out_channels: int):
+        if cfg.name != "multiview" and cfg.name != "supervised":
+            raise ValueError(f"augment.on=device supports augment.name multiview or supervised, not '{cfg.name}'")
+        self.cfg = cfg
+        self.global_size = cfg.image_size or info.image_size
+        self.out_channels = out_channels
+        self.mean = torch.tensor(info.mean, dtype=torch.float32)
+        self.std = torch.tensor(info.std, dtype=torch.float32)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        mean = self.mean.to(x.device)[:channels, None, None]
+        std = self.std.to(x.device)[:channels, None, None]
+        x = (x - mean) / std
+        if channels == 1 and self.out_channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        return x.contiguous()
+
+    def _view(self, x: torch.Tensor, index: int, size: int, scale: list[float],
+              generator: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        view = _crop_and_flip(x, size, (scale[0], scale[1]), cfg.flip_prob, generator)
+        if cfg.name == "supervised":
+            return self._normalise(view)
+        view = _colour_jitter(view, cfg, generator)
+        if view.shape[1] == 3 and cfg.grayscale_prob > 0:
+            to_gray = _bernoulli(view.shape[0], cfg.grayscale_prob, generator, view.device)[:, None, None, None]
+            view = torch.where(to_gray, _gray(view).expand(-1, 3, -1, -1), view)
+        blur_prob = _cycled(cfg.blur_prob, index)
+        if blur_prob > 0 and size >= cfg.blur_min_size:
+            view = _gaussian_blur(view, blur_prob, (cfg.blur_sigma[0], cfg.blur_sigma[1]), generator)
+        solarize_prob = _cycled(cfg.solarize_prob, index)
+        if solarize_prob > 0:
+            solarize = _bernoulli(view.shape[0], solarize_prob, generator, view.device)[:, None, None, None]
+            view = torch.where(solarize & (view >= 0.5), 1.0 - view, view)
+        return self._normalise(view)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        x = images.float().div_(255)
+        cfg = self.cfg
+        views = [self._view(x, i, self.global_size, cfg.crop_scale, generator) for i in range(cfg.num_views)]
+        views += [self._view(x, cfg.num_views + i, cfg.local_size, cfg.local_crop_scale, generator)
+                  for i in range(cfg.local_crops)]
+        return views

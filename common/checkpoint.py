@@ -1,0 +1,134 @@
+"""Run folders and training checkpoints that survive crashes.
+
+A checkpoint is a folder ``<output_dir>/checkpoints/step_<N>/`` holding ``state.pt`` (model, optimiser,
+grad-scaler, progress, config, code version) and ``backbone.safetensors``. It is written into a temporary
+folder first and renamed into place, so a kill at any moment during a save leaves the previous
+checkpoint complete and loadable; folders whose name does not match ``step_<N>`` are never read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.config import diff_configs
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.pt"
+_STEP_NAME = re.compile(r"^step_(\d+)$")
+# Keys that may change between an interrupted run and its resumption without changing its results.
+RESUMABLE_KEYS = {"resume", "overwrite", "progress_bar", "data.num_workers", "data.root", "log_every_steps",
+                  "save_every_epochs", "save_every_steps", "keep_last", "tracker", "on_nonfinite"}
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", CHECKPOINT_DIR, "results.json", "backbone.safetensors")
+
+
+class RunFolderError(ValueError):
+    """The output folder holds another run (and we were not asked to resume it or overwrite it)."""
+
+
+def code_version() -> str:
+    """The git commit of the code (``+dirty`` when modified), or the package version outside a checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        if commit:
+            return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ssl-repro")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := _STEP_NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def prepare_run_folder(output_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run in a folder that holds another one, unless resuming or overwriting."""
+    folder = Path(output_dir)
+    holds_run = folder.is_dir() and any((folder / marker).exists() for marker in RUN_MARKERS)
+    if holds_run and not resume:
+        if not overwrite:
+            raise RunFolderError(f"output_dir '{folder}' holds another run: pass resume=true to continue it, "
+                                 "overwrite=true to replace it, or choose another output_dir")
+        for marker in RUN_MARKERS:
+            path = folder / marker
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], write_extra=None,
+                    keep_last: int | None = None) -> Path:
+    """Write ``state`` (and whatever ``write_extra(folder)`` adds) atomically as checkpoint ``step``."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step_{step:08d}"
+    tmp = folder / f".tmp_step_{step:08d}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    torch.save(state, tmp / STATE_FILE)
+    if write_extra is not None:
+        write_extra(tmp)
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved twice (e.g. an epoch end that is also a save_every_steps step)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(folder)
+    if keep_last:
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in folder.glob(".tmp_step_*"):  # left by a process killed during a save
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in path.iterdir() if path.is_dir() else []:
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / STATE_FILE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"checkpoint '{file}' cannot be read: {type(error).__name__}: {error}") from None
+
+
+def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
+    """One-line error naming the keys that differ between a checkpoint's config and the current one."""
+    differing = [key for key in diff_configs(saved_config, config) if key not in RESUMABLE_KEYS]
+    if differing:
+        raise RunFolderError(f"cannot resume from '{path}': config differs in {', '.join(differing)} "
+                             "(resume with the same config, or start a new output_dir)")

@@ -1,0 +1,360 @@
+"""The training loop on Hugging Face Accelerate. It knows nothing about any method.
+
+``main(schema, build_method, argv, evaluate)`` parses the config, builds data, backbone, method and
+optimiser, trains with a per-step schedule, logs, checkpoints, and writes ``backbone.safetensors`` and
+``results.json``. Exit codes: 0 done, 1 failed (e.g. a non-finite loss), 2 bad input (config, data,
+checkpoint, output folder), 75 preempted after saving a checkpoint (requeue with ``resume=true``).
+
+Exact resume: data order and augmentation are seeded by position (``common.batches``), every
+micro-batch reseeds the global RNG from ``(seed, step, micro-batch, rank)`` (Gumbel noise, Brownian
+directions, dropout), and the checkpoint holds model, optimiser, grad-scaler and progress, so a run
+resumed from step ``s`` computes exactly what the uninterrupted run computes from ``s`` on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm import tqdm
+
+from common import distributed
+from common.augment import AugmentConfig
+from common.backbones import BACKBONE_FILE, BackboneConfig, build_backbone, save_backbone
+from common.batches import BatchStream, derive_seed
+from common.checkpoint import (RunFolderError, check_resumable, code_version, latest_checkpoint, load_checkpoint,
+                               prepare_run_folder, save_checkpoint)
+from common.config import ConfigError, load_config, to_dict, to_yaml
+from common.data import DataConfig, build_dataset, dataset_info
+from common.method import Method
+from common.metrics_log import MetricsLog
+from common.optim import OptimConfig, build_optimizer, param_groups, scaled_lr
+from common.probe import OnlineProbe
+from common.schedules import step_decay, warmup_cosine
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a scheduler should requeue the job with resume=true
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    epochs: int = 100
+    max_steps: int | None = None      # stop after this many optimiser steps (the schedules span them)
+    batch_size: int = 256             # global: over all processes and accumulation steps
+    grad_accum_steps: int = 1
+    train_split: str = "train"        # stl10: train+unlabeled for self-supervised pre-training
+    mixed_precision: str = "no"       # no | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False             # torch.compile the backbone's forward
+    online_probe: bool = True         # linear classifier on detached features, trained alongside
+    probe_lr: float = 0.1
+    log_every_steps: int = 10
+    progress_bar: bool = True
+    tracker: str = "tensorboard"      # tensorboard | none
+    save_every_epochs: int = 10
+    save_every_steps: int | None = None
+    keep_last: int = 2                # checkpoints kept on disk
+    resume: bool = False              # continue from the latest checkpoint in output_dir
+    overwrite: bool = False           # replace another run's files in output_dir
+    on_nonfinite: str = "error"       # error: stop and name the step and terms | skip: drop the step, count it
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Preempted(Exception):
+    pass
+
+
+class TrainingModule(nn.Module):
+    """The method plus the online probe, so that one DDP wrapper and one optimiser serve both."""
+
+    def __init__(self, method: Method, probe: OnlineProbe | None):
+        super().__init__()
+        self.method = method
+        self.probe = probe
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.method(views, labels)
+        if self.probe is not None:
+            out.update(self.probe(out["features"], labels))
+        return out
+
+
+Evaluate = Callable[[nn.Module, Any, Accelerator, str], dict]
+BuildMethod = Callable[[Any, nn.Module, int], Method]
+
+
+def learning_rate(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int, base: float) -> float:
+    if cfg.schedule == "warmup_cosine":
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        return warmup_cosine(step, total_steps, warmup, base, cfg.final_lr * base)
+    if cfg.schedule == "step":
+        return step_decay(step, [round(m * total_steps) for m in cfg.milestones], base, cfg.gamma)
+    if cfg.schedule == "constant":
+        return base
+    raise ValueError(f"optim.schedule must be warmup_cosine, step or constant, not '{cfg.schedule}'")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, build_method: BuildMethod, evaluate: Evaluate | None = None):
+        if cfg.on_nonfinite not in ("error", "skip"):
+            raise ConfigError(f"on_nonfinite must be error or skip, not '{cfg.on_nonfinite}'")
+        self.cfg, self.build_method, self.evaluate = cfg, build_method, evaluate
+        self.output_dir = Path(cfg.output_dir)
+        self.preempt_signal: int | None = None
+
+    # ----------------------------------------------------------------------------------------- set-up
+    def _setup(self) -> None:
+        cfg = self.cfg
+        tracker = None if cfg.tracker == "none" else cfg.tracker
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker,
+                                       project_dir=str(self.output_dir))
+        acc = self.accelerator
+        if acc.is_main_process:
+            prepare_run_folder(self.output_dir, cfg.resume, cfg.overwrite)
+        acc.wait_for_everyone()
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        self.info = dataset_info(cfg.data)
+        self.dataset = build_dataset(cfg.data, cfg.train_split)
+        self.in_chans = cfg.backbone.in_chans or self.info.channels
+        backbone, feature_dim = build_backbone(cfg.backbone, self.in_chans)
+        method = self.build_method(cfg, backbone, feature_dim)
+        if cfg.backbone.sync_bn:
+            method = distributed.convert_sync_batchnorm(method)
+        probe = OnlineProbe(feature_dim, self.info.num_classes) if cfg.online_probe and self.info.num_classes else None
+        module = TrainingModule(method, probe)
+        if cfg.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            method.backbone.compile()
+        self.stream = BatchStream(self.dataset, cfg.augment, self.info, self.in_chans, cfg.batch_size,
+                                  cfg.grad_accum_steps, acc.process_index, acc.num_processes, cfg.seed, acc.device,
+                                  cfg.data.num_workers)
+        self.steps_per_epoch = self.stream.steps_per_epoch
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        peak = scaled_lr(cfg.optim, cfg.batch_size, cfg.augment.num_views)
+        groups = param_groups(method, peak, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
+        if probe is not None:
+            groups.append(dict(params=list(probe.parameters()), weight_decay=0.0, lars_exclude=True,
+                               base_lr=cfg.probe_lr))
+        optimizer = build_optimizer(cfg.optim, groups)
+        self.module, self.optimizer = acc.prepare(module, optimizer)
+        self.method: Method = acc.unwrap_model(self.module).method
+
+    def _state(self, step: int, skipped: int, init_results: dict) -> dict[str, Any]:
+        scaler = getattr(self.accelerator, "scaler", None)
+        return {
+            "model": self.accelerator.unwrap_model(self.module).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": step,
+            "skipped_steps": skipped,
+            "init_results": init_results,
+            "config": to_dict(self.cfg),
+            "code_version": code_version(),
+            "rng": {"torch": torch.get_rng_state()},
+        }
+
+    def _save(self, step: int, skipped: int, init_results: dict) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            state = self._state(step, skipped, init_results)
+            save_checkpoint(self.output_dir, step, state, keep_last=self.cfg.keep_last,
+                            write_extra=lambda folder: save_backbone(self.method.backbone, self.cfg.backbone,
+                                                                     self.in_chans, folder / BACKBONE_FILE))
+        acc.wait_for_everyone()
+
+    def _restore(self) -> tuple[int, int, dict]:
+        checkpoint = latest_checkpoint(self.output_dir) if self.cfg.resume else None
+        if checkpoint is None:
+            return 0, 0, {}
+        state = load_checkpoint(checkpoint)
+        check_resumable(state["config"], to_dict(self.cfg), checkpoint)
+        try:
+            self.accelerator.unwrap_model(self.module).load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise RunFolderError(f"checkpoint '{checkpoint}' does not fit this model: "
+                                 f"{str(error).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
+        return state["step"], state["skipped_steps"], state["init_results"]
+
+    def _run_evaluation(self, stage: str) -> dict:
+        acc = self.accelerator
+        results: dict = {}
+        if self.evaluate is not None and acc.is_main_process:
+            backbone = self.method.backbone
+            was_training = backbone.training
+            backbone.eval()
+            results = self.evaluate(backbone, self.cfg, acc, stage)
+            backbone.train(was_training)
+        acc.wait_for_everyone()
+        return results
+
+    # ------------------------------------------------------------------------------------- signals
+    def _on_signal(self, signum, frame) -> None:
+        self.preempt_signal = signum
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.accelerator.num_processes == 1:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, reduction="sum").item() > 0)
+
+    # ------------------------------------------------------------------------------------- the loop
+    def fit(self) -> dict:
+        self._setup()
+        cfg, acc = self.cfg, self.accelerator
+        step, skipped, init_results = self._restore()
+        if step == 0:
+            if acc.is_main_process:
+                (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
+            init_results = self._run_evaluation("init")
+        log = MetricsLog(self.output_dir, resume_step=step + 1) if acc.is_main_process else None
+        if cfg.tracker != "none":
+            acc.init_trackers("train")
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+
+        progress = tqdm(total=self.total_steps, initial=step, disable=not (acc.is_main_process and cfg.progress_bar),
+                        dynamic_ncols=True, mininterval=1.0)
+        start_time, start_step = time.perf_counter(), step
+        self.module.train()
+        while step < self.total_steps:
+            epoch = step // self.steps_per_epoch
+            for _, micro_views, micro_labels in self.stream.epoch(epoch, step % self.steps_per_epoch):
+                if step >= self.total_steps:
+                    break
+                out, finite = self._train_step(step, micro_views, micro_labels)
+                if not finite:
+                    skipped += 1
+                self.method.on_step_end(step, self.total_steps)
+                step += 1
+                progress.update(1)
+                if acc.is_main_process and (step % cfg.log_every_steps == 0 or step == self.total_steps):
+                    self._log(log, step, out, skipped, (step - start_step) * cfg.batch_size
+                              / (time.perf_counter() - start_time), progress)
+                preempted = self._any_rank(self.preempt_signal is not None)
+                end_of_epoch = step % self.steps_per_epoch == 0
+                if (preempted or (cfg.save_every_steps and step % cfg.save_every_steps == 0)
+                        or (end_of_epoch and (step // self.steps_per_epoch) % cfg.save_every_epochs == 0)):
+                    self._save(step, skipped, init_results)
+                if preempted:
+                    progress.close()
+                    raise Preempted(f"signal {self.preempt_signal} received: saved step {step} in "
+                                    f"{self.output_dir}; rerun with resume=true")
+        progress.close()
+        train_seconds = time.perf_counter() - start_time
+        self._save(step, skipped, init_results)
+        results = self._finish(step, skipped, init_results, train_seconds)
+        acc.end_training()
+        return results
+
+    def _train_step(self, step: int, micro_views, micro_labels) -> tuple[dict, bool]:
+        cfg, acc = self.cfg, self.accelerator
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg.optim, step, self.total_steps, self.steps_per_epoch, group["base_lr"])
+        self.method.on_step_start(step, self.total_steps)
+        accumulation = len(micro_views)
+        out: dict = {}
+        for micro, (views, labels) in enumerate(zip(micro_views, micro_labels)):
+            torch.manual_seed(derive_seed(cfg.seed, step, micro, acc.process_index, 0x5EED))
+            if cfg.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            sync = micro == accumulation - 1
+            context = nullcontext() if sync else acc.no_sync(self.module)
+            with context:
+                out = self.module(views, labels)
+                loss = out["loss"] + out.get("probe_loss", 0.0)
+                if self._any_rank(not bool(torch.isfinite(loss))):
+                    bad = [k for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1
+                           and not bool(torch.isfinite(v))]
+                    if cfg.on_nonfinite == "error":
+                        raise NonFiniteLossError(f"non-finite loss at step {step} (terms: {', '.join(bad) or 'loss'})"
+                                                 f"; the last good checkpoint in {self.output_dir} is kept")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return out, False
+                acc.backward(loss / accumulation)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        out["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
+        return out, True
+
+    def _log(self, log: MetricsLog, step: int, out: dict, skipped: int, images_per_second: float,
+             progress: tqdm) -> None:
+        record: dict[str, Any] = {"step": step, "epoch": step / self.steps_per_epoch}
+        for key, value in out.items():
+            if torch.is_tensor(value) and value.numel() == 1:
+                record[key] = float(value.detach().float())
+        record["skipped_steps"] = skipped
+        record["images_per_second"] = images_per_second
+        log.write(record)
+        if self.cfg.tracker != "none":
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        progress.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", lr=f"{record.get('lr', 0):.3g}")
+
+    def _finish(self, step: int, skipped: int, init_results: dict, train_seconds: float) -> dict:
+        acc = self.accelerator
+        final = self._run_evaluation("final")
+        results = {**init_results, **final, "steps": step, "skipped_steps": skipped}
+        if acc.is_main_process:
+            save_backbone(self.method.backbone, self.cfg.backbone, self.in_chans, self.output_dir / BACKBONE_FILE)
+            (self.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            (self.output_dir / "timing.json").write_text(json.dumps(
+                {"train_seconds": train_seconds, "steps_this_session": step}, indent=2) + "\n")
+            print_results(results, self.output_dir)
+        acc.wait_for_everyone()
+        return results
+
+
+def print_results(results: dict, output_dir: Path) -> None:
+    width = max(len(k) for k in results) if results else 0
+    print(f"\nresults ({output_dir / 'results.json'}):")
+    for key, value in results.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+
+
+def main(schema: type, build_method: BuildMethod, argv: list[str] | None = None, evaluate: Evaluate | None = None,
+         default_config: str | Path | None = None) -> int:
+    """Run a trainer from the command line; returns the process exit code."""
+    try:
+        cfg = load_config(schema, argv, default_config)
+        Trainer(cfg, build_method, evaluate).fit()
+        return 0
+    except Preempted as message:
+        print(f"preempted: {message}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except (ConfigError, RunFolderError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("SSL_REPRO_DEBUG"):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT

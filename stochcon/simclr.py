@@ -1,0 +1,55 @@
+"""SimCLR (Chen et al., 2020): backbone f, projector g, InfoNCE between the views of each image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common.heads import mlp
+from common.method import Method
+from stochcon.losses import multicrop_info_nce
+
+
+@dataclass
+class SimCLRConfig:
+    name: str = "simclr"           # simclr | stochcon (the latent's settings are under `stochcon`)
+    temperature: float = 0.1       # InfoNCE tau (SimCLR: 0.1 at batch 4096 on ImageNet, 0.5 on CIFAR-10)
+    proj_hidden_dim: int = 2048
+    proj_output_dim: int = 128
+    proj_hidden_layers: int = 1    # SimCLR v1: one hidden layer; v2: two
+    proj_norm: str = "bn"          # bn | ln | none, in the projector's hidden layers
+    gather_negatives: bool = True  # negatives from every GPU (the global batch), as in the paper
+
+
+def projector(cfg: SimCLRConfig, feature_dim: int) -> nn.Sequential:
+    return mlp(feature_dim, [cfg.proj_hidden_dim] * cfg.proj_hidden_layers, cfg.proj_output_dim, norm=cfg.proj_norm)
+
+
+def encode_views(backbone: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Backbone features of every view; views of one resolution go through the network as one batch."""
+    features: list[torch.Tensor | None] = [None] * len(views)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index, view in enumerate(views):
+        by_size.setdefault(tuple(view.shape[1:]), []).append(index)
+    for indices in by_size.values():
+        out = backbone(torch.cat([views[i] for i in indices]))
+        for i, chunk in zip(indices, out.chunk(len(indices))):
+            features[i] = chunk
+    return features
+
+
+class SimCLR(Method):
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: SimCLRConfig, num_global_views: int):
+        super().__init__(backbone, feature_dim)
+        self.cfg = cfg
+        self.num_global_views = num_global_views
+        self.projector = projector(cfg, feature_dim)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = encode_views(self.backbone, views)
+        projections = self.projector(torch.cat(features)).chunk(len(views))
+        loss = multicrop_info_nce(list(projections), self.num_global_views, self.cfg.temperature,
+                                  self.cfg.gather_negatives)
+        return {"loss": loss, "features": features[0].detach()}
