@@ -153,3 +153,30 @@ def test_cli_errors_are_one_line(fashion_root, saved_backbone, capsys):
     assert linear_cli.main(["--checkpoint", str(missing), f"data.root={fashion_root}",
                             "output=/tmp/never_written.json"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_final_evaluation_callback(fashion_root, saved_backbone):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from common.backbones import load_backbone
+    from common.data import DataConfig
+    from evaluation.final import FinalEvalConfig, evaluate_backbone
+
+    backbone, _ = load_backbone(saved_backbone)
+    cfg = SimpleNamespace(data=DataConfig(name="fashion_mnist", root=str(fashion_root), num_workers=0),
+                          augment=SimpleNamespace(image_size=28), backbone=BackboneConfig(in_chans=None),
+                          eval=FinalEvalConfig(knn_k=50, linear_epochs=10, batch_size=64), seed=0)
+    accelerator = Accelerator(cpu=True)
+    init = evaluate_backbone(backbone, cfg, accelerator, "init")
+    assert set(init) == {"knn_top1_at_init"} and init["knn_top1_at_init"] > 0.5
+    final = evaluate_backbone(backbone, cfg, accelerator, "final")
+    assert set(final) == {"knn_top1", "knn_top1_k20", "linear_top1", "linear_top5"}
+    assert final["knn_top1"] == init["knn_top1_at_init"]  # same weights, same bank
+    assert final["linear_top1"] > 0.5
+    cfg.eval = FinalEvalConfig(knn_at_init=False, linear=False, max_train_images=50)
+    assert evaluate_backbone(backbone, cfg, accelerator, "init") == {}
+    assert set(evaluate_backbone(backbone, cfg, accelerator, "final")) == {"knn_top1", "knn_top1_k20"}
+    with pytest.raises(ValueError, match="stage"):
+        evaluate_backbone(backbone, cfg, accelerator, "middle")
