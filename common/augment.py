@@ -1,5 +1,8 @@
 """Per-image augmentation pipelines (torchvision.transforms.v2) run in the DataLoader workers.
 
+``python -m common.augment data.name=cifar10 augment.num_views=4 output_dir=DIR`` draws the views of a
+few training images into ``DIR/views.png`` (with the numbers in ``DIR/views.json``) to check a recipe by eye.
+
 ``common/batch_augment.py`` implements the same ``AugmentConfig`` on whole batches on the training
 device; both read the fields with the meanings documented here. Per-view lists (``blur_prob``,
 ``solarize_prob``) are indexed by the view's position in the output list (global views first, then
@@ -8,14 +11,24 @@ local crops) and cycled when shorter than the number of views.
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torchvision.transforms import v2
 
-from common.config import ConfigError
-from common.data import DatasetInfo
+from common.config import ConfigError, load_config
+from common.data import (
+    DataConfig,
+    DatasetInfo,
+    MultiViewDataset,
+    build_dataset,
+    dataset_info,
+    stratified_subset,
+)
 
 AUGMENT_NAMES = ("multiview", "supervised", "none")
 AUGMENT_PLACES = ("loader", "device")
@@ -251,3 +264,84 @@ def build_view_transforms(cfg: AugmentConfig, info: DatasetInfo, out_channels: i
         for v in range(cfg.local_crops)
     ]
     return views
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Preview
+
+
+@dataclass
+class PreviewConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    output_dir: str = "augment_preview"
+    num_images: int = 6  # rows of the grid: the first images of the training set, one class after another
+    out_channels: int | None = None  # None: the dataset's channels
+    seed: int = 0
+
+
+def preview_views(cfg: PreviewConfig) -> Path:
+    """Write ``views.png`` (one row per image: the evaluation view, then every augmented view) and
+    ``views.json`` (configs, image indices, labels, and each view's size and normalised mean/std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info = dataset_info(cfg.data)
+    out_channels = cfg.out_channels or info.channels
+    dataset = build_dataset(cfg.data, "train")
+    views = MultiViewDataset(dataset, build_view_transforms(cfg.augment, info, out_channels), cfg.seed)
+    evaluation = build_eval_transform(info, out_channels)
+    indices = stratified_subset(dataset.targets, min(cfg.num_images, len(dataset)))
+    mean, std = (torch.tensor(v).view(-1, 1, 1) for v in channel_stats(info, out_channels))
+
+    columns = 1 + len(views.transforms)
+    fig, axes = plt.subplots(len(indices), columns, figsize=(1.6 * columns, 1.6 * len(indices)), squeeze=False)
+    rows, labels = [], []
+    for row, index in enumerate(indices):
+        tensors, label = views[index]
+        labels.append(label)
+        shown = [evaluation(dataset[index][0])] + tensors
+        rows.append(tensors)
+        for col, tensor in enumerate(shown):
+            pixels = (tensor * std + mean).clamp(0, 1).permute(1, 2, 0).squeeze(-1).numpy()
+            axes[row, col].imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=1)
+            axes[row, col].set_axis_off()
+            if row == 0:
+                axes[row, col].set_title("eval" if col == 0 else f"view {col - 1}", fontsize=8)
+    fig.tight_layout()
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / "views.png", dpi=100)
+    plt.close(fig)
+
+    per_view = [torch.stack([r[v] for r in rows]) for v in range(len(views.transforms))]
+    summary = {
+        "data": asdict(cfg.data),
+        "augment": asdict(cfg.augment),
+        "seed": cfg.seed,
+        "indices": indices,
+        "labels": labels,
+        "views": [
+            {"shape": list(v.shape[1:]), "mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4)}
+            for v in per_view
+        ],
+    }
+    (out_dir / "views.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out_dir / "views.png"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = load_config(PreviewConfig, argv)
+        path = preview_views(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -563,5 +563,6 @@ def _load_hf(cfg: DataConfig, split: str) -> HFImageDataset:
     else:
         targets = torch.full((len(table),), -1, dtype=torch.int64)
         classes = []
-    table = table.cast_column(cfg.image_column, datasets.Image(decode=False))
+    # Only the image column travels to the workers; it is decoded here so errors can name the file.
+    table = table.select_columns([cfg.image_column]).cast_column(cfg.image_column, datasets.Image(decode=False))
     return HFImageDataset(table, cfg.image_column, targets, classes, f"{path} [{split_name}]", cfg.skip_corrupt)

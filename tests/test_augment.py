@@ -1,6 +1,7 @@
 """Per-image view pipelines: shapes, channels, per-view blur/solarize, eval transform, presets, errors."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from common.augment import (
     byol_augment,
     channel_stats,
     dino_multicrop,
+    main,
     msbreg_augment,
     per_view,
     simclr_augment,
@@ -210,3 +212,22 @@ def test_bad_configs_name_the_key():
             build_view_transforms(cfg, CIFAR, 3)
     with pytest.raises(ValueError, match="cannot turn 3-channel images into 2 channels"):
         build_view_transforms(AugmentConfig(), CIFAR, 2)
+
+
+def test_preview_command_writes_the_grid_and_its_numbers(tmp_path, capsys):
+    for label, name in enumerate(("a", "b", "c")):
+        for i in range(2):
+            folder = tmp_path / "images" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), (80 * label, 40 * i, 0)).save(folder / f"{i}.png")
+    out = tmp_path / "preview"
+    argv = [f"data.root={tmp_path / 'images'}", "data.name=image_folder", "augment.image_size=32",
+            "augment.local_crops=1", "augment.local_size=16", "num_images=3", f"output_dir={out}"]
+    assert main(argv) == 0
+    assert Image.open(out / "views.png").size[0] > 0
+    summary = json.loads((out / "views.json").read_text())
+    assert summary["indices"] == [0, 2, 4] and summary["labels"] == [0, 1, 2]
+    assert [v["shape"] for v in summary["views"]] == [[3, 32, 32], [3, 32, 32], [3, 16, 16]]
+    assert summary["augment"]["local_crops"] == 1
+    assert main(["augment.blur_prob=[2.0]", f"output_dir={out}"]) == 2
+    assert "augment.blur_prob" in capsys.readouterr().err
