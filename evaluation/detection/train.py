@@ -62,6 +62,11 @@ class TransferTrainer(DefaultTrainer):
             return COCOEvaluator(dataset_name, output_dir=output_folder or str(Path(cfg.OUTPUT_DIR) / "inference"))
         raise ValueError(f"no evaluator for dataset '{dataset_name}' (evaluator_type {evaluator_type!r})")
 
+    def train(self):
+        """Train, then return the evaluation that ``DefaultTrainer``'s final evaluation hook ran."""
+        super().train()
+        return self._last_eval_results
+
 
 def summarise(results: Mapping, test_datasets: tuple[str, ...]) -> dict[str, dict[str, dict[str, float | None]]]:
     """``{dataset: {"box"|"mask": {"AP", "AP50", "AP75"}}}`` from Detectron2's evaluation results.
@@ -105,8 +110,10 @@ def run(args) -> dict:
         trainer = TransferTrainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
+    if not comm.is_main_process():  # evaluators gather to the main process; the others hold no results
+        return {}
     summary = summarise(results, tuple(cfg.DATASETS.TEST))
-    if comm.is_main_process():
+    if True:
         path = Path(args.results or Path(cfg.OUTPUT_DIR) / "results.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS, "max_iter": cfg.SOLVER.MAX_ITER,
