@@ -1,0 +1,132 @@
+"""`python -m stochcon.analysis <command> RUN [RUN ...] --out DIR`: the paper's analyses on trained runs.
+
+    bits         active-bit counts of the Bernoulli code on train and test, at every checkpoint (Figure 4)
+    rf-units     random-forest units vs mean F1, 5-fold stratified on the training set (Figure 2 right)
+    variance     aggregate variance of the Gaussian latent on the test set vs bottleneck size (Figure 3)
+    compression  compression ratio of each run's code against its input images, and the paper's 588x
+
+Each writes `<command>.json` and `<command>.png` under --out. Exit code 2 on a bad run folder or argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common.config import ConfigError
+from common.data import build_dataset, dataset_info
+from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
+from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, write_bit_count_report
+from stochcon.analysis.compression import compression_ratio, write_compression_report
+from stochcon.analysis.rf_units import random_forest_units, write_rf_units_report
+from stochcon.analysis.runs import checkpoints_of, encode_split, load_trained_method
+
+
+def _name(run: str) -> str:
+    return Path(run).resolve().name
+
+
+def bits(args: argparse.Namespace) -> Path:
+    curves = {}
+    for run in args.runs:
+        curve = BitCountCurve()
+        for checkpoint in checkpoints_of(run):
+            method, cfg, state = load_trained_method(checkpoint)
+            if method.branch.kind != "bernoulli":
+                raise ValueError(
+                    f"run '{run}' has a {method.branch.kind} latent: bit counts need a Bernoulli one"
+                )
+            train_size = len(build_dataset(cfg.data, cfg.train_split))
+            curve.epochs.append(state["step"] * cfg.batch_size / train_size)
+            for split, stats in (("train", curve.train), ("test", curve.test)):
+                stats.append(bit_stats(encode_split(method, cfg, split, args.max_images).code))
+        curves[_name(run)] = curve
+    return write_bit_count_report(curves, args.out)
+
+
+def rf_units(args: argparse.Namespace) -> Path:
+    curves = {}
+    for run in args.runs:
+        method, cfg, _ = load_trained_method(run)
+        encoded = encode_split(method, cfg, cfg.train_split, args.max_images)
+        dim = encoded.code.shape[1]
+        units = [k for k in args.units if k <= dim] or [dim]
+        curves[f"{_name(run)} ({method.branch.kind}, D={dim})"] = random_forest_units(
+            encoded.code, encoded.labels, units, folds=args.folds, n_estimators=args.trees, seed=args.seed
+        )
+    return write_rf_units_report(curves, args.out)
+
+
+def variance(args: argparse.Namespace) -> Path:
+    rows = {}
+    for run in args.runs:
+        method, cfg, _ = load_trained_method(run)
+        encoded = encode_split(method, cfg, "test", args.max_images)
+        if encoded.sigma is None:
+            raise ValueError(
+                f"run '{run}' has a {method.branch.kind} latent: the aggregate variance needs a Gaussian"
+            )
+        rows[_name(run)] = aggregate_variance(encoded.code, encoded.sigma)
+    return write_aggregate_variance_report(rows, args.out)
+
+
+def compression(args: argparse.Namespace) -> Path:
+    rows = {"paper: 224x224x3 -> 2048 bits": compression_ratio(224, 224, 3, 2048)}
+    for run in args.runs:
+        method, cfg, _ = load_trained_method(run)
+        info = dataset_info(cfg.data)
+        size = cfg.augment.image_size or info.image_size
+        bits_per_unit = 1 if method.branch.kind == "bernoulli" else 32
+        rows[_name(run)] = compression_ratio(
+            size, size, info.channels, method.branch.latent_dim, bits_per_unit=bits_per_unit
+        )
+    return write_compression_report(rows, args.out)
+
+
+def _unit_list(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--units must be comma-separated integers, got '{text}'") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m stochcon.analysis", description=__doc__.split("\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, func, help_text in [
+        ("bits", bits, "active-bit counts per checkpoint (Figure 4)"),
+        ("rf-units", rf_units, "random-forest units (Figure 2 right)"),
+        ("variance", variance, "aggregate variance of Gaussian latents (Figure 3)"),
+        ("compression", compression, "compression ratio of the code (footnote 2)"),
+    ]:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "runs", nargs="*" if name == "compression" else "+", help="run or checkpoint folders"
+        )
+        sub.add_argument("--out", required=True, help="folder for the JSON and PNG")
+        sub.add_argument("--max-images", type=int, default=None, help="stratified subset of each split")
+        sub.set_defaults(func=func)
+        if name == "rf-units":
+            sub.add_argument(
+                "--units", type=_unit_list, default=[1, 2, 4, 8, 11, 16, 32, 64, 128, 256, 512, 2048]
+            )
+            sub.add_argument("--folds", type=int, default=5)
+            sub.add_argument("--trees", type=int, default=100)
+            sub.add_argument("--seed", type=int, default=0)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        png = args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {png} and {png.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

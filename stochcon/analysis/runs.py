@@ -1,0 +1,122 @@
+"""Trained StochCon runs: rebuild the method from a checkpoint and encode a dataset with it.
+
+A run folder's `checkpoints/step_<N>/state.pt` holds the training module's weights (`method.*`, `probe.*`)
+and the resolved train config; the method is rebuilt with the entry point's own schema and builder, so the
+analyses and fine-tuning see exactly the network that was trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+
+from common.augment import build_eval_transform
+from common.backbones import build_backbone
+from common.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint
+from common.config import ConfigError
+from common.data import build_dataset, dataset_info, stratified_subset
+from common.method import Method
+from evaluation.features import extract_features
+
+METHOD_PREFIX = "method."
+
+
+def checkpoints_of(path: str | Path) -> list[Path]:
+    """The checkpoint folders named by `path`: itself if it is one, else every checkpoint of the run, oldest first."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"run or checkpoint not found: {path}")
+    found = list_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"no checkpoints/step_<N>/{STATE_FILE} in run folder '{path}'")
+    return found
+
+
+def _entry_point() -> tuple[type, Callable[[Any, nn.Module, int], Method]]:
+    from stochcon.train import StochConTrainConfig, build_method
+
+    return StochConTrainConfig, build_method
+
+
+def load_trained_method(
+    checkpoint: str | Path, schema: type | None = None, build_method: Callable | None = None
+) -> tuple[Method, Any, dict]:
+    """(method in eval mode, its train config, the checkpoint state) from a checkpoint folder or a run (its
+    latest checkpoint). `schema` and `build_method` default to `stochcon.train`'s."""
+    folder = checkpoints_of(checkpoint)[-1]
+    if schema is None or build_method is None:
+        schema, build_method = _entry_point()
+    state = load_checkpoint(folder)
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), state["config"]))
+    except OmegaConfBaseException as error:
+        raise ConfigError(
+            f"checkpoint '{folder}': its config does not fit {schema.__name__}: {str(error).splitlines()[0]}"
+        ) from None
+    in_chans = cfg.backbone.in_chans or dataset_info(cfg.data).channels
+    backbone, feature_dim = build_backbone(cfg.backbone, in_chans)
+    method = build_method(cfg, backbone, feature_dim)
+    weights = {k[len(METHOD_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(METHOD_PREFIX)}
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint '{folder}' does not fit the method it names: {str(error).splitlines()[0]}"
+        ) from None
+    return method.eval(), cfg, state
+
+
+class LatentEncoder(nn.Module):
+    """Images -> [h, code, sigma]: backbone features, the deterministic code (`StochasticBranch.code`) and,
+    for the Gaussian, the scale predicted from the same image (the scale of q(z | x) for a single view)."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        if not hasattr(method, "branch"):
+            raise ValueError(f"{type(method).__name__} has no latent variable to analyse")
+        self.backbone, self.branch = method.backbone, method.branch
+
+    def forward(self, images: Tensor) -> Tensor:
+        h = self.backbone(images)
+        parts = [h, self.branch.code(h)]
+        if self.branch.kind == "gaussian":
+            parts.append(self.branch.scale(h))
+        return torch.cat(parts, dim=1)
+
+
+@dataclass
+class EncodedSplit:
+    features: np.ndarray  # backbone features h [N, D_backbone]
+    code: np.ndarray  # hard bits (Bernoulli) or the mean (Gaussian) [N, D_latent]
+    sigma: np.ndarray | None  # Gaussian scale [N, D_latent]
+    labels: np.ndarray
+
+
+def encode_split(
+    method: Method, cfg: Any, split: str, max_images: int | None = None, batch_size: int = 512
+) -> EncodedSplit:
+    """Encode the `split` images of the run's dataset (a stratified subset of `max_images` when given)."""
+    info = dataset_info(cfg.data)
+    dataset = build_dataset(cfg.data, split)
+    indices = None
+    if max_images is not None and max_images < len(dataset):
+        indices = torch.tensor(stratified_subset(dataset.targets, max_images))
+    transform = build_eval_transform(info, cfg.backbone.in_chans or info.channels, cfg.augment.image_size)
+    encoder = LatentEncoder(method)
+    out, labels = extract_features(
+        encoder, dataset, transform, batch_size, "cpu", cfg.data.num_workers, indices
+    )
+    width, latent = method.feature_dim, encoder.branch.latent_dim
+    out = out.numpy()
+    sigma = out[:, width + latent :] if encoder.branch.kind == "gaussian" else None
+    return EncodedSplit(out[:, :width], out[:, width : width + latent], sigma, labels.numpy())
