@@ -37,9 +37,9 @@ METRICS = ("AP", "AP50", "AP75")
 class Res5ROIHeadsExtraNorm(Res5ROIHeads):
     """The C4 res5 box head with one more ``MODEL.RESNETS.NORM`` layer after its last block.
 
-    A bottleneck block ends with the residual sum, so res5's output reaches the new box predictor unnormalised;
-    the MoCo detection protocol adds this norm (SyncBN) to make fine-tuning from self-supervised weights, whose
-    feature scale differs from supervised ones, well conditioned.
+    A bottleneck block ends with the residual sum, so res5's output reaches the new box predictor unnormalised.
+    The MoCo detection protocol (He et al. 2020, Sec. 4.2) fine-tunes with trained SyncBN everywhere because
+    self-supervised features are scaled differently from supervised ones, and normalises the new head's input too.
     """
 
     @classmethod
