@@ -1,0 +1,124 @@
+"""Methods trained with VCReg layers in their backbone: supervised (plain or DeCov), SimCLR and VICReg.
+
+The VCReg layers themselves live in the backbone (``vcreg.placement.apply_vcreg``) and act in backward,
+so the methods below only compute their own objective; with ``vcreg.enabled=false`` the same methods are
+the baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.heads import mlp
+from common.method import Method
+from stochcon.losses import info_nce
+from vcreg.layer import attach_grad_scaler
+from vcreg.losses import decov_loss, vicreg_loss
+
+METHODS = ("supervised", "decov", "simclr", "vicreg")
+
+
+@dataclass
+class VCRegLayerConfig:
+    """The regulariser's settings (Sections 3.2-3.3). The paper reports the grid, not one choice: alpha in
+    {1.28, 0.64, 0.32, 0.16}, beta in {0.16, 0.08, 0.04, 0.02, 0.01} (sweep files in vcreg/configs/);
+    the defaults are the grid's mildest corner."""
+
+    enabled: bool = True
+    placement: str = "blocks"          # final | blocks (the paper's choice) | blocks+downsample
+    alpha: float = 0.16
+    beta: float = 0.01
+    eps: float = 1e-5
+    delta: float | None = None      # smooth-L1 covariance threshold (eq. 7); None: squared, as Algorithm 1
+    all_reduce: bool = False           # statistics over all ranks instead of per rank
+    overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # {"stages.3.*": {"alpha": 1.28}}
+
+
+@dataclass
+class VCRegMethodConfig:
+    name: str = "supervised"           # supervised | decov | simclr | vicreg
+    label_smoothing: float = 0.0       # supervised / decov cross-entropy
+    decov_weight: float = 0.1          # DeCov baseline: weight of Cogswell et al.'s loss on the pooled features
+    temperature: float = 0.1           # SimCLR InfoNCE tau (Chen et al., 2020: 0.1 at batch 4096)
+    simclr_projector: list[int] = field(default_factory=lambda: [2048, 256])  # hidden..., output (App. C.4)
+    vicreg_projector: list[int] = field(default_factory=lambda: [8192, 8192, 8192])  # Bardes et al.
+    vicreg_invariance: float = 25.0
+    vicreg_variance: float = 25.0
+    vicreg_covariance: float = 1.0
+    vicreg_eps: float = 1e-4
+
+
+class VCRegMethod(Method):
+    """Base: lets the trainer hand over the fp16 gradient scaler, which the VCReg layers must read."""
+
+    def on_grad_scaler(self, scaler: torch.amp.GradScaler | None) -> None:
+        attach_grad_scaler(self, scaler)
+
+
+class SupervisedClassifier(VCRegMethod):
+    """Backbone + linear classifier with cross-entropy; ``decov_weight > 0`` adds DeCov on the features."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, label_smoothing: float = 0.0,
+                 decov_weight: float = 0.0):
+        super().__init__(backbone, feature_dim)
+        if num_classes < 2:
+            raise ValueError(f"supervised training needs a labelled dataset, got {num_classes} classes")
+        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.label_smoothing, self.decov_weight = label_smoothing, decov_weight
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if bool((labels < 0).any()):
+            raise ValueError("supervised training got unlabelled images (label -1): use a labelled split")
+        features = self.backbone(views[0])
+        logits = self.classifier(features)
+        cross_entropy = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        out = {"features": features.detach(), "cross_entropy": cross_entropy.detach(),
+               "train_top1": (logits.argmax(1) == labels).float().mean()}
+        loss = cross_entropy
+        if self.decov_weight > 0:
+            decov = decov_loss(features.float())
+            loss = loss + self.decov_weight * decov
+            out["decov"] = decov.detach()
+        out["loss"] = loss
+        return out
+
+
+class JointEmbedding(VCRegMethod):
+    """SimCLR (InfoNCE on a projector's outputs) or VICReg (Bardes et al.) between two views (App. C.4)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: VCRegMethodConfig):
+        super().__init__(backbone, feature_dim)
+        self.cfg = cfg
+        if cfg.name == "simclr":
+            # SimCLR per Appendix C.4: BatchNorm after every layer, so the output layer gets one too
+            *hidden, out = cfg.simclr_projector
+            self.projector = mlp(feature_dim, hidden, out, norm="bn", last_norm=True)
+        else:
+            *hidden, out = cfg.vicreg_projector
+            self.projector = mlp(feature_dim, hidden, out, norm="bn")
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(views) != 2:
+            raise ValueError(f"{self.cfg.name} takes exactly 2 views (augment.num_views=2), got {len(views)}")
+        features = self.backbone(torch.cat(views))
+        z1, z2 = self.projector(features).float().chunk(2)
+        if self.cfg.name == "simclr":
+            return {"loss": info_nce(z1, z2, self.cfg.temperature), "features": features.chunk(2)[0].detach()}
+        terms = vicreg_loss(z1, z2, self.cfg.vicreg_invariance, self.cfg.vicreg_variance,
+                            self.cfg.vicreg_covariance, self.cfg.vicreg_eps)
+        return {"loss": terms["loss"], "features": features.chunk(2)[0].detach(),
+                **{k: v.detach() for k, v in terms.items() if k != "loss"}}
+
+
+def build_vcreg_method(cfg: VCRegMethodConfig, backbone: nn.Module, feature_dim: int, num_classes: int) -> Method:
+    if cfg.name == "supervised":
+        return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing)
+    if cfg.name == "decov":
+        return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing, cfg.decov_weight)
+    if cfg.name in ("simclr", "vicreg"):
+        return JointEmbedding(backbone, feature_dim, cfg)
+    raise ValueError(f"method.name must be one of {', '.join(METHODS)}, not '{cfg.name}'")
