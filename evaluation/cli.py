@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.transforms import v2
 
+from common.augment import build_eval_transform
 from common.backbones import is_model_name, load_backbone, read_backbone_config
 from common.config import ConfigError, load_config
 from common.data import build_dataset, dataset_info, stratified_subset
@@ -35,50 +35,9 @@ def load_eval_backbone(checkpoint: str) -> tuple[nn.Module, int, int]:
     return backbone, feature_dim, in_chans
 
 
-class RepeatChannels(nn.Module):
-    """Grey images ``[..., 1, H, W]`` to ``channels`` identical channels (for backbones made for RGB)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = channels
-
-    def forward(self, images: Tensor) -> Tensor:
-        return images.expand(*images.shape[:-3], self.channels, *images.shape[-2:])
-
-
-def eval_transform(mean: Sequence[float], std: Sequence[float], data_channels: int, backbone_channels: int,
-                   crop_size: Optional[int] = None, resize_size: Optional[int] = None,
-                   interpolation: str = "bilinear") -> v2.Compose:
-    """Deterministic evaluation pipeline for PIL images and uint8 tensors (single or batched):
-    resize of the short side to ``resize_size``, centre crop ``crop_size``, float in [0, 1], normalise,
-    grey to RGB when the backbone expects 3 channels."""
-    modes = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
-    if interpolation not in modes:
-        raise ValueError(f"interpolation must be bilinear or bicubic, not '{interpolation}'")
-    if data_channels not in (1, backbone_channels):
-        raise ValueError(f"the data has {data_channels} channels but the backbone expects {backbone_channels}")
-    steps: list[nn.Module] = [v2.ToImage()]
-    if resize_size is not None:
-        steps.append(v2.Resize(resize_size, interpolation=modes[interpolation], antialias=True))
-    if crop_size is not None:
-        steps.append(v2.CenterCrop(crop_size))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    if data_channels == 1 and backbone_channels != 1:
-        steps.append(RepeatChannels(backbone_channels))
-    return v2.Compose(steps)
-
-
-def dataset_transform(cfg, backbone_channels: int) -> v2.Compose:
-    """The evaluation transform for ``cfg.data`` at ``cfg.image_size`` (native size when None)."""
-    info = dataset_info(cfg.data)
-    size = cfg.image_size
-    if size is None:
-        # Folders of variable-size images: the usual resize to 256 / centre crop 224.
-        resize, crop = (None, None) if cfg.data.name in ("cifar10", "cifar100", "stl10", "fashion_mnist") \
-            else (round(info.image_size * 256 / 224), info.image_size)
-    else:
-        resize, crop = size, size
-    return eval_transform(info.mean, info.std, info.channels, backbone_channels, crop, resize)
+def dataset_transform(cfg, backbone_channels: int) -> Callable:
+    """``common.augment``'s evaluation transform for ``cfg.data`` at ``cfg.image_size`` (None: native)."""
+    return build_eval_transform(dataset_info(cfg.data), backbone_channels, cfg.image_size)
 
 
 def labelled_features(cfg) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -100,18 +59,23 @@ def labelled_features(cfg) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return train_x, train_y, test_x, test_y
 
 
-def default_output(checkpoint: str, protocol: str, dataset: str) -> Path:
-    """``eval_<protocol>_<dataset>.json`` in the run/checkpoint folder, or the current folder for a model name."""
-    name = f"eval_{protocol}_{dataset}.json"
+def default_output(checkpoint: str, protocol: str, dataset: Optional[str]) -> Path:
+    """``eval_<protocol>[_<dataset>].json`` in the run/checkpoint folder, or the current folder (with the
+    model's name) for a named torchvision/timm model."""
+    stem = f"eval_{protocol}_{dataset}" if dataset else f"eval_{protocol}"
     if is_model_name(checkpoint):
-        return Path(f"eval_{protocol}_{dataset}_{re.sub(r'[^A-Za-z0-9_.-]', '_', checkpoint)}.json")
+        return Path(f"{stem}_{re.sub(r'[^A-Za-z0-9_.-]', '_', checkpoint)}.json")
+    name = f"{stem}.json"
     path = Path(checkpoint)
     return (path if path.is_dir() else path.parent) / name
 
 
 def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Optional[Sequence[str]],
-                 protocol: str) -> int:
-    """Parse the config, refuse to overwrite an existing result, evaluate, write the JSON; the exit code."""
+                 protocol: str | Callable[[Any], str]) -> int:
+    """Parse the config, refuse to overwrite an existing result, evaluate, write the JSON; the exit code.
+
+    ``protocol`` names the result (``eval_<protocol>_<dataset>.json``); a callable derives it from the config.
+    """
     try:
         cfg = load_config(schema, argv)
         if cfg.checkpoint in ("???", ""):
@@ -119,7 +83,8 @@ def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Optional[S
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    dataset = getattr(getattr(cfg, "data", None), "name", None) or getattr(cfg, "dataset", "data")
+    protocol = protocol(cfg) if callable(protocol) else protocol
+    dataset = getattr(cfg, "dataset", None) or getattr(getattr(cfg, "data", None), "name", None)
     output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, protocol, dataset)
     if output.exists() and not cfg.overwrite:
         print(f"error: {output} exists; pass overwrite=true or another output=PATH", file=sys.stderr)

@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from common.augment import build_eval_transform
 from common.data import build_dataset, dataset_info, stratified_subset
-from evaluation.cli import eval_transform
 from evaluation.features import extract_features
 from evaluation.knn import knn_accuracy
 from evaluation.linear import LinearProbeConfig, linear_probe
@@ -42,15 +42,7 @@ class FinalEvalConfig:
 
 def _features(backbone: nn.Module, cfg, device: torch.device):
     info = dataset_info(cfg.data)
-    size = cfg.augment.image_size
-    if size == info.image_size:
-        resize, crop = None, None
-    elif cfg.data.name in ("imagenet", "imagenet100", "image_folder", "hf"):
-        resize, crop = round(size * 256 / 224), size  # resize 256 / centre crop 224, scaled to the size
-    else:
-        resize, crop = size, size
-    backbone_channels = cfg.backbone.in_chans or info.channels
-    transform = eval_transform(info.mean, info.std, info.channels, backbone_channels, crop, resize)
+    transform = build_eval_transform(info, cfg.backbone.in_chans or info.channels, cfg.augment.image_size)
     train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
     indices = None
     if cfg.eval.max_train_images is not None and cfg.eval.max_train_images < len(train_set):

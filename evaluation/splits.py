@@ -28,7 +28,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SSL_REPRO_CACHE", Path.home() / ".cache" / "ssl-repro"))
 
 
-def simclr_subset_file(percent: int, subset_file: Optional[str] = None) -> Path:
+def simclr_subset_file(percent: float, subset_file: Optional[str] = None) -> Path:
     """The SimCLR split file for ``percent`` (1 or 10): ``subset_file`` if given, else the cached download."""
     if subset_file:
         path = Path(subset_file)
@@ -37,6 +37,7 @@ def simclr_subset_file(percent: int, subset_file: Optional[str] = None) -> Path:
         return path
     if percent not in SIMCLR_SUBSET_URLS:
         raise ValueError(f"SimCLR publishes 1% and 10% ImageNet subsets, not {percent}%; pass subset_file")
+    percent = int(percent)
     path = cache_dir() / "simclr_subsets" / f"{percent}percent.txt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,10 +84,13 @@ def stratified_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tenso
 
 
 def sample_paths(dataset) -> list[str]:
-    """File paths of an ImageFolder-like dataset (``.samples`` or ``.imgs`` of ``(path, label)`` pairs)."""
+    """File paths of an image-folder dataset: ``common.data``'s ``.files``, or torchvision's ``.samples``."""
+    files = getattr(dataset, "files", None)
+    if files is not None:
+        return [str(path) for path in files]
     for attribute in ("samples", "imgs"):
         samples = getattr(dataset, attribute, None)
         if samples is not None:
             return [str(path) for path, _ in samples]
-    raise ValueError(f"{type(dataset).__name__} does not list its image files (.samples); a split file of "
+    raise ValueError(f"{type(dataset).__name__} does not list its image files (.files or .samples); a split file of "
                      "image names needs an image-folder dataset")

@@ -13,7 +13,8 @@ from common.backbones import BackboneConfig, build_backbone, save_backbone
 from common.data import InMemoryImageDataset
 from evaluation import knn as knn_cli
 from evaluation import linear as linear_cli
-from evaluation.cli import eval_transform
+from common.augment import build_eval_transform
+from common.data import DatasetInfo
 from evaluation.features import extract_features
 from evaluation.linear import LinearProbeConfig, _learning_rate, linear_probe, train_linear_classifier
 
@@ -77,7 +78,7 @@ def test_feature_extraction_fast_path_equals_per_image_path():
     images = torch.randint(0, 256, (37, 1, 20, 20), dtype=torch.uint8)
     dataset = InMemoryImageDataset(images, torch.arange(37) % 4)
     backbone, _ = build_backbone(BackboneConfig(name="small_convnet", width=4), in_chans=3)
-    transform = eval_transform([0.3], [0.4], 1, 3, crop_size=16, resize_size=18)
+    transform = build_eval_transform(DatasetInfo(1, 20, 4, (0.3,), (0.4,)), 3, image_size=16)
     backbone.train()
     fast_x, fast_y = extract_features(backbone, dataset, transform, batch_size=8)
     slow_x, slow_y = extract_features(backbone, PerImage(dataset), transform, batch_size=5)

@@ -1,0 +1,50 @@
+"""``python -m evaluation``: the list of evaluation protocols; ``python -m evaluation <protocol> ARGS`` runs one."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional
+
+# module: one-line description. Every protocol takes --checkpoint (run folder, backbone.safetensors,
+# checkpoint folder or torchvision/timm model name) and writes a JSON result.
+PROTOCOLS = {
+    "evaluation.knn": "weighted k-NN (Wu et al.) top-1/top-5 of frozen features, k=200 and k=20, T=0.1",
+    "evaluation.linear": "linear probe on cached frozen features: SGD or LARS, cosine or step schedule, top-1/top-5",
+    "evaluation.semi_supervised": "fine-tuning on 1%/10% labels (SimCLR ImageNet split files or a stratified "
+                                  "fraction), separate classifier/encoder learning rates",
+    "evaluation.transfer": "Kornblith transfer probe (L-BFGS logistic regression, 45 L2 strengths) on "
+                           "Food-101, Cars, Aircraft, Pets, Flowers-102, DTD, folders; SGD protocol for "
+                           "Places205 / iNaturalist 2018",
+    "evaluation.voc07": "Pascal VOC07 classification: per-class linear SVMs, cost by 3-fold CV, test mAP "
+                        "(Goyal et al.)",
+    "evaluation.detection.convert": "convert a ResNet-50 backbone to a Detectron2 checkpoint (.pkl)",
+    "evaluation.detection.train": "Detectron2 detection transfer: Faster R-CNN R50-C4 on VOC07+12, Mask R-CNN "
+                                  "R50-FPN on COCO",
+}
+
+
+def usage() -> str:
+    width = max(map(len, PROTOCOLS))
+    lines = ["usage: python -m evaluation <protocol> --checkpoint PATH [key=value ...]",
+             "       (or python -m <module> --checkpoint PATH [key=value ...])", "", "protocols:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in PROTOCOLS.items()]
+    lines += ["", "Each writes a JSON result (output=PATH; default next to the checkpoint) and refuses to "
+              "overwrite one unless overwrite=true."]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name = argv[0] if argv[0].startswith("evaluation.") else f"evaluation.{argv[0]}"
+    if name not in PROTOCOLS:
+        print(f"error: unknown protocol '{argv[0]}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    return importlib.import_module(name).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

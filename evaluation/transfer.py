@@ -1,0 +1,158 @@
+"""Transfer probes on frozen features (VCReg Appendix C.1, MSBReg supplement 2.4).
+
+Two protocols, both on features extracted once without augmentation:
+
+- ``lbfgs`` (Kornblith et al., 2019/2021; SimCLR): bicubic resize of the short side to 224, 224 centre
+  crop; L2-regularised multinomial logistic regression fitted with L-BFGS (``evaluation.logistic``); the
+  strength chosen among 45 log-spaced values in [1e-5, 1e5] by validation accuracy, refitted on
+  train + validation, reported on test. The validation split is the dataset's own where it has one
+  (FGVC Aircraft, Flowers-102, DTD), else a stratified ``val_fraction`` of the training split.
+- ``sgd`` (Places205 and iNaturalist 2018, after Zbontar et al. / Goyal et al.): a linear classifier
+  trained with SGD, batch 256, lr 0.2, momentum 0.9, weight decay 1e-4, lr x0.1 twice at equal
+  intervals, 28 epochs (Places205) or 84 (iNaturalist 2018). The reference protocol augments the
+  training images (random crops and flips); here the classifier trains on cached centre-crop features.
+
+Datasets: torchvision's ``food101``, ``stanford_cars``, ``fgvc_aircraft``, ``oxford_pets``,
+``flowers102`` and ``dtd`` (files under ``root``; ``download=true`` lets torchvision fetch them), and
+through ``common.data``: ``image_folder`` / ``hf`` (``data.*``), ``places205`` and ``inat18`` (image
+folders with ``data.train_split`` / ``data.test_split`` subfolders of class folders).
+
+Command line: ``python -m evaluation.transfer --checkpoint PATH dataset=dtd root=/data``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torchvision.datasets as tvd
+from torch import Tensor
+from torchvision.transforms import v2
+
+from common.data import IMAGENET_MEAN, IMAGENET_STD, DataConfig, build_dataset
+from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
+from evaluation.features import extract_features
+from evaluation.linear import LinearProbeConfig, linear_probe
+from evaluation.logistic import default_l2_grid, select_and_refit
+from evaluation.splits import stratified_fraction
+
+# name: (constructor, train split, validation split or None, test split, extra keyword arguments)
+TORCHVISION_DATASETS = {
+    "food101": (tvd.Food101, "train", None, "test", {}),
+    "stanford_cars": (tvd.StanfordCars, "train", None, "test", {}),
+    "fgvc_aircraft": (tvd.FGVCAircraft, "train", "val", "test", {"annotation_level": "variant"}),
+    "oxford_pets": (tvd.OxfordIIITPet, "trainval", None, "test", {"target_types": "category"}),
+    "flowers102": (tvd.Flowers102, "train", "val", "test", {}),
+    "dtd": (tvd.DTD, "train", "val", "test", {"partition": 1}),
+}
+SGD_EPOCHS = {"places205": 28, "inat18": 84}
+FOLDER_DATASETS = ("image_folder", "hf", *SGD_EPOCHS)
+
+
+def sgd_protocol() -> LinearProbeConfig:
+    """The Places205 / iNaturalist 2018 linear protocol (epochs set per dataset)."""
+    return LinearProbeConfig(epochs=28, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9, weight_decay=1e-4,
+                             schedule="step", milestones=[1 / 3, 2 / 3], gamma=0.1, standardize=False)
+
+
+@dataclass
+class TransferConfig:
+    checkpoint: str = "???"
+    dataset: str = "dtd"           # a torchvision name above, image_folder, hf, places205 or inat18
+    root: str = "data"             # torchvision datasets' root
+    download: bool = False
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="image_folder"))  # folder datasets
+    protocol: str = "auto"         # auto (sgd for places205 / inat18, else lbfgs) | lbfgs | sgd
+    image_size: int = 224          # bicubic resize of the short side, then a centre crop of this size
+    val_fraction: float = 0.2      # held out of train when the dataset has no validation split
+    l2_grid: Optional[list[float]] = None  # None: 45 log-spaced values in [1e-5, 1e5]
+    max_iter: int = 1000           # L-BFGS iterations per fit
+    sgd: LinearProbeConfig = field(default_factory=sgd_protocol)
+    sgd_epochs: Optional[int] = None  # None: 28 for places205, 84 for inat18, else sgd.epochs
+    batch_size: int = 256
+    num_workers: int = 8
+    seed: int = 0
+    device: str = "auto"
+    output: Optional[str] = None
+    overwrite: bool = False
+
+
+def kornblith_transform(size: int = 224) -> v2.Compose:
+    """Bicubic resize of the short side to ``size``, centre crop, RGB in [0, 1] normalised with ImageNet stats."""
+    return v2.Compose([v2.ToImage(), v2.RGB(), v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC,
+                                                         antialias=True),
+                       v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def _splits(cfg: TransferConfig) -> tuple[object, Optional[object], object]:
+    """(train, validation or None, test) datasets of ``(image, label)``."""
+    if cfg.dataset in TORCHVISION_DATASETS:
+        constructor, train, val, test, extra = TORCHVISION_DATASETS[cfg.dataset]
+
+        def load(split):
+            try:
+                return constructor(root=cfg.root, split=split, download=cfg.download, **extra)
+            except RuntimeError as error:  # torchvision: "Dataset not found or corrupted ..."
+                raise FileNotFoundError(f"dataset '{cfg.dataset}' not found under root={cfg.root}: {error} "
+                                        "(download=true fetches it where torchvision can)") from None
+
+        return load(train), (load(val) if val else None), load(test)
+    if cfg.dataset in FOLDER_DATASETS:
+        data = cfg.data if cfg.dataset in ("image_folder", "hf") else DataConfig(
+            **{**cfg.data.__dict__, "name": "image_folder"})
+        return build_dataset(data, "train"), None, build_dataset(data, "test")
+    raise ValueError(f"unknown transfer dataset '{cfg.dataset}' (valid: "
+                     f"{', '.join([*TORCHVISION_DATASETS, *FOLDER_DATASETS])})")
+
+
+def _hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    val = stratified_fraction(y, fraction, seed)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[val] = False
+    return x[keep], y[keep], x[val], y[val]
+
+
+def transfer(cfg: TransferConfig) -> dict:
+    protocol = cfg.protocol if cfg.protocol != "auto" else ("sgd" if cfg.dataset in SGD_EPOCHS else "lbfgs")
+    if protocol not in ("lbfgs", "sgd"):
+        raise ValueError(f"protocol must be auto, lbfgs or sgd, not '{cfg.protocol}'")
+    device = resolve_device(cfg.device)
+    backbone, _, in_chans = load_eval_backbone(cfg.checkpoint)
+    if in_chans != 3:
+        raise ValueError(f"transfer datasets are RGB but the backbone takes {in_chans} input channels")
+    backbone.to(device)
+    transform = kornblith_transform(cfg.image_size)
+    train_set, val_set, test_set = _splits(cfg)
+
+    def features(dataset):
+        return extract_features(backbone, dataset, transform, cfg.batch_size, device, cfg.num_workers)
+
+    train_x, train_y = features(train_set)
+    test_x, test_y = features(test_set)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    if protocol == "sgd":
+        probe = LinearProbeConfig(**{**cfg.sgd.__dict__,
+                                     "epochs": cfg.sgd_epochs or SGD_EPOCHS.get(cfg.dataset, cfg.sgd.epochs)})
+        accuracy = linear_probe(train_x, train_y, test_x, test_y, probe, num_classes, device, cfg.seed)
+        return {"protocol": "sgd", "top1": accuracy["top1"], "top5": accuracy["top5"], "epochs": probe.epochs}
+    if val_set is not None:
+        val_x, val_y = features(val_set)
+    else:
+        train_x, train_y, val_x, val_y = _hold_out(train_x, train_y, cfg.val_fraction, cfg.seed)
+    grid = cfg.l2_grid if cfg.l2_grid is not None else default_l2_grid()
+    selection = select_and_refit(*(t.to(device) for t in (train_x, train_y, val_x, val_y)), num_classes,
+                                 grid, cfg.max_iter)
+    return {"protocol": "lbfgs", "top1": selection.model.accuracy(test_x.to(device), test_y),
+            "l2": selection.l2, "best_val_top1": max(selection.val_accuracies),
+            "num_train": len(train_y), "num_val": len(val_y), "num_test": len(test_y)}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return run_protocol(TransferConfig, transfer, argv, protocol="transfer")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
