@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Optional
 
 # module: one-line description. Every protocol takes --checkpoint (run folder, backbone.safetensors,
 # checkpoint folder or torchvision/timm model name) and writes a JSON result.
@@ -29,12 +28,12 @@ def usage() -> str:
     lines = ["usage: python -m evaluation <protocol> --checkpoint PATH [key=value ...]",
              "       (or python -m <module> --checkpoint PATH [key=value ...])", "", "protocols:"]
     lines += [f"  {name:<{width}}  {text}" for name, text in PROTOCOLS.items()]
-    lines += ["", "Each writes a JSON result (output=PATH; default next to the checkpoint) and refuses to "
-              "overwrite one unless overwrite=true."]
+    lines += ["", ("Each writes a JSON result (output=PATH; default next to the checkpoint) and refuses to "
+                   "overwrite one unless overwrite=true.")]
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -8,9 +8,10 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +60,7 @@ def labelled_features(cfg) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return train_x, train_y, test_x, test_y
 
 
-def default_output(checkpoint: str, protocol: str, dataset: Optional[str]) -> Path:
+def default_output(checkpoint: str, protocol: str, dataset: str | None) -> Path:
     """``eval_<protocol>[_<dataset>].json`` in the run/checkpoint folder, or the current folder (with the
     model's name) for a named torchvision/timm model."""
     stem = f"eval_{protocol}_{dataset}" if dataset else f"eval_{protocol}"
@@ -70,7 +71,7 @@ def default_output(checkpoint: str, protocol: str, dataset: Optional[str]) -> Pa
     return (path if path.is_dir() else path.parent) / name
 
 
-def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Optional[Sequence[str]],
+def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[str] | None,
                  protocol: str | Callable[[Any], str]) -> int:
     """Parse the config, refuse to overwrite an existing result, evaluate, write the JSON; the exit code.
 

@@ -12,7 +12,7 @@ conversion and normalisation all do), which is what an evaluation transform is.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 class TransformedDataset(Dataset):
     """``(transform(image), label)`` for each ``(image, label)`` of ``dataset``."""
 
-    def __init__(self, dataset: Dataset, transform: Optional[Callable]):
+    def __init__(self, dataset: Dataset, transform: Callable | None):
         self.dataset = dataset
         self.transform = transform
 
@@ -56,9 +56,9 @@ def _run(backbone: nn.Module, batches, device: torch.device) -> tuple[Tensor, Te
     return torch.cat(features), torch.cat(labels)
 
 
-def extract_features(backbone: nn.Module, dataset, transform: Optional[Callable], batch_size: int = 256,
+def extract_features(backbone: nn.Module, dataset, transform: Callable | None, batch_size: int = 256,
                      device: torch.device | str = "cpu", num_workers: int = 0,
-                     indices: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                     indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Features and labels of the images of ``dataset`` at ``indices`` (all, in order, by default).
 
     The backbone is put in eval mode for the extraction and its previous mode restored afterwards.

@@ -13,7 +13,6 @@ processes return ``{}`` at once (no collective operation happens inside, so noth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import nn
@@ -37,7 +36,7 @@ class FinalEvalConfig:
     linear_batch_size: int = 512
     linear_weight_decay: float = 0.0
     batch_size: int = 512              # feature extraction batch
-    max_train_images: Optional[int] = None  # k-NN bank / probe training set: this many train images, stratified
+    max_train_images: int | None = None  # k-NN bank / probe training set: this many train images, stratified
 
 
 def _features(backbone: nn.Module, cfg, device: torch.device):

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from common.data import DataConfig
+from evaluation.cli import labelled_features, run_protocol
 
 # Similarities held at once per chunk (float32: 64M elements = 256 MiB).
 DEFAULT_MAX_CHUNK_ELEMENTS = 1 << 26
@@ -68,8 +68,8 @@ def _top_k_neighbours(queries: Tensor, bank: Tensor, k: int, bank_chunk: int) ->
 
 
 def knn_class_scores(train_features: Tensor, train_labels: Tensor, test_features: Tensor, k: int = 200,
-                     temperature: float = 0.1, num_classes: Optional[int] = None,
-                     chunk_size: Optional[int] = None,
+                     temperature: float = 0.1, num_classes: int | None = None,
+                     chunk_size: int | None = None,
                      max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS) -> Tensor:
     """Class scores ``[num_test, num_classes]`` of the weighted k-NN vote (see the module docstring).
 
@@ -98,7 +98,7 @@ def knn_class_scores(train_features: Tensor, train_labels: Tensor, test_features
 
 
 def knn_predict(train_features: Tensor, train_labels: Tensor, test_features: Tensor, k: int = 200,
-                temperature: float = 0.1, num_classes: Optional[int] = None, chunk_size: Optional[int] = None,
+                temperature: float = 0.1, num_classes: int | None = None, chunk_size: int | None = None,
                 max_chunk_elements: int = DEFAULT_MAX_CHUNK_ELEMENTS) -> Tensor:
     """Predicted labels ``[num_test]`` (int64, on the bank's device): argmax of ``knn_class_scores``."""
     scores = knn_class_scores(train_features, train_labels, test_features, k, temperature, num_classes,
@@ -117,8 +117,8 @@ def top_k_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5))
 
 
 def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-                 k: int = 200, temperature: float = 0.1, num_classes: Optional[int] = None,
-                 chunk_size: Optional[int] = None) -> dict[str, float]:
+                 k: int = 200, temperature: float = 0.1, num_classes: int | None = None,
+                 chunk_size: int | None = None) -> dict[str, float]:
     """``{"top1": ..., "top5": ...}`` of the weighted k-NN classifier on labelled test features."""
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -136,18 +136,16 @@ class KNNEvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     k: list[int] = field(default_factory=lambda: [200, 20])
     temperature: float = 0.1
-    image_size: Optional[int] = None   # evaluation resolution; None: the dataset's native size
+    image_size: int | None = None   # evaluation resolution; None: the dataset's native size
     batch_size: int = 256              # feature extraction batch
     num_workers: int = 4
-    max_train_images: Optional[int] = None
+    max_train_images: int | None = None
     device: str = "auto"
-    output: Optional[str] = None
+    output: str | None = None
     overwrite: bool = False
 
 
 def _evaluate_cli(cfg: KNNEvalConfig) -> dict:
-    from evaluation.cli import labelled_features
-
     train_x, train_y, test_x, test_y = labelled_features(cfg)
     results: dict = {}
     for k in cfg.k:
@@ -157,9 +155,7 @@ def _evaluate_cli(cfg: KNNEvalConfig) -> dict:
     return results
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    from evaluation.cli import run_protocol
-
+def main(argv: list[str] | None = None) -> int:
     return run_protocol(KNNEvalConfig, _evaluate_cli, argv, protocol="knn")
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from torch import Tensor, nn
 from common.data import DataConfig
 from common.optim import OptimConfig, build_optimizer, param_groups
 from common.schedules import step_decay, warmup_cosine
+from evaluation.cli import labelled_features, resolve_device, run_protocol
 from evaluation.knn import top_k_accuracy
 
 
@@ -117,7 +117,7 @@ def classifier_accuracy(classifier: nn.Module, features: Tensor, labels: Tensor,
 
 
 def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-                 cfg: LinearProbeConfig, num_classes: Optional[int] = None, device: torch.device | str = "cpu",
+                 cfg: LinearProbeConfig, num_classes: int | None = None, device: torch.device | str = "cpu",
                  seed: int = 0) -> dict[str, float]:
     """Train on the train features, report top-1 / top-5 on the test features."""
     if num_classes is None:
@@ -133,28 +133,24 @@ class LinearEvalConfig:
     checkpoint: str = "???"
     data: DataConfig = field(default_factory=DataConfig)
     probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    image_size: Optional[int] = None   # evaluation resolution; None: the dataset's native size
+    image_size: int | None = None   # evaluation resolution; None: the dataset's native size
     batch_size: int = 256              # feature extraction batch
     num_workers: int = 4
-    max_train_images: Optional[int] = None
+    max_train_images: int | None = None
     seed: int = 0
     device: str = "auto"
-    output: Optional[str] = None
+    output: str | None = None
     overwrite: bool = False
 
 
 def _evaluate_cli(cfg: LinearEvalConfig) -> dict:
-    from evaluation.cli import labelled_features, resolve_device
-
     train_x, train_y, test_x, test_y = labelled_features(cfg)
     accuracy = linear_probe(train_x, train_y, test_x, test_y, cfg.probe, device=resolve_device(cfg.device),
                             seed=cfg.seed)
     return {"linear_top1": accuracy["top1"], "linear_top5": accuracy["top5"]}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    from evaluation.cli import run_protocol
-
+def main(argv: list[str] | None = None) -> int:
     return run_protocol(LinearEvalConfig, _evaluate_cli, argv, protocol="linear")
 
 

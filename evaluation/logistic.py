@@ -11,8 +11,8 @@ split (Kornblith et al., 2019; VCReg Appendix C.1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ def objective(model: LogisticModel, features: Tensor, labels: Tensor, l2: float)
 
 def fit_logistic_regression(features: Tensor, labels: Tensor, num_classes: int, l2: float,
                             max_iter: int = 1000, tolerance: float = 1e-7,
-                            init: Optional[LogisticModel] = None) -> LogisticModel:
+                            init: LogisticModel | None = None) -> LogisticModel:
     """Minimise the objective with full-batch L-BFGS (strong-Wolfe line search) on ``features``' device/dtype.
 
     ``init`` warm-starts from another solution (the previous strength along a regularisation path).
@@ -86,7 +86,7 @@ class SelectionResult:
 
 
 def select_and_refit(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor, num_classes: int,
-                     l2_grid: Optional[Sequence[float]] = None, max_iter: int = 1000) -> SelectionResult:
+                     l2_grid: Sequence[float] | None = None, max_iter: int = 1000) -> SelectionResult:
     """Fit every strength on train (strongest first, each warm-started from the previous), keep the best on
     validation (ties go to the stronger regularisation), refit it on train + validation."""
     grid = sorted(l2_grid if l2_grid is not None else default_l2_grid(), reverse=True)

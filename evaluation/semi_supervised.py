@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +36,13 @@ from common.schedules import warmup_cosine
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import TransformedDataset, extract_features
 from evaluation.linear import classifier_accuracy
-from evaluation.splits import indices_of_names, read_subset_file, sample_paths, simclr_subset_file, \
-    stratified_fraction
+from evaluation.splits import (
+    indices_of_names,
+    read_subset_file,
+    sample_paths,
+    simclr_subset_file,
+    stratified_fraction,
+)
 
 PAPER_LEARNING_RATES = {1.0: (2.0, 0.0), 10.0: (0.25, 2.5e-4)}  # percent: (classifier, encoder)
 
@@ -49,20 +53,20 @@ class SemiSupervisedConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="imagenet"))
     percent: float = 1.0                 # labelled share of the training set, in percent
     split: str = "auto"                  # auto (simclr for imagenet or with subset_file) | simclr | stratified
-    subset_file: Optional[str] = None    # a SimCLR-style list of image names; default: downloaded and cached
+    subset_file: str | None = None    # a SimCLR-style list of image names; default: downloaded and cached
     epochs: int = 30
     batch_size: int = 1024
-    classifier_lr: Optional[float] = None  # None: 2.0 for 1%, 0.25 for 10%
-    encoder_lr: Optional[float] = None     # None: 0 (frozen) for 1%, 2.5e-4 for 10%
+    classifier_lr: float | None = None  # None: 2.0 for 1%, 0.25 for 10%
+    encoder_lr: float | None = None     # None: 0 (frozen) for 1%, 2.5e-4 for 10%
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(name="supervised"))
-    image_size: Optional[int] = None     # test resolution; None: the dataset's native size (224 for folders)
+    image_size: int | None = None     # test resolution; None: the dataset's native size (224 for folders)
     num_workers: int = 8
     seed: int = 0
     device: str = "auto"
-    output: Optional[str] = None
+    output: str | None = None
     overwrite: bool = False
 
 
@@ -106,9 +110,9 @@ def fine_tune(cfg: SemiSupervisedConfig) -> dict:
     backbone.to(device), classifier.to(device)
     train_encoder = encoder_lr > 0
     backbone.requires_grad_(train_encoder)
-    groups = [dict(params=classifier.parameters(), base_lr=classifier_lr)]
+    groups = [{"params": classifier.parameters(), "base_lr": classifier_lr}]
     if train_encoder:
-        groups.append(dict(params=backbone.parameters(), base_lr=encoder_lr))
+        groups.append({"params": backbone.parameters(), "base_lr": encoder_lr})
     optimizer = torch.optim.SGD(groups, lr=classifier_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                 weight_decay=cfg.weight_decay)
     labelled = Subset(TransformedDataset(train_set, build_supervised_transform(cfg.augment, info, in_chans)),
@@ -138,7 +142,7 @@ def fine_tune(cfg: SemiSupervisedConfig) -> dict:
             "subset": source, "classifier_lr": classifier_lr, "encoder_lr": encoder_lr}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return run_protocol(SemiSupervisedConfig, fine_tune, argv,
                         protocol=lambda cfg: f"semi_supervised_{cfg.percent:g}pct")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SSL_REPRO_CACHE", Path.home() / ".cache" / "ssl-repro"))
 
 
-def simclr_subset_file(percent: float, subset_file: Optional[str] = None) -> Path:
+def simclr_subset_file(percent: float, subset_file: str | None = None) -> Path:
     """The SimCLR split file for ``percent`` (1 or 10): ``subset_file`` if given, else the cached download."""
     if subset_file:
         path = Path(subset_file)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torchvision.datasets as tvd
@@ -67,15 +66,15 @@ class TransferConfig:
     protocol: str = "auto"         # auto (sgd for places205 / inat18, else lbfgs) | lbfgs | sgd
     image_size: int = 224          # bicubic resize of the short side, then a centre crop of this size
     val_fraction: float = 0.2      # held out of train when the dataset has no validation split
-    l2_grid: Optional[list[float]] = None  # None: 45 log-spaced values in [1e-5, 1e5]
+    l2_grid: list[float] | None = None  # None: 45 log-spaced values in [1e-5, 1e5]
     max_iter: int = 1000           # L-BFGS iterations per fit
     sgd: LinearProbeConfig = field(default_factory=sgd_protocol)
-    sgd_epochs: Optional[int] = None  # None: 28 for places205, 84 for inat18, else sgd.epochs
+    sgd_epochs: int | None = None  # None: 28 for places205, 84 for inat18, else sgd.epochs
     batch_size: int = 256
     num_workers: int = 8
     seed: int = 0
     device: str = "auto"
-    output: Optional[str] = None
+    output: str | None = None
     overwrite: bool = False
 
 
@@ -87,7 +86,7 @@ def kornblith_transform(size: int = 224) -> v2.Compose:
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def _splits(cfg: TransferConfig) -> tuple[object, Optional[object], object]:
+def _splits(cfg: TransferConfig) -> tuple[object, object | None, object]:
     """(train, validation or None, test) datasets of ``(image, label)``."""
     if cfg.dataset in TORCHVISION_DATASETS:
         constructor, train, val, test, extra = TORCHVISION_DATASETS[cfg.dataset]
@@ -150,7 +149,7 @@ def transfer(cfg: TransferConfig) -> dict:
             "num_train": len(train_y), "num_val": len(val_y), "num_test": len(test_y)}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return run_protocol(TransferConfig, transfer, argv, protocol="transfer")
 
 

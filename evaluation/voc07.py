@@ -21,12 +21,11 @@ from __future__ import annotations
 import sys
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold
@@ -129,7 +128,7 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
 
 
 def svm_mean_ap(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray, test_labels: np.ndarray,
-                costs: Optional[Sequence[float]] = None, folds: int = 3, seed: int = 0,
+                costs: Sequence[float] | None = None, folds: int = 3, seed: int = 0,
                 class_names: Sequence[str] = VOC_CLASSES) -> dict:
     """Per-class SVMs with the cost chosen by cross-validated AP; test mAP (see the module docstring)."""
     costs = list(costs) if costs is not None else default_costs()
@@ -156,13 +155,13 @@ class VOC07Config:
     train_split: str = "trainval"
     test_split: str = "test"
     image_size: int = 224            # resize the short side to image_size / 0.875, centre crop
-    costs: Optional[list[float]] = None  # None: Goyal et al.'s 26 costs
+    costs: list[float] | None = None  # None: Goyal et al.'s 26 costs
     folds: int = 3
     batch_size: int = 256
     num_workers: int = 8
     seed: int = 0
     device: str = "auto"
-    output: Optional[str] = None
+    output: str | None = None
     overwrite: bool = False
 
 
@@ -178,7 +177,7 @@ def evaluate_voc07(cfg: VOC07Config) -> dict:
     return svm_mean_ap(features[0], splits[0].labels, features[1], splits[1].labels, cfg.costs, cfg.folds, cfg.seed)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     return run_protocol(VOC07Config, evaluate_voc07, argv, protocol="voc07_svm")
 
 

@@ -9,12 +9,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from common.augment import build_eval_transform
 from common.backbones import BackboneConfig, build_backbone, save_backbone
-from common.data import InMemoryImageDataset
+from common.data import DatasetInfo, InMemoryImageDataset
 from evaluation import knn as knn_cli
 from evaluation import linear as linear_cli
-from common.augment import build_eval_transform
-from common.data import DatasetInfo
 from evaluation.features import extract_features
 from evaluation.linear import LinearProbeConfig, _learning_rate, linear_probe, train_linear_classifier
 
