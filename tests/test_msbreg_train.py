@@ -1,0 +1,126 @@
+"""MSBReg entry point, paper configs, sweep expansion and the collapse-curve command."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from torch import nn
+
+from common.config import ConfigError, load_config
+from msbreg import sweep
+from msbreg.analysis import collapse_curve
+from msbreg.byol import BYOL
+from msbreg.msbreg import MSBReg
+from msbreg.train import MSBRegTrainConfig, build_method, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "msbreg" / "configs"
+RUN_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.endswith("_sweep.yaml"))
+
+
+def tiny_backbone() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def cfg_from(*overrides: str) -> MSBRegTrainConfig:
+    return load_config(MSBRegTrainConfig, list(overrides))
+
+
+def test_defaults_are_the_supplement_recipe():
+    cfg = cfg_from()
+    assert (cfg.batch_size, cfg.epochs, cfg.augment.num_views) == (512, 320, 4)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.lr_scaling) == ("lars", 0.4, "linear_views")
+    assert (cfg.optim.weight_decay, cfg.optim.warmup_epochs, cfg.optim.exclude_bias_and_norm) == (1e-5, 10.0, True)
+    assert (cfg.augment.brightness, cfg.augment.saturation, cfg.augment.hue) == (0.4, 0.2, 0.1)
+    assert cfg.augment.blur_prob == [1.0] and cfg.augment.solarize_prob == [0.2]
+
+
+def test_build_method_picks_byol_or_msbreg_and_rejects_inconsistent_settings():
+    byol = build_method(cfg_from("method.name=byol", "augment.num_views=2", "method.lambda_s=0", "method.lambda_b=0"),
+                        tiny_backbone(), 6)
+    assert type(byol) is BYOL
+    msbreg = build_method(cfg_from("method.lambda_b=0.25", "method.head_norm=ln"), tiny_backbone(), 6)
+    assert type(msbreg) is MSBReg and msbreg.cfg.lambda_b == 0.25
+    assert any(type(m).__name__ == "LayerNorm" for m in msbreg.projector.modules())
+    with pytest.raises(ConfigError, match="num_views=2"):
+        build_method(cfg_from("method.name=byol"), tiny_backbone(), 6)
+    with pytest.raises(ConfigError, match="lambda_s"):
+        build_method(cfg_from("method.name=byol", "augment.num_views=2"), tiny_backbone(), 6)
+    with pytest.raises(ConfigError, match="method.name"):
+        build_method(cfg_from("method.name=simsiam"), tiny_backbone(), 6)
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.stem)
+def test_every_config_resolves(path):
+    cfg = load_config(MSBRegTrainConfig, ["--config", str(path)])
+    if cfg.method.name == "byol":
+        assert cfg.augment.num_views == 2 and not (cfg.method.lambda_s or cfg.method.lambda_b)
+    assert cfg.output_dir.endswith(path.stem)
+
+
+def test_table4_configs_carry_the_table_values():
+    def method(name):
+        return load_config(MSBRegTrainConfig, ["--config", str(CONFIGS / f"{name}.yaml")])
+
+    assert method("stl10_resnet18_byol_ln").method.head_norm == "ln"
+    assert method("stl10_resnet18_byol_ln_batch1024").batch_size == 1024
+    assert method("stl10_resnet18_byol_ln_lb").method.lambda_b == 0.005
+    assert method("stl10_resnet18_msbreg_bn").method.lambda_b == 0.05
+    assert [method(f"stl10_resnet18_msbreg_ln_lb{t}").method.lambda_b for t in ("5e-4", "5e-3", "5e-2")] == [
+        0.0005, 0.005, 0.05]
+    r50 = method("imagenet_resnet50_msbreg")
+    assert (r50.backbone.name, r50.optim.lr, r50.epochs, r50.method.proj_hidden_dim, r50.method.base_momentum) == (
+        "resnet50", 0.15, 300, 4096, 0.996)
+
+
+def test_table5_sweep_expands_to_the_full_grid_and_validates():
+    runs = sweep.expand(CONFIGS / "imagenet100_table5_sweep.yaml")
+    assert len(runs) == 3 * 4 * 5
+    assert len({run.name for run in runs}) == 60
+    assert runs[0].name == "k2_ls0.0_lb0.0" and runs[-1].name == "k8_ls0.01_lb2.0"
+    assert "augment.num_views=8" in runs[-1].argv and "epochs=300" in runs[-1].argv
+    assert runs[-1].argv[-1] == "output_dir=runs/msbreg/table5/k8_ls0.01_lb2.0"
+    sweep.validate(runs)
+
+
+def test_sweep_names_a_misspelt_key(tmp_path, capsys):
+    bad = tmp_path / "bad_sweep.yaml"
+    bad.write_text(yaml.safe_dump({"base": str(CONFIGS / "imagenet100_resnet18_msbreg.yaml"), "output_root": "runs",
+                                   "name": "ls{method.lamda_s}", "grid": {"method.lamda_s": [0.1]}}))
+    assert sweep.main([str(bad)]) == 2
+    assert "lamda_s" in capsys.readouterr().err
+
+
+def test_collapse_curve_reads_metrics_and_writes_png_and_json(tmp_path):
+    runs = []
+    for name, values in (("healthy", [0.08, 0.085, 0.09]), ("collapsed", [0.08, 0.02, 0.001])):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [json.dumps({"step": 10 * (i + 1), "epoch": 0.1 * i, "loss": 1.0, "lr": 0.1, "proj_std": v})
+                 for i, v in enumerate(values)]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (run / "config.yaml").write_text(yaml.safe_dump({"method": {"proj_output_dim": 128}}))
+        runs.append(str(run))
+    output = tmp_path / "plots" / "collapse.png"
+    assert collapse_curve.main(runs + ["--output", str(output)]) == 0
+    assert output.stat().st_size > 1000
+    report = json.loads(output.with_suffix(".json").read_text())
+    assert report["runs"]["collapsed"]["proj_std"] == [0.08, 0.02, 0.001]
+    assert report["runs"]["collapsed"]["step"] == [10, 20, 30]
+    assert report["runs"]["healthy"]["final"] == 0.09 and report["runs"]["healthy"]["proj_output_dim"] == 128
+    assert collapse_curve.main([str(tmp_path / "missing"), "--output", str(output)]) == 2
+
+
+@pytest.mark.slow
+def test_msbreg_trains_end_to_end_on_fashion_mnist(tmp_path):
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST not installed")
+    out = tmp_path / "run"
+    code = main(["--config", str(CONFIGS / "fashion_mnist_msbreg_ln.yaml"), f"output_dir={out}", "max_steps=3",
+                 "batch_size=32", "data.subset=100", "progress_bar=false", "log_every_steps=1",
+                 "eval.linear=false", "eval.knn_at_init=false", "eval.max_train_images=100"])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all({"loss_mc", "loss_s", "loss_b", "proj_std", "ema_momentum"} <= set(r) for r in records)
+    assert (out / "backbone.safetensors").is_file() and "knn_top1" in json.loads((out / "results.json").read_text())
