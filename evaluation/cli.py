@@ -72,10 +72,11 @@ def default_output(checkpoint: str, protocol: str, dataset: str | None) -> Path:
 
 
 def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[str] | None,
-                 protocol: str | Callable[[Any], str]) -> int:
+                 protocol: str | Callable[[Any], str], plot: Callable[[dict, Path], None] | None = None) -> int:
     """Parse the config, refuse to overwrite an existing result, evaluate, write the JSON; the exit code.
 
     ``protocol`` names the result (``eval_<protocol>_<dataset>.json``); a callable derives it from the config.
+    ``plot(results, png_path)`` draws the figure of the results next to the JSON (same name, ``.png``).
     """
     try:
         cfg = load_config(schema, argv)
@@ -102,6 +103,9 @@ def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[s
     tmp = output.with_name(output.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(output)
+    if plot is not None:
+        plot(results, output.with_suffix(".png"))
+        print(f"wrote {output.with_suffix('.png')}")
     for key, value in results.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"wrote {output}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torchvision.datasets as tvd
@@ -146,11 +147,34 @@ def transfer(cfg: TransferConfig) -> dict:
                                  grid, cfg.max_iter)
     return {"protocol": "lbfgs", "top1": selection.model.accuracy(test_x.to(device), test_y),
             "l2": selection.l2, "best_val_top1": max(selection.val_accuracies),
+            "val_top1_by_l2": dict(zip(map(str, sorted(grid, reverse=True)), selection.val_accuracies)),
             "num_train": len(train_y), "num_val": len(val_y), "num_test": len(test_y)}
 
 
+def plot_l2_selection(results: dict, path: Path) -> None:
+    """Validation top-1 against the L2 strength (log scale), the chosen strength marked (L-BFGS protocol)."""
+    if results.get("protocol") != "lbfgs":
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    strengths = sorted((float(k), v) for k, v in results["val_top1_by_l2"].items())
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    axis.semilogx([s for s, _ in strengths], [v for _, v in strengths], marker=".")
+    axis.axvline(results["l2"], color="tab:red", linestyle="--", label=f"chosen l2={results['l2']:.3g}")
+    axis.set_xlabel("L2 strength (lambda)")
+    axis.set_ylabel("validation top-1")
+    axis.set_title(f"L-BFGS probe: test top-1 {results['top1']:.3f}")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_protocol(TransferConfig, transfer, argv, protocol="transfer")
+    return run_protocol(TransferConfig, transfer, argv, protocol="transfer", plot=plot_l2_selection)
 
 
 if __name__ == "__main__":

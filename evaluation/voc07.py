@@ -177,8 +177,28 @@ def evaluate_voc07(cfg: VOC07Config) -> dict:
     return svm_mean_ap(features[0], splits[0].labels, features[1], splits[1].labels, cfg.costs, cfg.folds, cfg.seed)
 
 
+def plot_class_ap(results: dict, path: Path) -> None:
+    """Test AP of each class as horizontal bars, the mean AP as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["ap"])
+    figure, axis = plt.subplots(figsize=(5, 0.22 * len(names) + 1.2))
+    axis.barh(names, [results["ap"][n] for n in names])
+    axis.axvline(results["mAP"], color="tab:red", linestyle="--", label=f"mAP {results['mAP']:.3f}")
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("test AP (linear SVM)")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_protocol(VOC07Config, evaluate_voc07, argv, protocol="voc07_svm")
+    return run_protocol(VOC07Config, evaluate_voc07, argv, protocol="voc07_svm", plot=plot_class_ap)
 
 
 if __name__ == "__main__":

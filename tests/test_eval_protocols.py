@@ -133,6 +133,7 @@ def test_voc07_end_to_end(tmp_path, rgb_backbone):
     results = json.loads(output.read_text())["results"]
     assert set(results["ap"]) == set(VOC_CLASSES)
     assert 0.3 < results["mAP"] <= 1.0  # chance is about 1/20
+    assert output.with_suffix(".png").stat().st_size > 0
     assert voc07.main(args) == 1  # refuses to overwrite
 
 
@@ -237,6 +238,8 @@ def test_transfer_probes_end_to_end(tmp_path, rgb_backbone):
     assert results["protocol"] == "lbfgs" and results["l2"] in (0.001, 0.1, 10.0)
     assert (results["num_train"], results["num_val"], results["num_test"]) == (24, 6, 12)
     assert results["top1"] > 0.6  # colour-coded classes, chance 1/3
+    assert results["best_val_top1"] == max(results["val_top1_by_l2"].values())
+    assert (tmp_path / "eval_transfer_image_folder.png").stat().st_size > 0
     assert transfer.main([*common, "dataset=places205", "sgd_epochs=3"]) == 0
     sgd = json.loads((tmp_path / "eval_transfer_places205.json").read_text())["results"]
     assert sgd["protocol"] == "sgd" and sgd["epochs"] == 3 and 0 <= sgd["top1"] <= sgd["top5"] <= 1
