@@ -1,0 +1,109 @@
+"""VCReg methods, collapse metrics, MINE, two moons and a short end-to-end run of vcreg/train.py."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.backbones import SmallConvNet
+from stochcon.losses import info_nce
+from vcreg.analysis.collapse import cdnv, mine_bits, ncc_accuracy
+from vcreg.analysis.two_moons import TwoMoonsConfig, boundary_margin, train_run
+from vcreg.losses import decov_loss, vicreg_loss
+from vcreg.method import JointEmbedding, SupervisedClassifier, VCRegMethodConfig, build_vcreg_method
+from vcreg.train import main as train_main
+
+
+def test_cdnv_and_ncc_on_hand_checked_example():
+    # class 0 at x=0 and 2 (mean 1, Var 1), class 1 at x=10 and 12 (mean 11, Var 1): (1 + 1) / (2 * 100)
+    features = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [12.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert cdnv(features, labels) == pytest.approx(0.01)
+    # three classes: pairs (0,1), (0,2), (1,2) averaged
+    features3 = torch.cat([features, torch.tensor([[0.0, 4.0], [0.0, 6.0]])])
+    labels3 = torch.cat([labels, torch.tensor([2, 2])])
+    expected = (2 / 200 + 2 / (2 * (1 + 25)) + 2 / (2 * (121 + 25))) / 3
+    assert cdnv(features3, labels3) == pytest.approx(expected)
+    queries = torch.tensor([[5.0, 0.0], [7.0, 0.0], [0.0, 5.0]])  # nearest centres: 1 (x=1), 11, (0,5)
+    assert ncc_accuracy(features3, labels3, queries, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+
+
+def test_mine_approaches_gaussian_mutual_information():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 1, generator=g)
+    rho = 0.9
+    z = rho * x + math.sqrt(1 - rho ** 2) * torch.randn(4000, 1, generator=g)
+    true_bits = -0.5 * math.log(1 - rho ** 2) / math.log(2)
+    estimate = mine_bits(x, z, steps=600, batch_size=256, lr=1e-3)
+    independent = mine_bits(x, torch.randn(4000, 1, generator=g), steps=600, batch_size=256, lr=1e-3)
+    assert 0.6 * true_bits < estimate < 1.15 * true_bits
+    assert independent < 0.15
+
+
+def test_supervised_and_decov_losses():
+    torch.manual_seed(0)
+    backbone = SmallConvNet(1, width=4)
+    images, labels = torch.randn(8, 1, 16, 16), torch.arange(8) % 3
+    plain = SupervisedClassifier(backbone, backbone.num_features, 3, label_smoothing=0.1)
+    out = plain([images], labels)
+    logits = plain.classifier(backbone(images))
+    assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item(), rel=1e-5)
+    decov = SupervisedClassifier(backbone, backbone.num_features, 3, decov_weight=0.5)
+    decov.classifier = plain.classifier
+    out = decov([images], labels)
+    features = backbone(images)
+    expected = F.cross_entropy(plain.classifier(features), labels) + 0.5 * decov_loss(features)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="unlabelled"):
+        plain([images], torch.full((8,), -1))
+
+
+def test_joint_embedding_objectives():
+    torch.manual_seed(0)
+    backbone = SmallConvNet(1, width=4)
+    views = [torch.randn(6, 1, 16, 16), torch.randn(6, 1, 16, 16)]
+    vicreg = JointEmbedding(backbone, backbone.num_features, VCRegMethodConfig(name="vicreg", vicreg_projector=[16, 8]))
+    out = vicreg(views, torch.full((6,), -1))
+    z1, z2 = vicreg.projector(backbone(torch.cat(views))).chunk(2)
+    assert out["loss"].item() == pytest.approx(vicreg_loss(z1, z2)["loss"].item(), rel=1e-5)
+    simclr = JointEmbedding(backbone, backbone.num_features,
+                            VCRegMethodConfig(name="simclr", simclr_projector=[16, 8], temperature=0.5))
+    out = simclr(views, torch.full((6,), -1))
+    z1, z2 = simclr.projector(backbone(torch.cat(views))).chunk(2)
+    assert out["loss"].item() == pytest.approx(info_nce(z1, z2, 0.5).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="method.name"):
+        build_vcreg_method(VCRegMethodConfig(name="barlow"), backbone, backbone.num_features, 10)
+
+
+def test_two_moons_run_and_margin():
+    cfg = TwoMoonsConfig(samples=100, hidden=16, steps=150, lr=1e-2, runs=1)
+    grid = torch.tensor([[0.5, 0.25], [-1.0, 1.0]])
+    for regulariser in ("none", "vcreg"):
+        result = train_run(regulariser, cfg, seed=0, grid_points=grid)
+        assert result["train_accuracy"] > 0.8 and result["grid_probability"].shape == (2,)
+    # a vertical boundary between columns x=0 and x=1 of a 3x3 grid: a point at x=-1 is 1 to 1.5 away
+    xs = ys = torch.tensor([0.0, 1.0, 2.0]).numpy()
+    probability = torch.tensor([[0.0, 1.0, 1.0]] * 3).numpy()
+    assert boundary_margin(probability, xs, ys, torch.tensor([[-1.0, 1.0]]).numpy()) == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_train_entry_point_writes_supervised_figures(tmp_path):
+    out = tmp_path / "run"
+    code = train_main(["--config", "vcreg/configs/fashion_mnist_vcreg.yaml", f"output_dir={out}", "max_steps=4",
+                       "batch_size=64", "data.subset=512", "eval.max_train_images=256", "eval.linear_epochs=1",
+                       "progress_bar=false", "tracker=none", "vcreg.overrides={features.2: {alpha: 1.28}}"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("test_top1", "cdnv", "ncc_top1", "ncc_top1_test", "linear_top1"):
+        assert key in results and math.isfinite(results[key])
+    # the saved backbone has no VCReg entries: a plain SmallConvNet loads it strictly
+    from common.backbones import load_backbone
+
+    backbone, _ = load_backbone(out)
+    assert isinstance(backbone, nn.Module)
+    assert train_main(["--config", "vcreg/configs/fashion_mnist_vcreg.yaml", f"output_dir={tmp_path / 'bad'}",
+                       "vcreg.placement=everywhere", "tracker=none"]) == 2
