@@ -4,12 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from torch import nn
 
 from common.config import ConfigError, load_config
 from msbreg import sweep
-from msbreg.analysis import collapse_curve
+from msbreg.analysis import alignment_uniformity, collapse_curve
 from msbreg.byol import BYOL
 from msbreg.msbreg import MSBReg
 from msbreg.train import MSBRegTrainConfig, build_method, main
@@ -124,3 +125,15 @@ def test_msbreg_trains_end_to_end_on_fashion_mnist(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all({"loss_mc", "loss_s", "loss_b", "proj_std", "ema_momentum"} <= set(r) for r in records)
     assert (out / "backbone.safetensors").is_file() and "knn_top1" in json.loads((out / "results.json").read_text())
+    # Table 3's figures on the trained backbone: alignment in [0, 4], uniformity in [-4, 0] for unit vectors.
+    assert alignment_uniformity.main([str(out), "--max-images", "64", "--device", "cpu"]) == 0
+    result = json.loads((out / "alignment_uniformity.json").read_text())
+    assert result["num_images"] == 64
+    assert 0.0 <= result["alignment"] <= 4.0 and -4.0 <= result["uniformity"] <= 0.0
+
+
+def test_alignment_uniformity_of_paired_features():
+    first = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    result = alignment_uniformity.alignment_uniformity(first, first.clone())
+    assert result["alignment"] == pytest.approx(0.0, abs=1e-6)
+    assert result["uniformity"] == pytest.approx(-8.0, abs=1e-5)  # one antipodal pair: log exp(-2 * 4)

@@ -1,0 +1,91 @@
+"""Alignment and uniformity (Wang & Isola 2020) of a trained backbone, as in supplementary Table 3.
+
+    python -m msbreg.analysis.alignment_uniformity RUN_DIR [--split test] [--max-images 5000] [--seed 0]
+
+Two augmented views of each image (the run's own ``augment`` settings, two global views) go through the
+frozen backbone; on the L2-normalised features, alignment is the mean squared distance between the two
+views of an image (lower: more invariant) and uniformity the log of the mean pairwise Gaussian potential
+exp(-2 ||u - v||^2) over the first views (lower: more uniform on the sphere). The paper does not say which
+embedding it measures; this command measures the backbone features, the representation that is kept.
+Writes ``<RUN_DIR>/alignment_uniformity.json`` and prints the two figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+
+from common.augment import build_view_transforms
+from common.backbones import load_backbone, read_backbone_config
+from common.config import ConfigError, load_config
+from common.data import MultiViewDataset, build_dataset, dataset_info
+from msbreg.losses import alignment_loss, uniformity_loss
+
+
+@torch.no_grad()
+def pair_features(backbone: nn.Module, loader, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Backbone features [N, D] (float32, CPU) of the first and second view of every image of ``loader``."""
+    backbone.eval().to(device)
+    first, second = [], []
+    for views, _ in loader:
+        first.append(backbone(views[0].to(device)).float().cpu())
+        second.append(backbone(views[1].to(device)).float().cpu())
+    return torch.cat(first), torch.cat(second)
+
+
+def alignment_uniformity(first: Tensor, second: Tensor) -> dict[str, float]:
+    """Table 3's two figures from paired features: alignment (alpha = 2) and uniformity (t = 2)."""
+    return {"alignment": alignment_loss(first, second).item(), "uniformity": uniformity_loss(first).item(),
+            "num_images": first.shape[0]}
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", max_images: int = 5000, seed: int = 0,
+                 batch_size: int = 256, device: str = "cpu") -> dict:
+    from msbreg.train import MSBRegTrainConfig
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no config.yaml in run folder '{run_dir}'")
+    cfg = load_config(MSBRegTrainConfig, ["--config", str(config_file)])
+    backbone, _ = load_backbone(run_dir)
+    _, in_chans, _ = read_backbone_config(run_dir)
+    augment = dataclasses.replace(cfg.augment, num_views=2, local_crops=0)
+    dataset = build_dataset(cfg.data, split)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:max_images]
+    views = MultiViewDataset(Subset(dataset, order.tolist()),
+                             build_view_transforms(augment, dataset_info(cfg.data), in_chans), seed)
+    loader = DataLoader(views, batch_size=batch_size, num_workers=cfg.data.num_workers)
+    first, second = pair_features(backbone, loader, torch.device(device))
+    result = {"run_dir": str(run_dir), "split": split, "seed": seed, **alignment_uniformity(first, second)}
+    (run_dir / "alignment_uniformity.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Alignment and uniformity (Wang & Isola) of a run's backbone.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-images", type=int, default=5000, help="images drawn at random (seeded) from the split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate_run(args.run_dir, args.split, args.max_images, args.seed, args.batch_size, args.device)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}")
+        return 2
+    print(f"alignment {result['alignment']:.4f}  uniformity {result['uniformity']:.4f}  "
+          f"({result['num_images']} {args.split} images)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
