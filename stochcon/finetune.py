@@ -1,0 +1,181 @@
+"""Fine-tuning and frozen linear evaluation of a pre-trained StochCon (or SimCLR) run, Appendix A.3.
+
+    python -m stochcon.finetune --checkpoint RUN --mode frozen|finetune [key=value ...]
+
+Keeps the pre-trained backbone and latent and adds a linear head on the latent z (on the backbone features
+for a SimCLR run). Adam, lr 3e-4, the learning rate times 0.1 at 80% of training; random resized crop and
+flip. `frozen` trains only the head (backbone in eval mode), `finetune` the whole network. The Bernoulli
+samples at temperature 0.1 throughout; the Gaussian uses its mean. Data and backbone settings default to
+the pre-training run's; any key can be overridden. Writes a run folder like pre-training, with the test
+top-1 of the fine-tuned classifier in `results.json`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from common.augment import AugmentConfig, build_eval_transform
+from common.config import ConfigError, load_config, split_argv
+from common.data import build_dataset, dataset_info
+from common.method import Method
+from common.optim import OptimConfig
+from common.trainer import TrainConfig
+from common.trainer import main as train_main
+from evaluation.features import extract_features
+from stochcon.analysis.runs import load_trained_method
+
+MODES = ("frozen", "finetune")
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    checkpoint: str = ""  # pre-training run folder or checkpoint folder
+    mode: str = "finetune"  # frozen: train the linear head only | finetune: the whole network
+    epochs: int = 100
+    online_probe: bool = False
+    save_every_epochs: int = 100
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(name="supervised", num_views=1))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            name="adam",
+            lr=3e-4,
+            lr_scaling="none",
+            weight_decay=0.0,
+            schedule="step",
+            milestones=[0.8],
+            gamma=0.1,
+        )
+    )
+
+
+class Finetuned(Method):
+    """Pre-trained backbone (and latent) plus a linear head, trained with cross-entropy."""
+
+    def __init__(self, pretrained: Method, num_classes: int, mode: str):
+        super().__init__(pretrained.backbone, pretrained.feature_dim)
+        if mode not in MODES:
+            raise ValueError(f"mode must be frozen or finetune, not '{mode}'")
+        self.mode = mode
+        self.branch = getattr(pretrained, "branch", None)
+        width = self.feature_dim
+        if self.branch is not None:
+            self.branch.set_temperature(pretrained.latent_cfg.finetune_gumbel_temperature)
+            width = self.branch.latent_dim
+            # The contrastive decoder rho is not part of the representation.
+            self.branch.rho.requires_grad_(False)
+        self.head = nn.Linear(width, num_classes)
+        if mode == "frozen":
+            self.backbone.requires_grad_(False)
+            if self.branch is not None:
+                self.branch.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Finetuned:
+        super().train(mode)
+        if self.mode == "frozen":
+            self.backbone.eval()  # frozen batch-norm statistics too
+        if self.branch is not None and self.branch.kind == "gaussian":
+            self.branch.latent.eval()  # the Gaussian's mean, in training as at inference (Appendix A.3)
+        return self
+
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(backbone features h, the head's input z): a Bernoulli sample at the fine-tuning temperature (the
+        noise-free bits in eval mode), the Gaussian's mean, or h itself for a run without a latent."""
+        h = self.backbone(images)
+        if self.branch is None:
+            return h, h
+        phi = self.branch.pi(h)
+        return h, (self.branch.latent(phi) if self.branch.kind == "bernoulli" else phi)
+
+    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+        if bool((labels < 0).any()):
+            raise ValueError("fine-tuning needs labels for every training image (got label -1)")
+        features, z = self.encode(views[0])
+        logits = self.head(z)
+        loss = F.cross_entropy(logits, labels)
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        return {"loss": loss, "features": features.detach(), "train_acc": accuracy.detach()}
+
+
+class _Classifier(nn.Module):
+    """Images -> logits, for the test-set evaluation (eval mode: deterministic latent)."""
+
+    def __init__(self, finetuned: Finetuned):
+        super().__init__()
+        self.finetuned = finetuned
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.finetuned.head(self.finetuned.encode(images)[1])
+
+
+def test_accuracy(finetuned: Finetuned, cfg: Any, device: torch.device | str = "cpu") -> float:
+    info = dataset_info(cfg.data)
+    transform = build_eval_transform(info, cfg.backbone.in_chans or info.channels, cfg.augment.image_size)
+    logits, labels = extract_features(
+        _Classifier(finetuned), build_dataset(cfg.data, "test"), transform, 512, device, cfg.data.num_workers
+    )
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def _pretraining_overrides(checkpoint: str) -> list[str]:
+    """`data.*`, `backbone.*` and `augment.image_size` of the pre-training run, as key=value overrides."""
+    _, pre_cfg, _ = load_trained_method(checkpoint)
+    overrides = []
+    for section in ("data", "backbone"):
+        sub = getattr(pre_cfg, section)
+        for f in fields(sub):
+            value = getattr(sub, f.name)
+            if not isinstance(value, (list, dict)):
+                overrides.append(f"{section}.{f.name}={'null' if value is None else value}")
+    overrides.append(f"augment.image_size={pre_cfg.augment.image_size or 'null'}")
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(FinetuneConfig, argv)
+        if not cfg.checkpoint:
+            raise ConfigError(
+                "checkpoint is required: --checkpoint RUN (a pre-training run or checkpoint folder)"
+            )
+        if cfg.mode not in MODES:
+            raise ConfigError(f"mode must be frozen or finetune, not '{cfg.mode}'")
+        config_file, overrides = split_argv(argv)
+        argv = (
+            (["--config", config_file] if config_file else [])
+            + _pretraining_overrides(cfg.checkpoint)
+            + overrides
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    built: dict[str, Finetuned] = {}
+
+    def build(cfg: FinetuneConfig, backbone: nn.Module, feature_dim: int) -> Method:
+        pretrained, _, _ = load_trained_method(cfg.checkpoint)
+        backbone.load_state_dict(pretrained.backbone.state_dict())
+        pretrained.backbone = backbone
+        built["method"] = Finetuned(pretrained, dataset_info(cfg.data).num_classes, cfg.mode)
+        return built["method"]
+
+    def evaluate(backbone: nn.Module, cfg: FinetuneConfig, accelerator, stage: str) -> dict:
+        if stage != "final":
+            return {}
+        return {
+            "test_top1": test_accuracy(built["method"], cfg, accelerator.device),
+            "mode": cfg.mode,
+            "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        }
+
+    return train_main(FinetuneConfig, build, argv, evaluate=evaluate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
