@@ -9,23 +9,35 @@ standardisation is folded into the returned layer, so it applies to raw features
 
 Command line: ``python -m evaluation.linear --checkpoint PATH [data.name=... probe.epochs=100 ...]``:
 features of the train and test splits are extracted once (no augmentation) and cached in memory, the
-classifier is trained on them, and top-1 / top-5 on the test split go to a JSON file.
+classifier is trained on them, and top-1 / top-5 on the test split go to a JSON file. With
+``augment=true`` the classifier instead sees random-resized-crop + flip views (``train_augment``) of the
+training images through the frozen backbone at every step (the SimCLR / BYOL protocol; no caching).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from common.data import DataConfig
+from common.augment import AugmentConfig, build_supervised_transform
+from common.data import DataConfig, build_dataset, dataset_info, stratified_subset
 from common.optim import OptimConfig, build_optimizer, param_groups
 from common.schedules import step_decay, warmup_cosine
-from evaluation.cli import labelled_features, resolve_device, run_protocol
+from evaluation.cli import (
+    dataset_transform,
+    labelled_features,
+    load_eval_backbone,
+    resolve_device,
+    run_protocol,
+)
+from evaluation.features import TransformedDataset, extract_features
 from evaluation.knn import top_k_accuracy
 
 
@@ -63,6 +75,48 @@ def _fold_standardization(classifier: nn.Linear, mean: Tensor, std: Tensor) -> n
     return classifier
 
 
+def new_classifier(feature_dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A linear layer with N(0, 0.01^2) weights and zero bias."""
+    classifier = nn.Linear(feature_dim, num_classes)
+    with torch.no_grad():
+        classifier.weight.normal_(0.0, 0.01, generator=generator)
+        classifier.bias.zero_()
+    return classifier
+
+
+def probe_optimizer(classifier: nn.Module, cfg: LinearProbeConfig) -> torch.optim.Optimizer:
+    """SGD or LARS (``common.optim``) over the classifier; every group carries ``base_lr = cfg.lr``."""
+    if cfg.optimizer not in ("sgd", "lars"):
+        raise ValueError(f"probe.optimizer must be sgd or lars, not '{cfg.optimizer}'")
+    optim_cfg = OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                            nesterov=cfg.nesterov, eta=cfg.eta)
+    return build_optimizer(optim_cfg, param_groups(classifier, cfg.lr, cfg.weight_decay))
+
+
+def train_on_images(backbone: nn.Module, classifier: nn.Module, loader, optimizer: torch.optim.Optimizer,
+                    epochs: int, lr_factor: Callable[[int, int], float], train_encoder: bool,
+                    device: torch.device) -> None:
+    """Cross-entropy training of ``classifier(backbone(images))`` for ``epochs`` passes over ``loader``.
+
+    At step s of T, each parameter group's lr is ``group["base_lr"] * lr_factor(s, T)``. A frozen encoder
+    (``train_encoder=False``) runs in eval mode without gradients: its BatchNorm statistics stay fixed.
+    """
+    total_steps, step = epochs * len(loader), 0
+    for _ in range(epochs):
+        backbone.train(train_encoder)
+        for images, labels in loader:
+            factor = lr_factor(step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+            with torch.set_grad_enabled(train_encoder):
+                features = backbone(images.to(device, non_blocking=True))
+            loss = F.cross_entropy(classifier(features), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+
+
 def train_linear_classifier(train_features: Tensor, train_labels: Tensor, num_classes: int,
                             cfg: LinearProbeConfig, device: torch.device | str = "cpu",
                             seed: int = 0) -> nn.Linear:
@@ -70,8 +124,6 @@ def train_linear_classifier(train_features: Tensor, train_labels: Tensor, num_cl
     if train_features.ndim != 2 or train_labels.shape != (train_features.shape[0],):
         raise ValueError(f"linear probe needs features [N, D] and labels [N]; got {tuple(train_features.shape)} "
                          f"and {tuple(train_labels.shape)}")
-    if cfg.optimizer not in ("sgd", "lars"):
-        raise ValueError(f"probe.optimizer must be sgd or lars, not '{cfg.optimizer}'")
     device = torch.device(device)
     generator = torch.Generator().manual_seed(seed)
     x = train_features.to(device=device, dtype=torch.float32)
@@ -79,14 +131,8 @@ def train_linear_classifier(train_features: Tensor, train_labels: Tensor, num_cl
     mean = x.mean(dim=0) if cfg.standardize else torch.zeros(x.shape[1], device=device)
     std = x.std(dim=0).clamp_min(1e-6) if cfg.standardize else torch.ones(x.shape[1], device=device)
     x = (x - mean) / std
-    classifier = nn.Linear(x.shape[1], num_classes)
-    with torch.no_grad():
-        classifier.weight.normal_(0.0, 0.01, generator=generator)
-        classifier.bias.zero_()
-    classifier.to(device)
-    optim_cfg = OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                            nesterov=cfg.nesterov, eta=cfg.eta)
-    optimizer = build_optimizer(optim_cfg, param_groups(classifier, cfg.lr, cfg.weight_decay))
+    classifier = new_classifier(x.shape[1], num_classes, generator).to(device)
+    optimizer = probe_optimizer(classifier, cfg)
     steps_per_epoch = max(1, math.ceil(x.shape[0] / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
     step = 0
@@ -128,11 +174,13 @@ def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Te
 
 @dataclass
 class LinearEvalConfig:
-    """``python -m evaluation.linear``: linear probe of a frozen backbone on cached features."""
+    """``python -m evaluation.linear``: linear probe of a frozen backbone, on cached features by default."""
 
     checkpoint: str = "???"
     data: DataConfig = field(default_factory=DataConfig)
     probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    augment: bool = False              # train on augmented images (no caching; probe.standardize is ignored)
+    train_augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(name="supervised"))
     image_size: int | None = None   # evaluation resolution; None: the dataset's native size
     batch_size: int = 256              # feature extraction batch
     num_workers: int = 4
@@ -143,7 +191,38 @@ class LinearEvalConfig:
     overwrite: bool = False
 
 
+def probe_with_augmentation(cfg: LinearEvalConfig) -> dict[str, float]:
+    """The classifier sees ``train_augment`` views of the training images through the frozen backbone."""
+    device = resolve_device(cfg.device)
+    backbone, feature_dim, in_chans = load_eval_backbone(cfg.checkpoint)
+    backbone.to(device).requires_grad_(False)
+    info = dataset_info(cfg.data)
+    train_set = build_dataset(cfg.data, "train")
+    if cfg.max_train_images is not None and cfg.max_train_images < len(train_set):
+        train_set = train_set.subset(stratified_subset(train_set.targets, cfg.max_train_images))
+    if (torch.as_tensor(train_set.targets) < 0).any():
+        raise ValueError(f"dataset '{cfg.data.name}' has unlabelled training images; the probe needs labels")
+    generator = torch.Generator().manual_seed(cfg.seed)
+    classifier = new_classifier(feature_dim, info.num_classes, generator).to(device)
+    optimizer = probe_optimizer(classifier, cfg.probe)
+    transform = build_supervised_transform(cfg.train_augment, info, in_chans)
+    loader = DataLoader(TransformedDataset(train_set, transform), batch_size=cfg.probe.batch_size, shuffle=True,
+                        num_workers=cfg.num_workers, generator=generator, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+
+    def lr_factor(step: int, total_steps: int) -> float:
+        return _learning_rate(cfg.probe, step, total_steps, steps_per_epoch) / cfg.probe.lr
+
+    train_on_images(backbone, classifier, loader, optimizer, cfg.probe.epochs, lr_factor, False, device)
+    test_x, test_y = extract_features(backbone, build_dataset(cfg.data, "test"), dataset_transform(cfg, in_chans),
+                                      cfg.batch_size, device, cfg.num_workers)
+    return classifier_accuracy(classifier, test_x, test_y)
+
+
 def _evaluate_cli(cfg: LinearEvalConfig) -> dict:
+    if cfg.augment:
+        accuracy = probe_with_augmentation(cfg)
+        return {"linear_top1": accuracy["top1"], "linear_top5": accuracy["top5"]}
     train_x, train_y, test_x, test_y = labelled_features(cfg)
     accuracy = linear_probe(train_x, train_y, test_x, test_y, cfg.probe, device=resolve_device(cfg.device),
                             seed=cfg.seed)

@@ -21,12 +21,10 @@ data.root=/data/imagenet percent=1``.
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -35,7 +33,7 @@ from common.data import DataConfig, build_dataset, dataset_info
 from common.schedules import warmup_cosine
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import TransformedDataset, extract_features
-from evaluation.linear import classifier_accuracy
+from evaluation.linear import classifier_accuracy, train_on_images
 from evaluation.splits import (
     indices_of_names,
     read_subset_file,
@@ -120,20 +118,11 @@ def fine_tune(cfg: SemiSupervisedConfig) -> dict:
     loader = DataLoader(labelled, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
                         drop_last=False, generator=torch.Generator().manual_seed(cfg.seed),
                         pin_memory=device.type == "cuda")
-    total_steps, step = cfg.epochs * math.ceil(len(labelled) / cfg.batch_size), 0
-    for _ in range(cfg.epochs):
-        # A frozen encoder keeps its BatchNorm statistics (eval mode), as in a linear probe.
-        backbone.train(train_encoder)
-        for images, labels in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_cosine(step, total_steps, 0, group["base_lr"])
-            with torch.set_grad_enabled(train_encoder):
-                features = backbone(images.to(device, non_blocking=True))
-            loss = F.cross_entropy(classifier(features), labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+
+    def cosine(step: int, total_steps: int) -> float:
+        return warmup_cosine(step, total_steps, 0, 1.0)
+
+    train_on_images(backbone, classifier, loader, optimizer, cfg.epochs, cosine, train_encoder, device)
     test_set = build_dataset(cfg.data, "test")
     test_x, test_y = extract_features(backbone, test_set, build_eval_transform(info, in_chans, cfg.image_size),
                                       cfg.batch_size, device, cfg.num_workers)

@@ -117,6 +117,9 @@ def saved_backbone(tmp_path):
     torch.manual_seed(0)
     cfg = BackboneConfig(name="small_convnet", width=8)
     backbone, _ = build_backbone(cfg, in_chans=1)
+    for module in backbone.modules():  # He initialisation keeps random features at unit scale
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     run = tmp_path / "run"
     run.mkdir()
     save_backbone(backbone, cfg, 1, run / "backbone.safetensors")
@@ -142,6 +145,22 @@ def test_knn_and_linear_cli_write_json_and_refuse_to_overwrite(fashion_root, sav
                             "probe.epochs=20", "probe.batch_size=64", "--output", str(linear_output)]) == 0
     results = json.loads(linear_output.read_text())["results"]
     assert results["linear_top1"] > 0.5 and results["linear_top5"] >= results["linear_top1"]
+
+
+def test_linear_cli_with_augmentation_keeps_the_backbone_frozen(fashion_root, saved_backbone, monkeypatch):
+    from common.backbones import load_backbone
+
+    backbone, dim = load_backbone(saved_backbone)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    monkeypatch.setattr(linear_cli, "load_eval_backbone", lambda checkpoint: (backbone, dim, 1))
+    output = saved_backbone / "augmented.json"
+    assert linear_cli.main(["--checkpoint", str(saved_backbone), "data.name=fashion_mnist",
+                            f"data.root={fashion_root}", "device=cpu", "num_workers=0", "augment=true",
+                            "train_augment.crop_scale=[0.6,1.0]", "probe.epochs=8", "probe.batch_size=32",
+                            "probe.lr=1.0", f"output={output}"]) == 0
+    results = json.loads(output.read_text())["results"]
+    assert results["linear_top1"] > 0.3  # ten classes: chance is 0.1
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
 def test_cli_errors_are_one_line(fashion_root, saved_backbone, capsys):
