@@ -181,7 +181,7 @@ def test_semi_supervised_with_a_split_file(tmp_path, rgb_backbone):
     common = ["--checkpoint", str(rgb_backbone), "data.name=image_folder", f"data.root={root}",
               "image_size=32", "augment.image_size=32", "epochs=3", "batch_size=4", "num_workers=0",
               "device=cpu"]
-    assert semi_supervised.main([*common, f"subset_file={split}", "percent=1"]) == 0
+    assert semi_supervised.main([*common, "--subset-file", str(split), "--percent", "1"]) == 0
     record = json.loads((tmp_path / "eval_semi_supervised_1pct_image_folder.json").read_text())
     results = record["results"]
     assert results["num_labelled"] == 6 and results["subset"] == str(split)
