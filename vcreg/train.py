@@ -11,7 +11,7 @@ a supervised run's ``results.json`` holds ``test_top1`` (its own classifier on t
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
@@ -20,11 +20,13 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import torch
 from torch import nn
 
+from common.config import ConfigError
 from common.data import dataset_info
 from common.method import Method
 from common.trainer import TrainConfig
 from common.trainer import main as train_main
 from evaluation.final import FinalEvalConfig, _features, evaluate_backbone
+from evaluation.linear import LinearProbeConfig, linear_probe
 from vcreg.analysis.collapse import collapse_metrics
 from vcreg.method import SupervisedClassifier, VCRegLayerConfig, VCRegMethodConfig, build_vcreg_method
 from vcreg.placement import apply_vcreg
@@ -37,6 +39,9 @@ class VCRegTrainConfig(TrainConfig):
     method: VCRegMethodConfig = field(default_factory=VCRegMethodConfig)
     vcreg: VCRegLayerConfig = field(default_factory=VCRegLayerConfig)
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
+    # Table 5: after training on CIFAR-100's 20 superclasses (data.labels=coarse), linear-probe the 100
+    # subclasses with the eval.linear_* settings; results key subclass_linear_top1
+    subclass_probe: bool = False
 
 
 class VCRegRun:
@@ -46,6 +51,9 @@ class VCRegRun:
         self.method: Method | None = None
 
     def build_method(self, cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
+        if cfg.subclass_probe and not (cfg.data.name == "cifar100" and cfg.data.labels == "coarse"):
+            raise ConfigError("subclass_probe needs data.name=cifar100 and data.labels=coarse "
+                              f"(got {cfg.data.name}, labels={cfg.data.labels})")
         layer = cfg.vcreg
         if layer.enabled:
             apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
@@ -64,6 +72,13 @@ class VCRegRun:
             with torch.no_grad():
                 logits = self.method.classifier(test[0].to(device))
             results["test_top1"] = float((logits.argmax(1).cpu() == test[1]).float().mean())
+        if cfg.subclass_probe:
+            fine = replace(cfg, data=replace(cfg.data, labels="fine"))
+            (train_x, train_y), (test_x, test_y) = _features(accelerator.unwrap_model(backbone), fine, device)
+            probe = LinearProbeConfig(epochs=cfg.eval.linear_epochs, batch_size=cfg.eval.linear_batch_size,
+                                      lr=cfg.eval.linear_lr, weight_decay=cfg.eval.linear_weight_decay)
+            accuracy = linear_probe(train_x, train_y, test_x, test_y, probe, device=device, seed=cfg.seed)
+            results["subclass_linear_top1"] = accuracy["top1"]
         return results
 
 
