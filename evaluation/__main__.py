@@ -9,7 +9,8 @@ import sys
 # checkpoint folder or torchvision/timm model name) and writes a JSON result.
 PROTOCOLS = {
     "evaluation.knn": "weighted k-NN (Wu et al.) top-1/top-5 of frozen features, k=200 and k=20, T=0.1",
-    "evaluation.linear": "linear probe on cached frozen features: SGD or LARS, cosine or step schedule, top-1/top-5",
+    "evaluation.linear": "linear probe of a frozen backbone (cached features or augmented images): SGD or LARS, "
+                         "cosine or step schedule, top-1/top-5",
     "evaluation.semi_supervised": "fine-tuning on 1%/10% labels (SimCLR ImageNet split files or a stratified "
                                   "fraction), separate classifier/encoder learning rates",
     "evaluation.transfer": "Kornblith transfer probe (L-BFGS logistic regression, 45 L2 strengths) on "

@@ -100,12 +100,9 @@ def _splits(cfg: TransferConfig) -> tuple[object, object | None, object]:
                                         "(download=true fetches it where torchvision can)") from None
 
         return load(train), (load(val) if val else None), load(test)
-    if cfg.dataset in FOLDER_DATASETS:
-        data = cfg.data if cfg.dataset in ("image_folder", "hf") else DataConfig(
-            **{**cfg.data.__dict__, "name": "image_folder"})
-        return build_dataset(data, "train"), None, build_dataset(data, "test")
-    raise ValueError(f"unknown transfer dataset '{cfg.dataset}' (valid: "
-                     f"{', '.join([*TORCHVISION_DATASETS, *FOLDER_DATASETS])})")
+    data = cfg.data if cfg.dataset in ("image_folder", "hf") else DataConfig(
+        **{**cfg.data.__dict__, "name": "image_folder"})
+    return build_dataset(data, "train"), None, build_dataset(data, "test")
 
 
 def _hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -119,6 +116,9 @@ def transfer(cfg: TransferConfig) -> dict:
     protocol = cfg.protocol if cfg.protocol != "auto" else ("sgd" if cfg.dataset in SGD_EPOCHS else "lbfgs")
     if protocol not in ("lbfgs", "sgd"):
         raise ValueError(f"protocol must be auto, lbfgs or sgd, not '{cfg.protocol}'")
+    if cfg.dataset not in TORCHVISION_DATASETS and cfg.dataset not in FOLDER_DATASETS:
+        raise ValueError(f"unknown transfer dataset '{cfg.dataset}' (valid: "
+                         f"{', '.join([*TORCHVISION_DATASETS, *FOLDER_DATASETS])})")
     device = resolve_device(cfg.device)
     backbone, _, in_chans = load_eval_backbone(cfg.checkpoint)
     if in_chans != 3:
