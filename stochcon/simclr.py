@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from common.heads import mlp
 from common.method import Method
+from stochcon.latents import StochConConfig
 from stochcon.losses import multicrop_info_nce
 
 
 @dataclass
 class SimCLRConfig:
-    name: str = "simclr"           # simclr | stochcon (the latent's settings are under `stochcon`)
+    name: str = "simclr"           # simclr | stochcon | supervised (Appendix A.2 control); latent under `stochcon`
     temperature: float = 0.1       # InfoNCE tau (SimCLR: 0.1 at batch 4096 on ImageNet, 0.5 on CIFAR-10)
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 128
     proj_hidden_layers: int = 1    # SimCLR v1: one hidden layer; v2: two
     proj_norm: str = "bn"          # bn | ln | none, in the projector's hidden layers
     gather_negatives: bool = True  # negatives from every GPU (the global batch), as in the paper
+    stochcon: StochConConfig = field(default_factory=StochConConfig)
 
 
 def projector(cfg: SimCLRConfig, feature_dim: int) -> nn.Sequential:

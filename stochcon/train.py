@@ -19,6 +19,7 @@ from common.method import Method
 from common.trainer import TrainConfig, main as train_main
 from evaluation.final import FinalEvalConfig, evaluate_backbone
 from stochcon.simclr import SimCLR, SimCLRConfig
+from stochcon.stochcon import build_stochcon, build_supervised
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_simclr.yaml"
 
@@ -32,7 +33,11 @@ class StochConTrainConfig(TrainConfig):
 def build_method(cfg: StochConTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
     if cfg.method.name == "simclr":
         return SimCLR(backbone, feature_dim, cfg.method, cfg.augment.num_views)
-    raise ValueError(f"method.name must be simclr or stochcon, not '{cfg.method.name}'")
+    if cfg.method.name == "stochcon":
+        return build_stochcon(cfg, backbone, feature_dim)
+    if cfg.method.name == "supervised":
+        return build_supervised(cfg, backbone, feature_dim)
+    raise ValueError(f"method.name must be simclr, stochcon or supervised, not '{cfg.method.name}'")
 
 
 def main(argv: list[str] | None = None) -> int:
