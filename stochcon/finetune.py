@@ -68,8 +68,11 @@ class Finetuned(Method):
         if self.branch is not None:
             self.branch.set_temperature(pretrained.latent_cfg.finetune_gumbel_temperature)
             width = self.branch.latent_dim
-            # The contrastive decoder rho is not part of the representation.
+            # Unused here, so frozen (DDP requires every trainable parameter to get a gradient): the contrastive
+            # decoder rho, and the Gaussian's scale head (fine-tuning uses its mean).
             self.branch.rho.requires_grad_(False)
+            if self.branch.kind == "gaussian":
+                self.branch.latent.requires_grad_(False)
         self.head = nn.Linear(width, num_classes)
         if mode == "frozen":
             self.backbone.requires_grad_(False)
