@@ -95,6 +95,8 @@ class StochasticBranch(nn.Module):
                     "active_bits": active.mean(),
                     "active_fraction": active.mean() / self.latent_dim,
                     "bit_probability": torch.sigmoid(phi).mean(),
+                    # 0 when every bit is a fair coin, 1 when every bit is certain: |2 sigmoid(phi) - 1|.
+                    "bit_certainty": (2 * torch.sigmoid(phi) - 1).abs().mean(),
                     "gumbel_temperature": torch.tensor(self.latent.temperature),
                 }
             sigma = torch.cat([self.scale(h) for h in h_vars if h is not None]).float()

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -180,3 +182,17 @@ def test_supervised_bernoulli_bypass_probability():
     assert never.branch.pi.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="label -1"):
         never(x, torch.full((8,), -1))
+
+
+def test_bernoulli_metrics_hand_checked():
+    branch = StochasticBranch(WIDTH, "bernoulli", 2, "hard", 0.3)
+    phi = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # sigmoid: 0.5 and 0.75
+    z = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    metrics = branch.metrics([z], [phi], [None])
+    assert metrics["active_bits"] == pytest.approx(1.5)
+    assert metrics["active_fraction"] == pytest.approx(0.75)
+    assert metrics["bit_probability"] == pytest.approx(0.625)
+    assert metrics["bit_certainty"] == pytest.approx(
+        0.25
+    )  # mean of |2 * 0.5 - 1| = 0 and |2 * 0.75 - 1| = 0.5
+    assert metrics["gumbel_temperature"] == pytest.approx(0.3)
