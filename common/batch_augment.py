@@ -22,29 +22,39 @@ from common.augment import AugmentConfig
 from common.data import DatasetInfo
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+SOLARIZE_THRESHOLD = 128 / 255  # torchvision's threshold on uint8 images
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator, device) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+class _Draws:
+    """Per-sample random numbers for a rank's slice of the global batch.
 
+    Every rank draws the numbers of the whole global batch (cheap) and keeps its own rows, so sample
+    ``i`` of the global batch gets the same augmentation whatever the number of processes.
+    """
 
-def _bernoulli(n: int, p: float, generator: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device) < p
+    def __init__(self, generator: torch.Generator, n: int, rank: int, world: int, device):
+        self.generator, self.n, self.rank, self.world, self.device = generator, n, rank, world, device
+
+    def uniform(self, low: float, high: float) -> torch.Tensor:
+        u = torch.rand(self.n * self.world, generator=self.generator, device=self.device)
+        return low + (high - low) * u[self.rank * self.n:(self.rank + 1) * self.n]
+
+    def bernoulli(self, p: float) -> torch.Tensor:
+        return self.uniform(0.0, 1.0) < p
 
 
 def _crop_and_flip(x: torch.Tensor, size: int, scale: tuple[float, float], flip_prob: float,
-                   generator: torch.Generator) -> torch.Tensor:
+                   draws: _Draws) -> torch.Tensor:
     """RandomResizedCrop (area fraction in ``scale``, aspect ratio in [3/4, 4/3]) and horizontal flip."""
-    n, device = x.shape[0], x.device
-    area = _uniform(n, scale[0], scale[1], generator, device)
-    log_ratio = _uniform(n, math.log(3 / 4), math.log(4 / 3), generator, device)
-    ratio = torch.exp(log_ratio)
+    n = x.shape[0]
+    area = draws.uniform(scale[0], scale[1])
+    ratio = torch.exp(draws.uniform(math.log(3 / 4), math.log(4 / 3)))
     width = torch.sqrt(area * ratio).clamp(max=1.0)   # fraction of the image width
     height = torch.sqrt(area / ratio).clamp(max=1.0)
-    centre_x = (1 - width) * _uniform(n, -1, 1, generator, device)  # normalised [-1, 1] coordinates
-    centre_y = (1 - height) * _uniform(n, -1, 1, generator, device)
-    flip = torch.where(_bernoulli(n, flip_prob, generator, device), -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=device, dtype=x.dtype)
+    centre_x = (1 - width) * draws.uniform(-1, 1)      # normalised [-1, 1] coordinates
+    centre_y = (1 - height) * draws.uniform(-1, 1)
+    flip = torch.where(draws.bernoulli(flip_prob), -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = width * flip
     theta[:, 0, 2] = centre_x
     theta[:, 1, 1] = height
@@ -72,33 +82,31 @@ def _rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bjhw->bihw", from_yiq, yiq)
 
 
-def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    n, device = x.shape[0], x.device
-    apply = _bernoulli(n, cfg.jitter_prob, generator, device)[:, None, None, None]
+def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, draws: _Draws) -> torch.Tensor:
+    apply = draws.bernoulli(cfg.jitter_prob)[:, None, None, None]
     out = x
     if cfg.brightness > 0:
-        factor = _uniform(n, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness, generator, device)
-        out = (out * factor[:, None, None, None]).clamp(0, 1)
+        factor = draws.uniform(max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)[:, None, None, None]
+        out = (out * factor).clamp(0, 1)
     if cfg.contrast > 0:
-        factor = _uniform(n, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast, generator, device)[:, None, None, None]
+        factor = draws.uniform(max(0.0, 1 - cfg.contrast), 1 + cfg.contrast)[:, None, None, None]
         mean = _gray(out).mean(dim=(1, 2, 3), keepdim=True)
         out = ((out - mean) * factor + mean).clamp(0, 1)
     if x.shape[1] == 3 and cfg.saturation > 0:
-        factor = _uniform(n, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation, generator, device)[:, None, None, None]
+        factor = draws.uniform(max(0.0, 1 - cfg.saturation), 1 + cfg.saturation)[:, None, None, None]
         gray = _gray(out)
         out = ((out - gray) * factor + gray).clamp(0, 1)
     if x.shape[1] == 3 and cfg.hue > 0:
-        out = _rotate_hue(out, _uniform(n, -cfg.hue, cfg.hue, generator, device)).clamp(0, 1)
+        out = _rotate_hue(out, draws.uniform(-cfg.hue, cfg.hue)).clamp(0, 1)
     return torch.where(apply, out, x)
 
 
-def _gaussian_blur(x: torch.Tensor, prob: float, sigma_range: tuple[float, float],
-                   generator: torch.Generator) -> torch.Tensor:
+def _gaussian_blur(x: torch.Tensor, prob: float, sigma_range: tuple[float, float], draws: _Draws) -> torch.Tensor:
     """Separable Gaussian blur, kernel ~10% of the image side, one sigma per sample."""
     n, c, h, w = x.shape
     device = x.device
-    apply = _bernoulli(n, prob, generator, device)
-    sigma = _uniform(n, sigma_range[0], sigma_range[1], generator, device)
+    apply = draws.bernoulli(prob)
+    sigma = draws.uniform(sigma_range[0], sigma_range[1])
     radius = max(1, int(0.1 * h) // 2)
     offsets = torch.arange(-radius, radius + 1, device=device, dtype=x.dtype)
     kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
@@ -136,29 +144,31 @@ class BatchAugment:
             x = x.expand(-1, 3, -1, -1)
         return x.contiguous()
 
-    def _view(self, x: torch.Tensor, index: int, size: int, scale: list[float],
-              generator: torch.Generator) -> torch.Tensor:
+    def _view(self, x: torch.Tensor, index: int, size: int, scale: list[float], draws: _Draws) -> torch.Tensor:
         cfg = self.cfg
-        view = _crop_and_flip(x, size, (scale[0], scale[1]), cfg.flip_prob, generator)
+        view = _crop_and_flip(x, size, (scale[0], scale[1]), cfg.flip_prob, draws)
         if cfg.name == "supervised":
             return self._normalise(view)
-        view = _colour_jitter(view, cfg, generator)
+        view = _colour_jitter(view, cfg, draws)
         if view.shape[1] == 3 and cfg.grayscale_prob > 0:
-            to_gray = _bernoulli(view.shape[0], cfg.grayscale_prob, generator, view.device)[:, None, None, None]
+            to_gray = draws.bernoulli(cfg.grayscale_prob)[:, None, None, None]
             view = torch.where(to_gray, _gray(view).expand(-1, 3, -1, -1), view)
         blur_prob = _cycled(cfg.blur_prob, index)
         if blur_prob > 0 and size >= cfg.blur_min_size:
-            view = _gaussian_blur(view, blur_prob, (cfg.blur_sigma[0], cfg.blur_sigma[1]), generator)
+            view = _gaussian_blur(view, blur_prob, (cfg.blur_sigma[0], cfg.blur_sigma[1]), draws)
         solarize_prob = _cycled(cfg.solarize_prob, index)
         if solarize_prob > 0:
-            solarize = _bernoulli(view.shape[0], solarize_prob, generator, view.device)[:, None, None, None]
-            view = torch.where(solarize & (view >= 0.5), 1.0 - view, view)
+            solarize = draws.bernoulli(solarize_prob)[:, None, None, None]
+            view = torch.where(solarize & (view >= SOLARIZE_THRESHOLD), 1.0 - view, view)
         return self._normalise(view)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, rank: int = 0,
+                 world: int = 1) -> list[torch.Tensor]:
+        """Views of ``images``, this rank's slice of a global batch of ``world`` equal slices."""
         x = images.float().div_(255)
         cfg = self.cfg
-        views = [self._view(x, i, self.global_size, cfg.crop_scale, generator) for i in range(cfg.num_views)]
-        views += [self._view(x, cfg.num_views + i, cfg.local_size, cfg.local_crop_scale, generator)
+        draws = _Draws(generator, x.shape[0], rank, world, x.device)
+        views = [self._view(x, i, self.global_size, cfg.crop_scale, draws) for i in range(cfg.num_views)]
+        views += [self._view(x, cfg.num_views + i, cfg.local_size, cfg.local_crop_scale, draws)
                   for i in range(cfg.local_crops)]
         return views

@@ -88,9 +88,9 @@ class BatchStream:
             all_views, all_labels = [], []
             for micro in range(self.accumulation):
                 index = self._micro_indices(order, step, micro)
-                generator.manual_seed(derive_seed(self.seed, epoch, step, micro, self.rank))
+                generator.manual_seed(derive_seed(self.seed, epoch, step, micro))
                 batch = images[index].to(self.device, non_blocking=True)
-                all_views.append(self.batch_augment(batch, generator))
+                all_views.append(self.batch_augment(batch, generator, self.rank, self.world))
                 all_labels.append(targets[index].to(self.device, non_blocking=True))
             yield step, all_views, all_labels
 

@@ -64,6 +64,18 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
+def per_sample_rand(local_batch: int, *shape: int, device=None, dtype=None, normal: bool = False) -> torch.Tensor:
+    """Random numbers for this rank's rows of the global batch: ``[local_batch, *shape]``.
+
+    Every rank draws the whole global batch's numbers from the (identically seeded) global RNG and keeps
+    its own slice, so sample ``i`` gets the same noise for any number of processes.
+    """
+    draw = torch.randn if normal else torch.rand
+    everything = draw(local_batch * world_size(), *shape, device=device, dtype=dtype)
+    start = rank() * local_batch
+    return everything[start:start + local_batch]
+
+
 class _AllReduceMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:

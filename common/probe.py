@@ -21,7 +21,8 @@ class OnlineProbe(nn.Module):
         labelled = labels >= 0
         if not bool(labelled.any()):
             zero = logits.sum() * 0.0  # keeps every parameter in the graph for DDP
-            return {"probe_loss": zero}
+            # same keys on every rank: the logged metrics are averaged across ranks
+            return {"probe_loss": zero, "probe_acc": zero.detach()}
         loss = F.cross_entropy(logits[labelled], labels[labelled])
         accuracy = (logits[labelled].argmax(dim=1) == labels[labelled]).float().mean()
         return {"probe_loss": loss, "probe_acc": accuracy.detach()}

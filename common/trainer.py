@@ -6,9 +6,12 @@ optimiser, trains with a per-step schedule, logs, checkpoints, and writes ``back
 checkpoint, output folder), 75 preempted after saving a checkpoint (requeue with ``resume=true``).
 
 Exact resume: data order and augmentation are seeded by position (``common.batches``), every
-micro-batch reseeds the global RNG from ``(seed, step, micro-batch, rank)`` (Gumbel noise, Brownian
+micro-batch reseeds the global RNG from ``(seed, step, micro-batch)`` (Gumbel noise, Brownian
 directions, dropout), and the checkpoint holds model, optimiser, grad-scaler and progress, so a run
 resumed from step ``s`` computes exactly what the uninterrupted run computes from ``s`` on.
+The seed does not depend on the rank: a method that draws noise for the global batch with
+``common.distributed.per_sample_rand`` and keeps its rank's rows gets the same noise for every sample
+whatever the number of processes (the distributed-equivalence tests rely on it).
 """
 
 from __future__ import annotations
@@ -256,7 +259,7 @@ class Trainer:
                 self.method.on_step_end(step, self.total_steps)
                 step += 1
                 progress.update(1)
-                if acc.is_main_process and (step % cfg.log_every_steps == 0 or step == self.total_steps):
+                if step % cfg.log_every_steps == 0 or step == self.total_steps:
                     self._log(log, step, out, skipped, (step - start_step) * cfg.batch_size
                               / (time.perf_counter() - start_time), progress)
                 preempted = self._any_rank(self.preempt_signal is not None)
@@ -283,7 +286,7 @@ class Trainer:
         accumulation = len(micro_views)
         out: dict = {}
         for micro, (views, labels) in enumerate(zip(micro_views, micro_labels)):
-            torch.manual_seed(derive_seed(cfg.seed, step, micro, acc.process_index, 0x5EED))
+            torch.manual_seed(derive_seed(cfg.seed, step, micro, 0x5EED))
             if cfg.channels_last:
                 views = [v.contiguous(memory_format=torch.channels_last) for v in views]
             sync = micro == accumulation - 1
@@ -305,12 +308,17 @@ class Trainer:
         out["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
         return out, True
 
-    def _log(self, log: MetricsLog, step: int, out: dict, skipped: int, images_per_second: float,
+    def _log(self, log: MetricsLog | None, step: int, out: dict, skipped: int, images_per_second: float,
              progress: tqdm) -> None:
+        """Every rank calls this: the scalar metrics are averaged over ranks, the main process writes them."""
+        scalars = {k: v.detach().float().reshape(1) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+        if scalars and self.accelerator.num_processes > 1:
+            stacked = torch.cat(list(scalars.values())).to(self.accelerator.device)
+            scalars = dict(zip(scalars, self.accelerator.reduce(stacked, reduction="mean").cpu()))
+        if log is None:
+            return
         record: dict[str, Any] = {"step": step, "epoch": step / self.steps_per_epoch}
-        for key, value in out.items():
-            if torch.is_tensor(value) and value.numel() == 1:
-                record[key] = float(value.detach().float())
+        record.update({k: float(v) for k, v in scalars.items()})
         record["skipped_steps"] = skipped
         record["images_per_second"] = images_per_second
         log.write(record)
