@@ -90,13 +90,13 @@ def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[s
     output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, protocol, dataset)
     if output.exists() and not cfg.overwrite:
         print(f"error: {output} exists; pass overwrite=true or another output=PATH", file=sys.stderr)
-        return 1
+        return 2
     try:
         start = time.perf_counter()
         results = evaluate(cfg)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # bad input: a missing folder, a corrupt image, a foreign checkpoint
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     record = {"protocol": protocol, "checkpoint": cfg.checkpoint, "results": results,
               "seconds": round(time.perf_counter() - start, 2), "config": asdict(cfg)}
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ def test_voc07_end_to_end(tmp_path, rgb_backbone):
     assert set(results["ap"]) == set(VOC_CLASSES)
     assert 0.3 < results["mAP"] <= 1.0  # chance is about 1/20
     assert output.with_suffix(".png").stat().st_size > 0
-    assert voc07.main(args) == 1  # refuses to overwrite
+    assert voc07.main(args) == 2  # refuses to overwrite
 
 
 # ------------------------------------------------------------------------------------------ subsets
@@ -192,7 +192,7 @@ def test_semi_supervised_with_a_split_file(tmp_path, rgb_backbone):
     assert semi_supervised.main([*common, "percent=50", "classifier_lr=0.25", "encoder_lr=2.5e-4",
                                  f"output={output}"]) == 0
     assert json.loads(output.read_text())["results"]["num_labelled"] == 9
-    assert semi_supervised.main([*common, "percent=50", f"output={tmp_path / 'x.json'}"]) == 1  # no paper lrs
+    assert semi_supervised.main([*common, "percent=50", f"output={tmp_path / 'x.json'}"]) == 2  # no paper lrs
 
 
 def test_semi_supervised_fine_tunes_the_encoder_only_when_asked(tmp_path, rgb_backbone, monkeypatch):
@@ -244,7 +244,7 @@ def test_transfer_probes_end_to_end(tmp_path, rgb_backbone):
     sgd = json.loads((tmp_path / "eval_transfer_places205.json").read_text())["results"]
     assert sgd["protocol"] == "sgd" and sgd["epochs"] == 3 and 0 <= sgd["top1"] <= sgd["top5"] <= 1
     assert transfer.main([*common, "dataset=dtd", f"root={tmp_path / 'none'}",
-                          f"output={tmp_path / 'dtd.json'}"]) == 1  # missing files: a clear error
+                          f"output={tmp_path / 'dtd.json'}"]) == 2  # missing files: a clear error
 
 
 def test_evaluation_help_lists_every_protocol():

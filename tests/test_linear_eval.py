@@ -135,7 +135,7 @@ def test_knn_and_linear_cli_write_json_and_refuse_to_overwrite(fashion_root, sav
     # A random convnet separates these brightness patterns far above chance (0.1).
     assert record["results"]["knn_top1_k20"] > 0.5 and record["results"]["knn_top1_k5"] > 0.5
     before = output.read_text()
-    assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args]) == 1
+    assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args]) == 2
     assert "exists" in capsys.readouterr().err and output.read_text() == before
     assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args, "overwrite=true", "k=[1]"]) == 0
     assert set(json.loads(output.read_text())["results"]) == {"knn_top1_k1", "knn_top5_k1"}
@@ -170,7 +170,7 @@ def test_cli_errors_are_one_line(fashion_root, saved_backbone, capsys):
     assert "k" in capsys.readouterr().err
     missing = saved_backbone.parent / "nowhere"
     assert linear_cli.main(["--checkpoint", str(missing), f"data.root={fashion_root}",
-                            "output=/tmp/never_written.json"]) == 1
+                            "output=/tmp/never_written.json"]) == 2
     assert "not found" in capsys.readouterr().err
 
 
