@@ -1,4 +1,4 @@
-"""Train BYOL or MSBReg: ``python -m msbreg.train --config msbreg/configs/<file>.yaml [key=value ...]``.
+"""Train BYOL or MSBReg: ``accelerate launch msbreg/train.py --config msbreg/configs/<file>.yaml [key=value ...]``.
 
 ``method.name`` picks the method: ``msbreg`` (K = ``augment.num_views`` views, multiview centroid loss plus
 the weighted regularisers) or ``byol`` (2 views, symmetrised BYOL loss). The defaults are the supplement's
@@ -9,7 +9,12 @@ augmentation of supplementary Table 1 with K = 4 views.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from torch import nn
 
