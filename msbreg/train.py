@@ -51,6 +51,9 @@ class MSBRegTrainConfig(TrainConfig):
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
 
 
+CONFIG_SCHEMA = MSBRegTrainConfig  # the schema common.sweep validates a sweep's runs against
+
+
 def build_method(cfg: MSBRegTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
     method = cfg.method
     if method.name not in METHODS:

@@ -30,6 +30,9 @@ class StochConTrainConfig(TrainConfig):
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
 
 
+CONFIG_SCHEMA = StochConTrainConfig  # the schema common.sweep validates a sweep's runs against
+
+
 def build_method(cfg: StochConTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
     if cfg.method.name == "simclr":
         return SimCLR(backbone, feature_dim, cfg.method, cfg.augment.num_views)

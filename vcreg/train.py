@@ -44,6 +44,9 @@ class VCRegTrainConfig(TrainConfig):
     subclass_probe: bool = False
 
 
+CONFIG_SCHEMA = VCRegTrainConfig  # the schema common.sweep validates a sweep's runs against
+
+
 class VCRegRun:
     """``build_method`` and ``evaluate`` of one run; the evaluation needs the classifier the method built."""
 
