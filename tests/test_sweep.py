@@ -8,11 +8,14 @@ import pytest
 import yaml
 
 from common import sweep
+from common.config import ConfigError
 from msbreg.train import MSBRegTrainConfig
+from vcreg.train import VCRegTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 MSBREG_CONFIGS = ROOT / "msbreg" / "configs"
-SWEEP_FILES = sorted(MSBREG_CONFIGS.glob("*_sweep.yaml"))
+VCREG_CONFIGS = ROOT / "vcreg" / "configs"
+SWEEP_FILES = sorted([*MSBREG_CONFIGS.glob("*_sweep.yaml"), *VCREG_CONFIGS.glob("*_sweep.yaml")])
 
 
 def write_sweep(tmp_path: Path, **keys) -> Path:
@@ -39,6 +42,20 @@ def test_table5_sweep_expands_to_the_full_grid_and_validates():
     assert "augment.num_views=8" in runs[-1].argv and "epochs=300" in runs[-1].argv
     assert runs[-1].argv[-1] == "output_dir=runs/msbreg/table5/k8_ls0.01_lb2.0"
     sweep.validate(expanded)
+
+
+def test_vcreg_sweep_expands_to_the_alpha_beta_grid_and_validates_against_vcreg():
+    expanded = sweep.expand(VCREG_CONFIGS / "imagenet_resnet50_vcreg_sweep.yaml")
+    assert expanded.trainer.module == "vcreg.train" and expanded.trainer.schema is VCRegTrainConfig
+    alphas, betas = [1.28, 0.64, 0.32, 0.16], [0.16, 0.08, 0.04, 0.02, 0.01]
+    assert [run.name for run in expanded.runs] == [f"a{a}_b{b}" for a in alphas for b in betas]
+    assert expanded.runs[-1].argv == ["--config", str(VCREG_CONFIGS / "imagenet_resnet50_vcreg.yaml"),
+                                      "vcreg.alpha=0.16", "vcreg.beta=0.01",
+                                      "output_dir=runs/vcreg/imagenet_resnet50_sweep/a0.16_b0.01"]
+    sweep.validate(expanded)
+    msbreg_only = sweep.Sweep(expanded.trainer, [sweep.SweepRun("x", ["method.lambda_s=0.1"])])
+    with pytest.raises(ConfigError, match="method.lambda_s"):  # validated against vcreg's schema, not msbreg's
+        sweep.validate(msbreg_only)
 
 
 def test_train_key_takes_a_script_path_or_a_module_name(tmp_path):
