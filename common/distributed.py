@@ -99,8 +99,55 @@ def all_reduce_mean_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _AllReduceMean.apply(tensor)
 
 
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm with the statistics of the global batch, on any device: PyTorch's ``SyncBatchNorm``
+    refuses CPU modules, so multi-process CPU runs (gloo) use this one. Same parameters and buffers as
+    ``nn.BatchNorm*d``; the statistics are summed over ranks with ``all_reduce_mean_with_grad``, whose
+    backward makes every rank's gradient that of the global batch (as ``SyncBatchNorm``'s does)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims, shape = [0, *range(2, x.dim())], [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64, device=x.device)
+        dist.all_reduce(count)
+        n = int(count.item())
+        per_sample = dist.get_world_size() / n  # the mean over ranks of the sums, times W / n: a global mean
+        mean = all_reduce_mean_with_grad(x.sum(dims)) * per_sample
+        centred = x - mean.view(shape)
+        var = all_reduce_mean_with_grad(centred.pow(2).sum(dims)) * per_sample
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), factor)
+                self.running_var.lerp_(var.detach() * n / max(n - 1, 1), factor)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+
+
+def _to_global_batchnorm(module: nn.Module) -> nn.Module:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                    module.track_running_stats)
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            setattr(converted, name, tensor)  # the same objects: requires_grad (a frozen EMA target) is kept
+        converted.train(module.training)
+        return converted
+    for name, child in module.named_children():
+        module.add_module(name, _to_global_batchnorm(child))
+    return module
+
+
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """BatchNorm layers synchronised across ranks (no-op on one process)."""
+    """BatchNorm layers synchronised across ranks (no-op on one process): PyTorch's ``SyncBatchNorm`` on
+    accelerators (nccl), ``GlobalBatchNorm`` under gloo, where ``SyncBatchNorm`` does not run."""
     if not is_distributed() or dist.get_world_size() == 1:
         return model
+    if dist.get_backend() == "gloo":
+        return _to_global_batchnorm(model)
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)

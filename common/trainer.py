@@ -334,7 +334,8 @@ class Trainer:
             save_backbone(self.method.backbone, self.cfg.backbone, self.in_chans, self.output_dir / BACKBONE_FILE)
             (self.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             (self.output_dir / "timing.json").write_text(json.dumps(
-                {"train_seconds": train_seconds, "steps_this_session": step}, indent=2) + "\n")
+                {"train_seconds": train_seconds, "steps_this_session": step,
+                 "num_processes": acc.num_processes}, indent=2) + "\n")
             print_results(results, self.output_dir)
         acc.wait_for_everyone()
         return results

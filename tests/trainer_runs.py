@@ -25,6 +25,21 @@ def run(script: str, args: list[str], timeout: float = 600) -> subprocess.Comple
                           text=True, timeout=timeout)
 
 
+def launch(script: str, args: list[str], processes: int = 2,
+           timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a trainer on ``processes`` CPU processes (gloo) with ``accelerate launch``.
+
+    ``accelerate launch --cpu --num_processes N`` starts a single process without MPI (accelerate 1.x), so
+    the processes are started as for several GPUs and Accelerate is told to stay on the CPU.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / script),
+         *args],
+        check=False, cwd=ROOT, env={**env(), "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True,
+        timeout=timeout)
+
+
 def run_until_checkpoint(script: str, args: list[str], output_dir: Path, step: int, sig: int = signal.SIGKILL,
                          timeout: float = 600) -> subprocess.Popen:
     """Start a trainer and send ``sig`` once checkpoint ``step`` exists (mid-run, while it keeps training)."""
