@@ -64,16 +64,19 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(gathered, dim=0)
 
 
-def per_sample_rand(local_batch: int, *shape: int, device=None, dtype=None, normal: bool = False) -> torch.Tensor:
-    """Random numbers for this rank's rows of the global batch: ``[local_batch, *shape]``.
+def per_sample_rand(local_batch: int, *shape: int, device=None, dtype=None, normal: bool = False,
+                    groups: int = 1) -> torch.Tensor:
+    """Random numbers for this rank's rows of the global batch: ``[groups * local_batch, *shape]``.
 
     Every rank draws the whole global batch's numbers from the (identically seeded) global RNG and keeps
-    its own slice, so sample ``i`` gets the same noise for any number of processes.
+    its own slice, so sample ``i`` gets the same noise for any number of processes. ``groups``: the rows
+    are that many batches one after the other (views concatenated along dim 0), each sliced per rank;
+    on one process the draw equals ``draw(groups * local_batch, *shape)``.
     """
     draw = torch.randn if normal else torch.rand
-    everything = draw(local_batch * world_size(), *shape, device=device, dtype=dtype)
+    everything = draw(groups, local_batch * world_size(), *shape, device=device, dtype=dtype)
     start = rank() * local_batch
-    return everything[start:start + local_batch]
+    return everything[:, start:start + local_batch].reshape(groups * local_batch, *shape)
 
 
 class _AllReduceMean(torch.autograd.Function):

@@ -77,7 +77,7 @@ def singular_value_loss(z: Tensor, eps: float = 1e-12) -> Tensor:
     return dim * gram.pow(2).sum() - 1.0
 
 
-def brownian_loss(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def brownian_loss(z: Tensor, generator: torch.Generator | None = None, xi: Tensor | None = None) -> Tensor:
     """Brownian diffusive loss of MSBReg (this project's reading of the paper).
 
     L_b = mean_i <z_i / ||z_i||, xi_i>,   xi_i drawn uniformly on the unit sphere S^{d-1}, fresh per call
@@ -86,11 +86,15 @@ def brownian_loss(z: Tensor, generator: torch.Generator | None = None) -> Tensor
     z_i is (I - u_i u_i^T) xi_i / (N ||z_i||) with u_i = z_i / ||z_i||, tangent to the sphere at u_i, and its
     expectation over xi is zero, so gradient descent moves each normalised embedding by a random step on the
     sphere (a diffusion). ``z`` [N, D]: online projections. ``generator`` (on z's device) draws xi; by default
-    the global RNG, which the trainer reseeds every step so that a resumed run draws the same xi.
+    the global RNG, which the trainer reseeds every step so that a resumed run draws the same xi. ``xi``
+    [N, D]: the Gaussian draws to use instead (normalised here), e.g. drawn per sample of the global batch.
     """
     if z.dim() != 2:
         raise ValueError(f"brownian_loss expects a batch [N, D], got {tuple(z.shape)}")
-    xi = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
+    if xi is None:
+        xi = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
+    elif xi.shape != z.shape:
+        raise ValueError(f"brownian_loss expects xi of z's shape {tuple(z.shape)}, got {tuple(xi.shape)}")
     xi = F.normalize(xi, dim=-1).to(device=z.device, dtype=z.dtype)
     return (F.normalize(z, dim=-1) * xi).sum(dim=-1).mean()
 

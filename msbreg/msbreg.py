@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from common.distributed import gather_with_grad
+from common.distributed import gather_with_grad, per_sample_rand
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.losses import brownian_loss, multiview_centroid_loss, singular_value_loss, uniformity_loss
 
@@ -32,7 +32,8 @@ class MSBReg(BYOL):
     Built as ``MSBReg(MSBRegConfig(...), backbone, feature_dim)``, like ``BYOL``.
 
     L_s and L_uniform are computed per view over the global batch (gathered across ranks with gradient) and
-    averaged over the views; L_b is a per-sample force, averaged over every online projection of the rank.
+    averaged over the views; L_b is a per-sample force, averaged over every online projection of the rank,
+    with its random directions drawn per sample of the global batch.
     Logged metrics: every loss term, the collapse monitor ``proj_std`` and ``ema_momentum``.
     """
 
@@ -48,7 +49,12 @@ class MSBReg(BYOL):
             metrics["loss_s"] = torch.stack([singular_value_loss(gather_with_grad(z)) for z in projections]).mean()
             loss = loss + cfg.lambda_s * metrics["loss_s"]
         if cfg.lambda_b:
-            metrics["loss_b"] = brownian_loss(projections.flatten(0, 1))
+            # xi per sample of the global batch (each view's rows sliced per rank): the same draws on any
+            # number of processes; on one process the same as brownian_loss's own draw
+            num_views, batch, dim = projections.shape
+            xi = per_sample_rand(batch, dim, device=projections.device, dtype=torch.float32, normal=True,
+                                 groups=num_views)
+            metrics["loss_b"] = brownian_loss(projections.flatten(0, 1), xi=xi)
             loss = loss + cfg.lambda_b * metrics["loss_b"]
         if cfg.lambda_u:
             metrics["loss_uniform"] = torch.stack(

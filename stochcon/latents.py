@@ -19,11 +19,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.distributed import per_sample_rand
 
-def logistic_noise(shape: torch.Size, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Logistic(0, 1) noise log u - log(1 - u), u ~ U(0, 1), with u kept away from 0 and 1 so it stays finite."""
+
+def logistic_noise(
+    shape: torch.Size, like: Tensor, generator: torch.Generator | None = None, groups: int = 1
+) -> Tensor:
+    """Logistic(0, 1) noise log u - log(1 - u), u ~ U(0, 1), with u kept away from 0 and 1 so it stays finite.
+
+    Without a generator, u comes from the global RNG for the global batch (``per_sample_rand``): the rows are
+    ``groups`` batches (views) of this rank's samples, and every sample draws the same noise whatever the
+    number of processes.
+    """
     tiny = torch.finfo(like.dtype).tiny
-    u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
+    if generator is None:
+        u = per_sample_rand(shape[0] // groups, *shape[1:], dtype=like.dtype, device=like.device,
+                            groups=groups)
+    else:
+        u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
     u = u.clamp(min=tiny, max=1.0 - torch.finfo(like.dtype).eps)
     return torch.log(u) - torch.log1p(-u)
 
@@ -38,17 +51,18 @@ def straight_through_hard(relaxed: Tensor) -> Tensor:
 
 
 def sample_gumbel_bernoulli(
-    logits: Tensor, temperature: float, hard: bool = False, generator: torch.Generator | None = None
+    logits: Tensor, temperature: float, hard: bool = False, generator: torch.Generator | None = None,
+    groups: int = 1,
 ) -> Tensor:
     """Binary-concrete sample: z = sigmoid((logits + log u - log(1 - u)) / temperature), u ~ U(0, 1).
 
     With `hard=True` the forward value is 1[z >= 0.5], which is exactly Bernoulli(sigmoid(logits)) because
     z >= 0.5  <=>  logits + Logistic noise >= 0, at any temperature; the gradient is that of the relaxed z
-    (straight-through, Appendix A.1).
+    (straight-through, Appendix A.1). ``groups``: the rows are that many batches (see ``logistic_noise``).
     """
     if temperature <= 0:
         raise ValueError(f"Gumbel-Bernoulli temperature must be > 0, got {temperature}")
-    relaxed = torch.sigmoid((logits + logistic_noise(logits.shape, logits, generator)) / temperature)
+    relaxed = torch.sigmoid((logits + logistic_noise(logits.shape, logits, generator, groups)) / temperature)
     return straight_through_hard(relaxed) if hard else relaxed
 
 
@@ -65,9 +79,10 @@ class GumbelBernoulli(nn.Module):
         self.hard = hard
         self.temperature = temperature
 
-    def forward(self, logits: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, groups: int = 1) -> Tensor:
+        """``groups``: the rows of ``logits`` are that many batches (views), for per-sample noise."""
         if self.training:
-            return sample_gumbel_bernoulli(logits, self.temperature, self.hard)
+            return sample_gumbel_bernoulli(logits, self.temperature, self.hard, groups=groups)
         if self.hard:
             return (logits >= 0).to(logits.dtype)
         return torch.sigmoid(logits / self.temperature)
@@ -91,14 +106,16 @@ class IsotropicGaussian(nn.Module):
     def std(self, phi_var: Tensor) -> Tensor:
         return F.softplus(self.scale(phi_var))
 
-    def forward(self, phi: Tensor, phi_var: Tensor | None = None) -> Tensor:
+    def forward(self, phi: Tensor, phi_var: Tensor | None = None, groups: int = 1) -> Tensor:
         if not self.training:
             return phi
         if phi_var is None:
             raise ValueError(
                 "IsotropicGaussian needs phi_var (the projection that sets the scale) in training"
             )
-        return phi + self.std(phi_var) * torch.randn_like(phi)
+        eps = per_sample_rand(phi.shape[0] // groups, *phi.shape[1:], dtype=phi.dtype, device=phi.device,
+                              normal=True, groups=groups)
+        return phi + self.std(phi_var) * eps
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.data import dataset_info
+from common.distributed import per_sample_rand
 from common.method import Method
 from common.schedules import cosine_anneal
 from stochcon.latents import GumbelBernoulli, IsotropicGaussian, StochConConfig
@@ -59,13 +60,19 @@ class StochasticBranch(nn.Module):
             else IsotropicGaussian(self.latent_dim)
         )
 
-    def forward(self, h: Tensor, h_var: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns (h'', z', phi'); `h_var` sets the Gaussian's scale (ignored by the Bernoulli)."""
+    def forward(
+        self, h: Tensor, h_var: Tensor | None = None, groups: int = 1
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (h'', z', phi'); `h_var` sets the Gaussian's scale (ignored by the Bernoulli).
+
+        `groups`: the rows of `h` are that many views of this rank's batch, one after the other; the noise
+        is drawn per sample of the global batch, so it does not depend on the number of processes.
+        """
         phi = self.pi(h)
         if self.kind == "bernoulli":
-            z = self.latent(phi)
+            z = self.latent(phi, groups)
         else:
-            z = self.latent(phi, self.pi(h_var) if self.training else None)
+            z = self.latent(phi, self.pi(h_var) if self.training else None, groups)
         return self.rho(z), z, phi
 
     def code(self, h: Tensor) -> Tensor:
@@ -179,7 +186,7 @@ class StochCon(SimCLR):
                 if self.branch.kind == "gaussian"
                 else None
             )
-            h_stoch, z, phi = self.branch(torch.cat([h[k] for k in sampled]), h_var)
+            h_stoch, z, phi = self.branch(torch.cat([h[k] for k in sampled]), h_var, groups=len(sampled))
             inputs += list(h_stoch.chunk(len(sampled)))
             metrics = self.branch.metrics([z], [phi], [h_var])
         embeddings = dict(zip(sides, self.projector(torch.cat(inputs)).chunk(len(sides))))
@@ -238,7 +245,7 @@ class SupervisedBernoulli(Method):
         h_stoch, z, phi = self.branch(h)
         bypass_prob = self.latent_cfg.supervised_bypass_prob
         if self.training:
-            bypass = torch.rand(h.shape[0], 1, device=h.device) < bypass_prob
+            bypass = per_sample_rand(h.shape[0], 1, device=h.device) < bypass_prob
             h_stoch = torch.where(bypass, h, h_stoch)
         elif bypass_prob == 1.0:
             h_stoch = h
