@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.distributed import gather_with_grad
 from common.heads import mlp
 from common.method import Method
 from stochcon.losses import info_nce
@@ -108,6 +109,8 @@ class JointEmbedding(VCRegMethod):
         z1, z2 = self.projector(features).float().chunk(2)
         if self.cfg.name == "simclr":
             return {"loss": info_nce(z1, z2, self.cfg.temperature), "features": features.chunk(2)[0].detach()}
+        # variance and covariance are statistics of the global batch: gather the embeddings of every rank
+        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
         terms = vicreg_loss(z1, z2, self.cfg.vicreg_invariance, self.cfg.vicreg_variance,
                             self.cfg.vicreg_covariance, self.cfg.vicreg_eps)
         return {"loss": terms["loss"], "features": features.chunk(2)[0].detach(),
