@@ -162,8 +162,13 @@ def load_backbone(spec: str | Path, pretrained: bool = True) -> tuple[nn.Module,
     cfg, in_chans, file = read_backbone_config(spec)
     backbone, dim = build_backbone(cfg, in_chans)
     state = load_file(str(file))
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
         raise ValueError(f"'{file}' does not fit backbone '{cfg.name}': {len(missing)} missing keys "
-                         f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+                         f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
+                         f"{len(reshaped)} of another shape (e.g. {reshaped[:2]})")
+    backbone.load_state_dict(state)
     return backbone, dim
