@@ -130,7 +130,7 @@ def read_backbone_config(spec: str | Path) -> tuple[BackboneConfig, int, Path]:
     try:
         with safe_open(str(file), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except Exception as error:  # safetensors raises its own error types for corrupt headers
+    except Exception as error:  # noqa: BLE001 (safetensors raises its own error types for corrupt headers)
         raise ValueError(f"'{file}' is not a readable safetensors file: {error}") from None
     if _METADATA_KEY not in metadata:
         raise ValueError(f"'{file}' has no '{_METADATA_KEY}' metadata: not a backbone saved by ssl-repro")

@@ -8,7 +8,7 @@ resumed at step ``s`` sees exactly the batches an uninterrupted run sees from st
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset

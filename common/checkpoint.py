@@ -37,9 +37,9 @@ def code_version() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
+                                timeout=5, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
         if commit:
             return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     file = Path(path) / STATE_FILE
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as error:  # torch raises several types for truncated or foreign files
+    except Exception as error:  # noqa: BLE001 (torch raises several types for truncated or foreign files)
         raise ValueError(f"checkpoint '{file}' cannot be read: {type(error).__name__}: {error}") from None
 
 

@@ -7,7 +7,7 @@ learning rate from them at every step, methods use them for temperatures and EMA
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def cosine_anneal(step: int, total_steps: int, start: float, end: float) -> float:

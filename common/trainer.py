@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
 import signal
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -35,8 +36,15 @@ from common import distributed
 from common.augment import AugmentConfig
 from common.backbones import BACKBONE_FILE, BackboneConfig, build_backbone, save_backbone
 from common.batches import BatchStream, derive_seed
-from common.checkpoint import (RunFolderError, check_resumable, code_version, latest_checkpoint, load_checkpoint,
-                               prepare_run_folder, save_checkpoint)
+from common.checkpoint import (
+    RunFolderError,
+    check_resumable,
+    code_version,
+    latest_checkpoint,
+    load_checkpoint,
+    prepare_run_folder,
+    save_checkpoint,
+)
 from common.config import ConfigError, load_config, to_dict, to_yaml
 from common.data import DataConfig, build_dataset, dataset_info
 from common.method import Method
@@ -159,8 +167,8 @@ class Trainer:
         peak = scaled_lr(cfg.optim, cfg.batch_size, cfg.augment.num_views)
         groups = param_groups(method, peak, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
         if probe is not None:
-            groups.append(dict(params=list(probe.parameters()), weight_decay=0.0, lars_exclude=True,
-                               base_lr=cfg.probe_lr))
+            groups.append({"params": list(probe.parameters()), "weight_decay": 0.0, "lars_exclude": True,
+                           "base_lr": cfg.probe_lr})
         optimizer = build_optimizer(cfg.optim, groups)
         self.module, self.optimizer = acc.prepare(module, optimizer)
         self.method: Method = acc.unwrap_model(self.module).method

@@ -16,7 +16,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from torch import nn
 
 from common.method import Method
-from common.trainer import TrainConfig, main as train_main
+from common.trainer import TrainConfig
+from common.trainer import main as train_main
 from evaluation.final import FinalEvalConfig, evaluate_backbone
 from stochcon.simclr import SimCLR, SimCLRConfig
 from stochcon.stochcon import build_stochcon, build_supervised

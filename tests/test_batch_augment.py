@@ -42,7 +42,7 @@ def test_global_batch_sliced_by_rank_equals_single_process():
 def test_solarize_and_grayscale_take_effect():
     x = torch.full((4, 3, 32, 32), 200, dtype=torch.uint8)
     x[:, 0] = 250
-    base = dict(on="device", crop_scale=[1.0, 1.0], flip_prob=0.0, jitter_prob=0.0)
+    base = {"on": "device", "crop_scale": [1.0, 1.0], "flip_prob": 0.0, "jitter_prob": 0.0}
     plain = BatchAugment(AugmentConfig(**base, grayscale_prob=0.0), RGB, 3)(x, torch.Generator().manual_seed(0))[0]
     solar = BatchAugment(AugmentConfig(**base, grayscale_prob=0.0, solarize_prob=[1.0]), RGB, 3)(
         x, torch.Generator().manual_seed(0))[0]

@@ -11,8 +11,8 @@ def test_lars_step_matches_hand_computation():
     w.grad = torch.tensor([[0.6, 0.8]])                              # ||g|| = 1
     b.grad = torch.tensor([0.5])
     lr, wd, eta, m = 0.1, 0.01, 0.001, 0.9
-    opt = LARS([dict(params=[w], lars_exclude=False, weight_decay=wd),
-                dict(params=[b], lars_exclude=True, weight_decay=0.0)], lr=lr, momentum=m, eta=eta)
+    opt = LARS([{"params": [w], "lars_exclude": False, "weight_decay": wd},
+                {"params": [b], "lars_exclude": True, "weight_decay": 0.0}], lr=lr, momentum=m, eta=eta)
     opt.step()
     g = torch.tensor([[0.6, 0.8]]) + wd * torch.tensor([[3.0, 4.0]])  # g + wd w = [0.63, 0.84]
     trust = eta * 5.0 / float(g.norm())                               # 0.005 / 1.05
@@ -34,7 +34,7 @@ def test_lars_step_matches_hand_computation():
 def test_lars_trust_is_one_when_a_norm_is_zero():
     w = nn.Parameter(torch.zeros(2, 2))
     w.grad = torch.ones(2, 2)
-    LARS([dict(params=[w], lars_exclude=False, weight_decay=0.0)], lr=0.5, momentum=0.0).step()
+    LARS([{"params": [w], "lars_exclude": False, "weight_decay": 0.0}], lr=0.5, momentum=0.0).step()
     assert torch.allclose(w.detach(), -0.5 * torch.ones(2, 2))
 
 

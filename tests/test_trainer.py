@@ -5,7 +5,6 @@ import signal
 
 import pytest
 import torch
-
 from trainer_runs import launch, run, run_until_checkpoint, same_weights, write_idx_fashion_mnist
 
 SCRIPT = "stochcon/train.py"

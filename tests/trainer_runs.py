@@ -22,7 +22,7 @@ def env() -> dict[str, str]:
 
 def run(script: str, args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def launch(script: str, args: list[str], processes: int = 2,
