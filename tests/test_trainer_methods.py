@@ -1,4 +1,4 @@
-"""Exact resume and distributed equivalence for every paper's entry point, not only SimCLR (issue 7).
+"""Exact resume and distributed equivalence for every paper's entry point and method (issue 7).
 
 Each run is tiny: 512 synthetic Fashion-MNIST images, batch 64 (8 steps an epoch), a width-4 CNN, small heads.
 """
@@ -19,6 +19,7 @@ COMMON = ["data.subset=null", "data.num_workers=0", "epochs=2", "batch_size=64",
 # script, then its settings: StochCon Bernoulli with its Gumbel temperature schedule; MSBReg with K = 4 views,
 # its EMA target and momentum schedule; supervised training with VCReg layers after every block.
 METHODS = {
+    "simclr": ("stochcon/train.py", ["method.name=simclr", "method.proj_hidden_dim=32", "method.proj_output_dim=16"]),
     "stochcon": ("stochcon/train.py", [
         "method.name=stochcon", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
         "method.stochcon.latent=bernoulli", "method.stochcon.latent_dim=8", "method.stochcon.variates=hard",
@@ -51,7 +52,7 @@ def final_model_state(out):
     return load_checkpoint(latest_checkpoint(out))["model"]
 
 
-@pytest.mark.parametrize("method", ["stochcon", "msbreg", "vcreg"])
+@pytest.mark.parametrize("method", ["simclr", "stochcon", "msbreg", "vcreg"])
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path, method):
     """A run killed mid-epoch and resumed ends with the weights (the EMA target too), results and metrics
     of the same run uninterrupted: schedules (Gumbel temperature, EMA momentum), noise and data restart
@@ -85,6 +86,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path, met
 # summed in another order, and these tiny untrained BN nets (hard Bernoulli bits, VICReg's 25x terms) amplify
 # that rounding past 1e-5 within 2-3 steps at any useful rate.
 DISTRIBUTED = {
+    "simclr": ["optim.lr=0.5"],                               # gathered negatives, SyncBN, sliced augmentation
     "stochcon": ["optim.lr=0.5"],                             # gathered negatives, Gumbel noise per sample
     "msbreg": ["optim.lr=0.1", "method.lambda_s=0.5", "method.lambda_b=0.05"],  # L_s global, Brownian xi
     "vicreg": ["optim.lr=0.005"],                             # variance and covariance of the global batch
