@@ -1,0 +1,200 @@
+"""Our SimCLR and BYOL training step vs the same step built from lightly's building blocks.
+
+Both sides use the same backbone (``common.backbones.build_backbone``, same initial weights), the same batch
+of fixed random views, the same head sizes, temperature and EMA momentum (from the Fashion-MNIST configs
+``stochcon/configs/fashion_mnist_simclr.yaml`` and ``msbreg/configs/fashion_mnist_byol.yaml``) and the same
+optimiser (the config's, through ``common.optim``); a step is forward, backward, optimiser step and the
+EMA update. Lightly's side follows its documented examples: ``SimCLRProjectionHead`` + ``NTXentLoss``,
+each view through the model separately; ``BYOLProjectionHead``/``BYOLPredictionHead``, momentum copies made
+with ``deactivate_requires_grad`` and moved by ``update_momentum`` at the start of the step (cosine momentum
+schedule), ``NegativeCosineSimilarity`` symmetrised. Ours: ``build_method`` of the trainers (SimCLR encodes
+both views in one backbone call; BYOL one view per call, like lightly). The variants run in interleaved
+rounds; the table gives ``ours / lightly`` per round (median and interquartile range).
+
+lightly is not a dependency of the project: it lives in a separate virtual environment, made once with
+``bench/setup_peer_env.sh``:
+
+    python3 -m venv .venv-bench
+    .venv-bench/bin/pip install torch==2.14.1 torchvision==0.29.1 lightly
+    .venv-bench/bin/pip install -e .
+
+and the benchmark runs there:
+
+    .venv-bench/bin/python bench/peer_lightly.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from torch import nn
+
+from bench.method_overhead import ROOT, Stepper, trainer_module
+from bench.timing import fmt, interleaved, machine, quartiles, ratios, write_json
+from common.backbones import build_backbone
+from common.config import load_config
+from common.optim import build_optimizer, param_groups
+
+LR = 1e-3  # fixed so the weights stay finite on random data; the cost does not depend on it
+CONFIGS = {"simclr": ("stochcon", "stochcon/configs/fashion_mnist_simclr.yaml"),
+           "byol": ("msbreg", "msbreg/configs/fashion_mnist_byol.yaml")}
+
+
+class LightlySimCLR(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import SimCLRProjectionHead
+
+        super().__init__()
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(feature_dim, cfg.method.proj_hidden_dim,
+                                                   cfg.method.proj_output_dim)
+        self.criterion = NTXentLoss(temperature=cfg.method.temperature)
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        z0 = self.projection_head(self.backbone(views[0]).flatten(start_dim=1))
+        z1 = self.projection_head(self.backbone(views[1]).flatten(start_dim=1))
+        return {"loss": self.criterion(z0, z1)}
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        pass
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        pass
+
+
+class LightlyBYOL(nn.Module):
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        super().__init__()
+        m = cfg.method
+        self.backbone = backbone
+        self.projection_head = BYOLProjectionHead(feature_dim, m.proj_hidden_dim, m.proj_output_dim)
+        self.prediction_head = BYOLPredictionHead(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim)
+        self.backbone_momentum = copy.deepcopy(self.backbone)
+        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.backbone_momentum)
+        deactivate_requires_grad(self.projection_head_momentum)
+        self.criterion = NegativeCosineSimilarity()
+        self.base_momentum = m.base_momentum
+
+    def online(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prediction_head(self.projection_head(self.backbone(x).flatten(start_dim=1)))
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head_momentum(self.backbone_momentum(x).flatten(start_dim=1)).detach()
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        x0, x1 = views
+        p0, z0 = self.online(x0), self.target(x0)
+        p1, z1 = self.online(x1), self.target(x1)
+        return {"loss": 0.5 * (self.criterion(p0, z1) + self.criterion(p1, z0))}
+
+    def on_step_start(self, step: int, total_steps: int) -> None:
+        from lightly.models.utils import update_momentum
+        from lightly.utils.scheduler import cosine_schedule
+
+        momentum = cosine_schedule(step, total_steps, self.base_momentum, 1.0)
+        update_momentum(self.backbone, self.backbone_momentum, m=momentum)
+        update_momentum(self.projection_head, self.projection_head_momentum, m=momentum)
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        pass
+
+
+def build(method: str, side: str, args, views, labels) -> tuple[Stepper, int]:
+    trainer, config = CONFIGS[method]
+    schema, build_method = trainer_module(trainer)
+    overrides = [f"batch_size={args.batch}", f"backbone.name={args.backbone}", f"backbone.width={args.width}",
+                 f"backbone.in_chans={args.channels}"]
+    cfg = load_config(schema, ["--config", str(ROOT / config), *overrides])
+    torch.manual_seed(0)
+    backbone, feature_dim = build_backbone(cfg.backbone, args.channels)
+    if side == "ours":
+        module = build_method(cfg, backbone, feature_dim)
+    else:
+        module = (LightlySimCLR if method == "simclr" else LightlyBYOL)(backbone, feature_dim, cfg)
+    optimizer = build_optimizer(cfg.optim, param_groups(module, LR, cfg.optim.weight_decay,
+                                                        cfg.optim.exclude_bias_and_norm))
+    parameters = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return Stepper(module, optimizer, views, labels), parameters
+
+
+def run(args) -> dict:
+    import lightly
+
+    generator = torch.Generator().manual_seed(0)
+    views = [torch.randn(args.batch, args.channels, args.image_size, args.image_size, generator=generator)
+             for _ in range(2)]
+    labels = torch.randint(0, 10, (args.batch,), generator=generator)
+    steppers, parameters = {}, {}
+    for method in args.methods:
+        for side in ("ours", "lightly"):
+            steppers[f"{method}_{side}"], parameters[f"{method}_{side}"] = build(method, side, args, views, labels)
+    seconds = interleaved(steppers, args.rounds, args.warmup, args.repeat)
+    rows = {}
+    for method in args.methods:
+        ours, peer = f"{method}_ours", f"{method}_lightly"
+        rows[method] = {"seconds": {"ours": quartiles(seconds[ours]), "lightly": quartiles(seconds[peer])},
+                        "ours_over_lightly": quartiles(ratios(seconds, ours, peer)),
+                        "trainable_parameters": {"ours": parameters[ours], "lightly": parameters[peer]},
+                        "final_loss": {"ours": steppers[ours].loss, "lightly": steppers[peer].loss}}
+    return {"lightly": lightly.__version__, "backbone": args.backbone, "width": args.width,
+            "image_size": args.image_size, "channels": args.channels, "batch": args.batch, "methods": rows}
+
+
+def print_table(r: dict) -> None:
+    print(f"lightly {r['lightly']}; {r['backbone']} (width {r['width']}), {r['image_size']} px x {r['channels']} "
+          f"ch, batch {r['batch']}, 2 views; seconds per step, median [q25-q75] over rounds")
+    print(f"{'method':<10}{'ours s':<26}{'lightly s':<26}{'ours/lightly':<24}")
+    for name, row in r["methods"].items():
+        s = row["seconds"]
+        print(f"{name:<10}{fmt(s['ours'], 4):<26}{fmt(s['lightly'], 4):<26}{fmt(row['ours_over_lightly']):<24}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--backbone", default="small_convnet")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1, help="steps per measurement")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds (the test)")
+    parser.add_argument("--output", default="bench/results/peer_lightly.json")
+    args = parser.parse_args(argv)
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        print("lightly is not installed in this Python; make the benchmark's environment with "
+              "bench/setup_peer_env.sh and run .venv-bench/bin/python bench/peer_lightly.py", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.batch, args.width, args.rounds, args.warmup = 16, 4, 2, 1
+    if args.quick and not args.threads:
+        args.threads = 1  # a test: do not fight the other tests (and a loaded machine) for cores
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    print_table(result)
+    write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "repeat": args.repeat,
+                                         "quick": args.quick, "lr": LR}, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
