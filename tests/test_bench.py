@@ -1,0 +1,118 @@
+"""The benchmarks in bench/ run end to end with --quick and write the JSON their README tables come from.
+
+The four scripts start together (one subprocess each, one torch thread each) when the first test asks for
+them; each test then checks its script's exit code and JSON. ``bench/peer_lightly.py`` needs lightly, which
+is not a dependency of the project: it runs under this Python if lightly imports here, else under
+``.venv-bench/bin/python`` (``bench/setup_peer_env.sh``) if that exists, else its test is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly")
+
+
+def python_with_lightly() -> str | None:
+    candidates = [sys.executable, str(ROOT / ".venv-bench" / "bin" / "python")]
+    for python in candidates:
+        if Path(python).exists() and subprocess.run([python, "-c", "import lightly"], capture_output=True,
+                                                     check=False).returncode == 0:
+            return python
+    return None
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory) -> dict:
+    """Start every script with --quick at once; each value is (process, output JSON path)."""
+    folder = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    runs = {}
+    for name in SCRIPTS:
+        python = sys.executable
+        if name == "peer_lightly":
+            python = python_with_lightly()
+            if python is None:
+                continue
+        output = folder / f"{name}.json"
+        process = subprocess.Popen([python, str(ROOT / "bench" / f"{name}.py"), "--quick", "--output", str(output)],
+                                   cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        runs[name] = (process, output)
+    yield runs
+    for process, _ in runs.values():
+        if process.poll() is None:
+            process.kill()
+
+
+def finished(quick_runs: dict, name: str) -> dict:
+    if name not in quick_runs:
+        pytest.skip("lightly is importable neither here nor in .venv-bench (bench/setup_peer_env.sh)")
+    process, output = quick_runs[name]
+    log, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, log[-3000:]
+    assert "median" in log  # the printed table
+    data = json.loads(output.read_text())
+    assert data["setup"]["quick"] is True and data["setup"]["device"] == "cpu"
+    assert data["setup"]["threads"] == 1
+    return data["results"]
+
+
+def positive_quartiles(q: dict) -> None:
+    assert set(q) == {"median", "q25", "q75"}
+    assert 0 < q["q25"] <= q["median"] <= q["q75"]
+
+
+def test_method_overhead_quick(quick_runs):
+    results = finished(quick_runs, "method_overhead")
+    variants = results["variants"]
+    methods = {"simclr", "stochcon_bernoulli", "stochcon_gaussian", "byol", "msbreg_k4", "byol_4views",
+               "vcreg_blocks", "supervised"}
+    assert methods <= set(variants)
+    assert {"bare_2views_lars", "bare_4views_lars", "bare_1views_adamw"} <= set(variants)
+    for name, row in variants.items():
+        positive_quartiles(row["seconds"])
+        assert row["images_per_second"] > 0
+        if name in methods:
+            positive_quartiles(row["ratio_to_bare"])
+            assert row["method_share"]["median"] == pytest.approx(
+                1 - 1 / row["ratio_to_bare"]["median"], abs=0.5)  # median of per-round shares, close
+            assert variants[row["bare"]]["views"] == row["views"]
+    assert variants["msbreg_k4"]["views"] == 4 and variants["byol_4views"]["views"] == 4
+    positive_quartiles(variants["msbreg_k4"]["ratio_to_reference"])
+    positive_quartiles(variants["vcreg_blocks"]["ratio_to_reference"])
+
+
+def test_knn_quick(quick_runs):
+    results = finished(quick_runs, "knn")
+    assert set(results["seconds"]) == {"ours", "bare", "sklearn"}
+    for q in results["seconds"].values():
+        positive_quartiles(q)
+    positive_quartiles(results["ours_over_bare"])
+    positive_quartiles(results["sklearn_over_ours"])
+    assert results["bare_gflops_per_second"] > 0
+
+
+def test_augment_quick(quick_runs):
+    results = finished(quick_runs, "augment")
+    assert [r["recipe"] for r in results] == ["simclr_28px_gray", "simclr_32px_rgb", "dino_multicrop"]
+    for r in results:
+        positive_quartiles(r["images_per_second"]["batched"])
+        positive_quartiles(r["images_per_second"]["per_image"])
+        positive_quartiles(r["batched_over_per_image"])
+    assert results[2]["views"] == 10 and results[2]["view_sizes"] == [224, 224] + [96] * 8
+
+
+def test_peer_lightly_quick(quick_runs):
+    results = finished(quick_runs, "peer_lightly")
+    assert set(results["methods"]) == {"simclr", "byol"}
+    for row in results["methods"].values():
+        positive_quartiles(row["seconds"]["ours"])
+        positive_quartiles(row["seconds"]["lightly"])
+        positive_quartiles(row["ours_over_lightly"])
