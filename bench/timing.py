@@ -55,7 +55,7 @@ def ratios(seconds: dict[str, list[float]], numerator: str, denominator: str) ->
 
 def machine() -> dict:
     """What the figures were measured on."""
-    return {"device": "cpu", "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"benchmark": Path(sys.argv[0]).stem, "device": "cpu", "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
