@@ -98,15 +98,17 @@ class Stepper:
     """One optimiser step of a module on fixed views, as ``common.trainer.Trainer._train_step`` does it."""
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
-                 labels: torch.Tensor):
+                 labels: torch.Tensor, autocast_dtype: torch.dtype | None = None):
         self.module, self.optimizer, self.views, self.labels = module, optimizer, views, labels
+        self.autocast_dtype = autocast_dtype  # bf16: what Accelerate's mixed_precision=bf16 does on a CPU
         self.step = 0
         self.loss = float("nan")
 
     def __call__(self) -> None:
         self.module.on_step_start(self.step, 10_000)
-        out = self.module(self.views, self.labels)
-        out["loss"].backward()
+        with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16, enabled=bool(self.autocast_dtype)):
+            out = self.module(self.views, self.labels)
+        out["loss"].float().backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.module.on_step_end(self.step, 10_000)

@@ -81,8 +81,18 @@ def vcreg_overhead(data: dict) -> list[str]:
     return lines
 
 
+def switches(data: dict) -> list[str]:
+    r = data["results"]
+    lines = [(f"SimCLR step, {r['backbone']} (width {r['width']}), {r['image_size']} px x {r['channels']} "
+              f"channel(s), batch {r['batch']}, CPU capability {r['cpu_capability']}"), "",
+             "| variant | step s | / reference | reference |", "|---|---:|---:|---|"]
+    for name, row in r["variants"].items():
+        lines.append(f"| {name} | {q(row['seconds'], 4)} | {q(row['ratio_to_reference'])} | {row['reference']} |")
+    return lines
+
+
 TABLES = {"method_overhead": method_overhead, "knn": knn, "augment": augment, "peer_lightly": peer_lightly,
-          "vcreg_overhead": vcreg_overhead}
+          "vcreg_overhead": vcreg_overhead, "switches": switches}
 
 
 def render(path: Path) -> str:

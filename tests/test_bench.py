@@ -1,6 +1,6 @@
 """The benchmarks in bench/ run end to end with --quick and write the JSON their README tables come from.
 
-The four scripts start together (one subprocess each, one torch thread each) when the first test asks for
+The scripts start together (one subprocess each, one torch thread each) when the first test asks for
 them; each test then checks its script's exit code and JSON. ``bench/peer_lightly.py`` needs lightly, which
 is not a dependency of the project: it runs under this Python if lightly imports here, else under
 ``.venv-bench/bin/python`` (``bench/setup_peer_env.sh``) if that exists, else its test is skipped.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly")
+SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches")
 
 
 def python_with_lightly() -> str | None:
@@ -116,3 +116,13 @@ def test_peer_lightly_quick(quick_runs):
         positive_quartiles(row["seconds"]["ours"])
         positive_quartiles(row["seconds"]["lightly"])
         positive_quartiles(row["ours_over_lightly"])
+
+
+def test_switches_quick(quick_runs):
+    results = finished(quick_runs, "switches")
+    variants = results["variants"]
+    assert set(variants) == {"default", "bf16", "channels_last", "sgd_per_tensor", "sgd_foreach", "sgd_fused"}
+    for row in variants.values():
+        positive_quartiles(row["seconds"])
+        positive_quartiles(row["ratio_to_reference"])
+    assert variants["default"]["ratio_to_reference"]["median"] == 1
