@@ -75,7 +75,8 @@ def test_method_overhead_quick(quick_runs):
     methods = {"simclr", "stochcon_bernoulli", "stochcon_gaussian", "byol", "msbreg_k4", "byol_4views",
                "vcreg_blocks", "supervised"}
     assert methods <= set(variants)
-    assert {"bare_2views_lars", "bare_4views_lars", "bare_1views_adamw"} <= set(variants)
+    assert {"bare_2views_lars", "bare_2views_lars_per_view", "bare_4views_lars_per_view",
+            "bare_4views_lars_per_view_paired", "bare_1views_adamw"} <= set(variants)
     for name, row in variants.items():
         positive_quartiles(row["seconds"])
         assert row["images_per_second"] > 0
