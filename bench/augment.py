@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import torch
 
-from bench.timing import fmt, interleaved, machine, quartiles, write_json
+from bench.timing import fmt, interleaved, machine, quartiles, set_threads, write_json
 from common.augment import build_view_transforms, dino_multicrop, simclr_augment
 from common.batch_augment import BatchAugment
 from common.data import MultiViewDataset, dataset_info
@@ -108,10 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.warmup = 2, 0
-    if args.quick and not args.threads:
-        args.threads = 1  # a test: do not fight the other tests (and a loaded machine) for cores
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = set_threads(args.threads, args.quick)
     results = [bench_recipe(name, args) for name in args.recipes]
     print_table(results)
     write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick},

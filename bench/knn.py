@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import torch
 import torch.nn.functional as F
 
-from bench.timing import fmt, interleaved, machine, quartiles, ratios, write_json
+from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from evaluation.knn import knn_predict
 
 BARE_CHUNK = 1024
@@ -98,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.train, args.test, args.dim, args.k, args.rounds, args.warmup = 2000, 500, 64, 20, 2, 0
-    if args.quick and not args.threads:
-        args.threads = 1  # a test: do not fight the other tests (and a loaded machine) for cores
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = set_threads(args.threads, args.quick)
     result = run(args)
     print_table(result)
     write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick}, result)

@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import torch
 
 from bench.method_overhead import ROOT, Stepper, trainer_module
-from bench.timing import fmt, interleaved, machine, quartiles, ratios, write_json
+from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from common.backbones import build_backbone
 from common.config import load_config
 from common.optim import build_optimizer, param_groups
@@ -109,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.width, args.rounds, args.warmup, args.no_compile = 16, 4, 2, 1, True
-    if args.quick and not args.threads:
-        args.threads = 1  # a test: do not fight the other tests (and a loaded machine) for cores
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args.threads = set_threads(args.threads, args.quick)
     result = run(args)
     print_table(result)
     write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "repeat": args.repeat,

@@ -53,6 +53,14 @@ def ratios(seconds: dict[str, list[float]], numerator: str, denominator: str) ->
     return [a / b for a, b in zip(seconds[numerator], seconds[denominator])]
 
 
+def set_threads(threads: int | None, quick: bool) -> int | None:
+    """Set torch's thread count; ``--quick`` (a test) takes one thread so as not to fight other tests for cores."""
+    threads = threads or (1 if quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def machine() -> dict:
     """What the figures were measured on."""
     return {"benchmark": Path(sys.argv[0]).stem, "device": "cpu", "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
