@@ -35,6 +35,7 @@ from torch import nn
 from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from common.backbones import build_backbone
 from common.config import load_config
+from common.method import Method
 from common.optim import build_optimizer, param_groups
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,23 +81,17 @@ def trainer_module(trainer: str):
     raise ValueError(trainer)
 
 
-class Bare(nn.Module):
+class Bare(Method):
     """The backbone alone with a trivial loss: the floor every method's step stands on."""
 
-    def __init__(self, backbone: nn.Module, per_view: bool):
-        super().__init__()
-        self.backbone, self.per_view = backbone, per_view
+    def __init__(self, backbone: nn.Module, feature_dim: int, per_view: bool):
+        super().__init__(backbone, feature_dim)
+        self.per_view = per_view
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.per_view:  # one backbone call per view, as BYOL and MSBReg (batch-norm statistics per view)
             return {"loss": sum(self.backbone(view).mean() for view in views)}
         return {"loss": self.backbone(torch.cat(views)).mean()}  # all views in one call, as SimCLR
-
-    def on_step_start(self, step: int, total_steps: int) -> None:
-        pass
-
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        pass
 
 
 class Stepper:
@@ -159,7 +154,7 @@ def build_variants(args, specs) -> tuple[dict[str, Stepper], dict[str, str], dic
         if bare not in steppers:
             torch.manual_seed(0)
             backbone, _ = build_backbone(cfg.backbone, args.channels)
-            module = Bare(backbone, spec.per_view)
+            module = Bare(backbone, feature_dim, spec.per_view)
             optimizer = build_optimizer(cfg.optim, param_groups(module, LR, cfg.optim.weight_decay,
                                                                 cfg.optim.exclude_bias_and_norm))
             steppers[bare] = Stepper(module, optimizer, method_views, labels)

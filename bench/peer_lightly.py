@@ -40,6 +40,7 @@ from bench.method_overhead import ROOT, Stepper, trainer_module
 from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from common.backbones import build_backbone
 from common.config import load_config
+from common.method import Method
 from common.optim import build_optimizer, param_groups
 
 LR = 1e-3  # fixed so the weights stay finite on random data; the cost does not depend on it
@@ -47,13 +48,12 @@ CONFIGS = {"simclr": ("stochcon", "stochcon/configs/fashion_mnist_simclr.yaml"),
            "byol": ("msbreg", "msbreg/configs/fashion_mnist_byol.yaml")}
 
 
-class LightlySimCLR(nn.Module):
+class LightlySimCLR(Method):
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         from lightly.loss import NTXentLoss
         from lightly.models.modules import SimCLRProjectionHead
 
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, feature_dim)
         self.projection_head = SimCLRProjectionHead(feature_dim, cfg.method.proj_hidden_dim,
                                                    cfg.method.proj_output_dim)
         self.criterion = NTXentLoss(temperature=cfg.method.temperature)
@@ -63,22 +63,15 @@ class LightlySimCLR(nn.Module):
         z1 = self.projection_head(self.backbone(views[1]).flatten(start_dim=1))
         return {"loss": self.criterion(z0, z1)}
 
-    def on_step_start(self, step: int, total_steps: int) -> None:
-        pass
 
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        pass
-
-
-class LightlyBYOL(nn.Module):
+class LightlyBYOL(Method):
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
         from lightly.loss import NegativeCosineSimilarity
         from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
-        super().__init__()
+        super().__init__(backbone, feature_dim)
         m = cfg.method
-        self.backbone = backbone
         self.projection_head = BYOLProjectionHead(feature_dim, m.proj_hidden_dim, m.proj_output_dim)
         self.prediction_head = BYOLPredictionHead(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim)
         self.backbone_momentum = copy.deepcopy(self.backbone)
@@ -107,9 +100,6 @@ class LightlyBYOL(nn.Module):
         momentum = cosine_schedule(step, total_steps, self.base_momentum, 1.0)
         update_momentum(self.backbone, self.backbone_momentum, m=momentum)
         update_momentum(self.projection_head, self.projection_head_momentum, m=momentum)
-
-    def on_step_end(self, step: int, total_steps: int) -> None:
-        pass
 
 
 def build(method: str, side: str, args, views, labels) -> tuple[Stepper, int]:
