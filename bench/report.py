@@ -91,8 +91,23 @@ def switches(data: dict) -> list[str]:
     return lines
 
 
+def trainer_throughput(data: dict) -> list[str]:
+    r = data["results"]
+    lines = [(f"`{r['config']}` {' '.join(r['overrides'])}, {r['steps']} steps per measurement; images/s count "
+             "images (each with all its views)"), "",
+             ("| pipeline | trainer images/s | step images/s | data images/s | data images/s per worker "
+             "| trainer / step |"), "|---|---:|---:|---:|---:|---:|"]
+    for name, row in r["pipelines"].items():
+        per_worker = row.get("data_images_per_second_per_worker")
+        lines.append(f"| {name} | {row['trainer_images_per_second']:.0f} | {row['step_images_per_second']:.0f} | "
+                     f"{row['data_images_per_second']:.0f} | {'' if per_worker is None else f'{per_worker:.0f}'} | "
+                     f"{q(row['trainer_over_step'])} |")
+    return lines
+
+
 TABLES = {"method_overhead": method_overhead, "knn": knn, "augment": augment, "peer_lightly": peer_lightly,
-          "vcreg_overhead": vcreg_overhead, "switches": switches}
+          "vcreg_overhead": vcreg_overhead, "switches": switches,
+          "trainer_throughput": trainer_throughput}
 
 
 def render(path: Path) -> str:

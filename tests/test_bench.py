@@ -4,6 +4,7 @@ The scripts start together (one subprocess each, one torch thread each) when the
 them; each test then checks its script's exit code and JSON. ``bench/peer_lightly.py`` needs lightly, which
 is not a dependency of the project: it runs under this Python if lightly imports here, else under
 ``.venv-bench/bin/python`` (``bench/setup_peer_env.sh``) if that exists, else its test is skipped.
+``bench/trainer_throughput.py`` reads Debian's Fashion-MNIST (``scripts/setup_env.sh`` installs it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches")
+SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches", "trainer_throughput")
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def python_with_lightly() -> str | None:
@@ -41,6 +43,8 @@ def quick_runs(tmp_path_factory) -> dict:
             python = python_with_lightly()
             if python is None:
                 continue
+        if name == "trainer_throughput" and not (FMNIST / "train-images-idx3-ubyte.gz").is_file():
+            continue
         output = folder / f"{name}.json"
         process = subprocess.Popen([python, str(ROOT / "bench" / f"{name}.py"), "--quick", "--output", str(output)],
                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -53,7 +57,8 @@ def quick_runs(tmp_path_factory) -> dict:
 
 def finished(quick_runs: dict, name: str) -> dict:
     if name not in quick_runs:
-        pytest.skip("lightly is importable neither here nor in .venv-bench (bench/setup_peer_env.sh)")
+        pytest.skip("lightly is importable neither here nor in .venv-bench (bench/setup_peer_env.sh)"
+                    if name == "peer_lightly" else f"{name} needs Debian's dataset-fashion-mnist")
     process, output = quick_runs[name]
     log, _ = process.communicate(timeout=300)
     assert process.returncode == 0, log[-3000:]
@@ -127,3 +132,17 @@ def test_switches_quick(quick_runs):
         positive_quartiles(row["seconds"])
         positive_quartiles(row["ratio_to_reference"])
     assert variants["default"]["ratio_to_reference"]["median"] == 1
+
+
+def test_trainer_throughput_quick(quick_runs):
+    results = finished(quick_runs, "trainer_throughput")
+    pipelines = results["pipelines"]
+    assert set(pipelines) == {"device", "loader_0workers", "loader_1workers"}
+    for row in pipelines.values():
+        for part in ("trainer", "step", "data"):
+            positive_quartiles(row[f"{part}_seconds"])
+            assert row[f"{part}_images_per_second"] == pytest.approx(
+                row["batch_size"] * results["steps"] / row[f"{part}_seconds"]["median"])
+        positive_quartiles(row["trainer_over_step"])
+    assert pipelines["loader_1workers"]["data_images_per_second_per_worker"] > 0
+    assert "data_images_per_second_per_worker" not in pipelines["loader_0workers"]
