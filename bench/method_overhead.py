@@ -100,13 +100,14 @@ class Stepper:
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
                  labels: torch.Tensor, autocast_dtype: torch.dtype | None = None):
         self.module, self.optimizer, self.views, self.labels = module, optimizer, views, labels
-        self.autocast_dtype = autocast_dtype  # bf16: what Accelerate's mixed_precision=bf16 does on a CPU
+        self.autocast_dtype = autocast_dtype  # bf16: what Accelerate's mixed_precision=bf16 does
         self.step = 0
         self.loss = float("nan")
 
     def __call__(self) -> None:
         self.module.on_step_start(self.step, 10_000)
-        with torch.autocast("cpu", dtype=self.autocast_dtype or torch.bfloat16, enabled=bool(self.autocast_dtype)):
+        with torch.autocast(self.views[0].device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=bool(self.autocast_dtype)):
             out = self.module(self.views, self.labels)
         out["loss"].float().backward()
         self.optimizer.step()

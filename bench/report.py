@@ -83,11 +83,20 @@ def vcreg_overhead(data: dict) -> list[str]:
 
 def switches(data: dict) -> list[str]:
     r = data["results"]
+    where = data["setup"].get("gpu") or f"CPU capability {r['cpu_capability']}"
+    peak = r.get("peak_bf16_tflops")
     lines = [(f"SimCLR step, {r['backbone']} (width {r['width']}), {r['image_size']} px x {r['channels']} "
-              f"channel(s), batch {r['batch']}, CPU capability {r['cpu_capability']}"), "",
-             "| variant | step s | / reference | reference |", "|---|---:|---:|---|"]
+              f"channel(s), batch {r['batch']}, {where}"), "",
+             "| variant | step s | / reference | reference | images/s | TFLOP/s | of bf16 peak |",
+             "|---|---:|---:|---|---:|---:|---:|"]
     for name, row in r["variants"].items():
-        lines.append(f"| {name} | {q(row['seconds'], 4)} | {q(row['ratio_to_reference'])} | {row['reference']} |")
+        fraction = row.get("fraction_of_peak")
+        lines.append(f"| {name} | {q(row['seconds'], 4)} | {q(row['ratio_to_reference'])} | {row['reference']} | "
+                     f"{row.get('images_per_second', 0):.0f} | {row.get('tflops_per_second', 0):.3f} | "
+                     f"{'' if fraction is None else f'{fraction:.3f}'} |")
+    if "step_flops" in r:
+        lines += ["", f"{r['step_flops'] / 1e9:.2f} GFLOP per step (forward and backward)"
+                  + (f"; bf16 dense peak {peak:.0f} TFLOP/s." if peak else ".")]
     return lines
 
 

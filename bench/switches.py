@@ -9,8 +9,14 @@ the default step's time in the same interleaved round. ``sgd_fused`` (``torch.op
 no config key; it is measured to see whether one would pay. LARS, the config's optimiser, always uses
 foreach kernels. Whether each switch computes the same losses is tested in ``tests/test_speed_switches.py``.
 
+Every row also gives images/s and the achieved TFLOP/s: the matmul and convolution FLOPs of one step
+(forward and backward, counted once by ``torch.utils.flop_counter``) over its time; on a GPU whose bf16
+dense tensor-core peak is known (``PEAK_BF16_TFLOPS``, or ``--peak-tflops``) also as a fraction of that peak.
+
     python bench/switches.py                      # small_convnet w16, 28 px, batch 256
     python bench/switches.py --no-compile         # without the inductor build (about a minute on a CPU)
+    python bench/switches.py --device cuda --backbone resnet50 --image-size 224 --channels 3 --batch 256 \
+        --output bench/results/switches_gpu.json  # the issue's GPU row: ResNet-50, 224 px, batch 256
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from bench.method_overhead import ROOT, Stepper, trainer_module
+from bench.method_overhead import ROOT, Stepper, backbone_overrides, trainer_module
 from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from common.backbones import build_backbone
 from common.config import load_config
@@ -42,17 +49,32 @@ VARIANTS = {
     "sgd_foreach": ("sgd_foreach", ("optim.name=sgd", "optim.foreach=true"), False, False, False, False),
     "sgd_fused": ("sgd_foreach", ("optim.name=sgd",), False, False, False, True),
 }
+# bf16 dense tensor-core peak TFLOP/s by device name (vendor data sheets; SXM parts unless the name says PCIe).
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def peak_tflops(device: str, given: float | None) -> float | None:
+    if given or not device.startswith("cuda"):
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def step_flops(stepper: Stepper) -> int:
+    """Matmul and convolution FLOPs of one forward and backward (one extra step of ``stepper``)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        stepper()
+    return counter.get_total_flops()
 
 
 def build(name: str, args, views, labels) -> Stepper:
     _, overrides, bf16, channels_last, compile, fused = VARIANTS[name]
     schema, build_method = trainer_module("stochcon")
-    cfg = load_config(schema, ["--config", str(ROOT / CONFIG), f"batch_size={args.batch}",
-                               f"backbone.name={args.backbone}", f"backbone.width={args.width}",
-                               f"backbone.in_chans={args.channels}", *overrides])
+    cfg = load_config(schema, ["--config", str(ROOT / CONFIG), *backbone_overrides(args), *overrides])
     torch.manual_seed(0)
     backbone, feature_dim = build_backbone(cfg.backbone, args.channels)
-    module = build_method(cfg, backbone, feature_dim)
+    module = build_method(cfg, backbone, feature_dim).to(args.device)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
@@ -72,24 +94,34 @@ def run(args) -> dict:
     names = [n for n in VARIANTS if not (n == "compile" and args.no_compile)]
     generator = torch.Generator().manual_seed(0)
     views = [torch.randn(args.batch, args.channels, args.image_size, args.image_size, generator=generator)
-             for _ in range(2)]
-    labels = torch.randint(0, 10, (args.batch,), generator=generator)
+             .to(args.device) for _ in range(2)]
+    labels = torch.randint(0, 10, (args.batch,), generator=generator).to(args.device)
     steppers = {name: build(name, args, views, labels) for name in names}
-    seconds = interleaved(steppers, args.rounds, args.warmup, args.repeat)
-    rows = {name: {"reference": VARIANTS[name][0], "seconds": quartiles(seconds[name]),
-                   "ratio_to_reference": quartiles(ratios(seconds, name, VARIANTS[name][0])),
-                   "final_loss": steppers[name].loss} for name in names}
+    flops = step_flops(steppers["default"])
+    peak = peak_tflops(args.device, args.peak_tflops)
+    seconds = interleaved(steppers, args.rounds, args.warmup, args.repeat, args.device)
+    rows = {}
+    for name in names:
+        median = quartiles(seconds[name])["median"]
+        rows[name] = {"reference": VARIANTS[name][0], "seconds": quartiles(seconds[name]),
+                      "ratio_to_reference": quartiles(ratios(seconds, name, VARIANTS[name][0])),
+                      "images_per_second": args.batch / median, "tflops_per_second": flops / median / 1e12,
+                      "fraction_of_peak": flops / median / 1e12 / peak if peak else None,
+                      "final_loss": steppers[name].loss}
     return {"method": "simclr", "config": CONFIG, "backbone": args.backbone, "width": args.width,
             "image_size": args.image_size, "channels": args.channels, "batch": args.batch, "variants": rows,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+            "step_flops": flops, "peak_bf16_tflops": peak, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def print_table(r: dict) -> None:
     print(f"SimCLR step, {r['backbone']} (width {r['width']}), {r['image_size']} px x {r['channels']} ch, "
           f"batch {r['batch']}, CPU {r['cpu_capability']}; median [q25-q75] over rounds")
-    print(f"{'variant':<16}{'step s':<28}{'/ reference':<24}{'reference':<14}")
+    print(f"{'variant':<16}{'step s':<28}{'/ reference':<24}{'reference':<14}{'img/s':>8}{'TFLOP/s':>9}"
+          f"{'of peak':>9}")
     for name, row in r["variants"].items():
-        print(f"{name:<16}{fmt(row['seconds'], 4):<28}{fmt(row['ratio_to_reference']):<24}{row['reference']:<14}")
+        of_peak = f"{row['fraction_of_peak']:.3f}" if row["fraction_of_peak"] else "-"
+        print(f"{name:<16}{fmt(row['seconds'], 4):<28}{fmt(row['ratio_to_reference']):<24}{row['reference']:<14}"
+              f"{row['images_per_second']:>8.0f}{row['tflops_per_second']:>9.3f}{of_peak:>9}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOP/s for the fraction (default: PEAK_BF16_TFLOPS by GPU name)")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2, help="rounds not kept (compile happens in the first)")
@@ -112,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args.threads = set_threads(args.threads, args.quick)
     result = run(args)
     print_table(result)
-    write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "repeat": args.repeat,
+    write_json(args.output, machine(args.device) | {"rounds": args.rounds, "warmup": args.warmup, "repeat": args.repeat,
                                          "quick": args.quick, "lr": LR}, result)
     return 0
 

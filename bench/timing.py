@@ -29,23 +29,31 @@ def quartiles(values: list[float]) -> dict[str, float]:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int, repeat: int = 1,
-                ) -> dict[str, list[float]]:
+                device: str = "cpu") -> dict[str, list[float]]:
     """Seconds per call of every function, one measurement per round (the mean of ``repeat`` calls).
 
-    Round ``r`` starts at variant ``r mod len(fns)``; the first ``warmup`` rounds are not kept.
+    Round ``r`` starts at variant ``r mod len(fns)``; the first ``warmup`` rounds are not kept. On a GPU the
+    clock stops after the device has finished the queued work (kernels run asynchronously).
     """
     names = list(fns)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            synchronize(device)
             start = time.perf_counter()
             for _ in range(repeat):
                 fns[name]()
+            synchronize(device)
             elapsed = (time.perf_counter() - start) / repeat
             if round_index >= warmup:
                 seconds[name].append(elapsed)
     return seconds
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def ratios(seconds: dict[str, list[float]], numerator: str, denominator: str) -> list[float]:
@@ -61,9 +69,10 @@ def set_threads(threads: int | None, quick: bool) -> int | None:
     return threads
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     """What the figures were measured on."""
-    return {"benchmark": Path(sys.argv[0]).stem, "device": "cpu", "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name(device) if device.startswith("cuda") else None
+    return {"benchmark": Path(sys.argv[0]).stem, "device": device, "gpu": gpu, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "load_average_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

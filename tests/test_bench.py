@@ -131,7 +131,11 @@ def test_switches_quick(quick_runs):
     for row in variants.values():
         positive_quartiles(row["seconds"])
         positive_quartiles(row["ratio_to_reference"])
+        assert row["images_per_second"] == pytest.approx(results["batch"] / row["seconds"]["median"])
+        assert row["tflops_per_second"] == pytest.approx(results["step_flops"] / row["seconds"]["median"] / 1e12)
+        assert row["fraction_of_peak"] is None  # no known peak for a CPU
     assert variants["default"]["ratio_to_reference"]["median"] == 1
+    assert results["step_flops"] > 0
 
 
 def test_trainer_throughput_quick(quick_runs):
