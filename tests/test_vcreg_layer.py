@@ -42,6 +42,22 @@ def test_fast_gradient_equals_naive_gradient(shape, delta):
         assert (squared - fast).abs().max() > 1e-4
 
 
+def test_channels_last_and_bf16_maps_take_the_same_gradient():
+    """A contiguous map is regularised as [N, C, H*W], a channels-last one as [n, C] rows: same gradient; bf16
+    features (statistics in float32, gradient back in bf16) agree to bf16 precision."""
+    x = _features((4, 12, 5, 6)).requires_grad_()
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    layer = VCReg(alpha=1.28, beta=0.16)
+    (contiguous,) = torch.autograd.grad(layer(x), x, upstream)
+    x_last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    (channels_last,) = torch.autograd.grad(layer(x_last), x_last, upstream)
+    assert torch.allclose(contiguous, channels_last, atol=1e-6, rtol=0)
+    x_bf16 = x.detach().bfloat16().requires_grad_()
+    (bf16,) = torch.autograd.grad(layer(x_bf16), x_bf16, upstream.bfloat16())
+    assert bf16.dtype == torch.bfloat16
+    assert torch.allclose(bf16.float(), contiguous, atol=0.05, rtol=0.02)
+
+
 def test_added_gradient_matches_algorithm_1_written_out():
     x = _features((5, 7, 4)).requires_grad_()
     alpha, beta, eps = 0.64, 0.08, 1e-5

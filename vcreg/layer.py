@@ -49,19 +49,27 @@ def statistics_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _global_rows(flat: Tensor, all_reduce: bool) -> tuple[Tensor, int, int]:
-    """Centre ``flat`` ``[n_local, d]`` over the (local or global) samples; return it, n and world size."""
+def _centred(features: Tensor, sample_dims: tuple[int, ...], all_reduce: bool) -> tuple[Tensor, int, int]:
+    """``features`` minus its mean over ``sample_dims`` (over all ranks with ``all_reduce``); n and world size."""
+    d = features.shape[1]
+    n_local = features.numel() // d
     if all_reduce and distributed.is_distributed():
         world = distributed.world_size()
-        stats = torch.cat([flat.sum(0), flat.new_tensor([flat.shape[0]])])
+        stats = torch.cat([features.sum(sample_dims), features.new_tensor([n_local])])
         dist.all_reduce(stats)
         n = int(stats[-1].item())
-        return flat - stats[:-1] / n, n, world
-    return flat - flat.mean(0), flat.shape[0], 1
+        shape = [d if i == 1 else 1 for i in range(features.dim())]
+        return features - (stats[:-1] / n).view(shape), n, world
+    return features - features.mean(sample_dims, keepdim=True), n_local, 1
 
 
 class VCRegFunction(torch.autograd.Function):
-    """Identity whose backward adds Algorithm 1's variance-covariance gradient (see the module docstring)."""
+    """Identity whose backward adds Algorithm 1's variance-covariance gradient (see the module docstring).
+
+    The rows are never materialised in a new layout: a contiguous ``[N, C, H, W]`` map is read as
+    ``[N, C, H*W]`` (covariance ``sum_N X X^T``, added gradient ``M^T X`` fused with the add of
+    ``grad_output``), and a channels-last map, a ``[N, L, C]`` sequence or ``[N, C]`` vectors as ``[n, C]`` rows.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: float, beta: float, eps: float, delta: float | None,
@@ -74,12 +82,19 @@ class VCRegFunction(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         (x,) = ctx.saved_tensors
         alpha, beta, eps, delta, all_reduce, loss_scale = ctx.hyper
-        rows = channels_last_view(x)
-        d = rows.shape[-1]
-        flat, n, world = _global_rows(rows.reshape(-1, d).to(statistics_dtype(x)), all_reduce)
+        channel_first = x.dim() == 4 and x.is_contiguous()
+        dtype = statistics_dtype(x)
+        if channel_first:
+            features, sample_dims = x.flatten(2).to(dtype), (0, 2)                  # [N, C, H*W]
+        else:
+            rows = channels_last_view(x)                                            # a view when channels last
+            features, sample_dims = rows.reshape(-1, rows.shape[-1]).to(dtype), (0,)  # [n, C]
+        centred, n, world = _centred(features, sample_dims, all_reduce)
+        d = centred.shape[1]
         if n < 2 or d < 2:
             raise ValueError(f"VCReg needs at least 2 samples and 2 channels, got n={n}, d={d}")
-        cov = flat.T @ flat / (n - 1)
+        gram = (centred @ centred.mT).sum(0) if channel_first else centred.T @ centred
+        cov = gram / (n - 1)
         if all_reduce and world > 1:
             dist.all_reduce(cov)  # local sums over (n_global - 1) add up to the global covariance
         variance_weight = torch.rsqrt(cov.diagonal() + eps)
@@ -88,11 +103,19 @@ class VCRegFunction(torch.autograd.Function):
         # One (d, d) matrix carries both terms, so the added gradient costs a single n x d x d product.
         mixing = off_diagonal * (4.0 * beta / (d * (d - 1)))
         mixing.diagonal().copy_(variance_weight * (-alpha / (d * (n - 1))))
-        added = (flat @ mixing) * (world * loss_scale())
-        grad_rows = channels_last_view(grad_output)
-        grad_input = (grad_rows + added.view(grad_rows.shape).to(grad_output.dtype))
-        if x.dim() == 4:
-            grad_input = grad_input.movedim(-1, 1)
+        mixing = mixing * (world * loss_scale())
+        if channel_first:  # grad[k] + M^T X[k] for every image k, one fused kernel when the dtypes agree
+            grad = grad_output.flatten(2)
+            if grad.dtype == dtype:
+                grad_input = torch.baddbmm(grad, mixing.T.expand(x.shape[0], d, d), centred)
+            else:
+                grad_input = grad + (mixing.T @ centred).to(grad.dtype)
+            grad_input = grad_input.view_as(grad_output)
+        else:
+            grad_rows = channels_last_view(grad_output)
+            grad_input = grad_rows + (centred @ mixing).view(grad_rows.shape).to(grad_output.dtype)
+            if x.dim() == 4:
+                grad_input = grad_input.movedim(-1, 1)
         return grad_input, None, None, None, None, None, None
 
 
