@@ -28,7 +28,7 @@ from common.method import Method
 from common.schedules import cosine_anneal
 from stochcon.latents import GumbelBernoulli, IsotropicGaussian, StochConConfig
 from stochcon.losses import info_nce
-from stochcon.simclr import SimCLR, SimCLRConfig, encode_views
+from stochcon.simclr import SimCLR, SimCLRConfig, encode_views, project
 
 LATENTS = ("bernoulli", "gaussian")
 
@@ -172,7 +172,7 @@ class StochCon(SimCLR):
             raise ValueError(
                 f"StochCon needs at least 2 views and {self.num_global_views} global ones, got {len(views)}"
             )
-        h = encode_views(self.backbone, views)
+        h = encode_views(self.backbone, views, self.cfg.views_together)
         pairs = self.contrasted_pairs(len(views))
         sides = sorted({side for pair in pairs for side in pair}, key=lambda side: (side[1], side[0]))
         plain = [k for k, through in sides if not through]
@@ -189,7 +189,7 @@ class StochCon(SimCLR):
             h_stoch, z, phi = self.branch(torch.cat([h[k] for k in sampled]), h_var, groups=len(sampled))
             inputs += list(h_stoch.chunk(len(sampled)))
             metrics = self.branch.metrics([z], [phi], [h_var])
-        embeddings = dict(zip(sides, self.projector(torch.cat(inputs)).chunk(len(sides))))
+        embeddings = dict(zip(sides, project(self.projector, inputs, self.cfg.views_together)))
         loss = torch.stack(
             [
                 info_nce(embeddings[a], embeddings[b], self.cfg.temperature, self.cfg.gather_negatives)

@@ -196,3 +196,31 @@ def test_bernoulli_metrics_hand_checked():
         0.25
     )  # mean of |2 * 0.5 - 1| = 0 and |2 * 0.75 - 1| = 0.5
     assert metrics["gumbel_temperature"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("method_name", ["simclr", "stochcon"])
+def test_views_together_switch_sets_batch_norm_statistics_per_call(method_name):
+    """views_together=false calls the backbone and projector once per view: with batch norm in train mode
+    its loss is the one computed view by view; in eval mode (running statistics) both settings agree."""
+    from stochcon.simclr import SimCLR
+
+    def build(together: bool):
+        cfg = SimCLRConfig(proj_hidden_dim=32, proj_output_dim=8, proj_norm="bn", views_together=together)
+        torch.manual_seed(0)
+        backbone = nn.Sequential(nn.Conv2d(3, WIDTH, 1), nn.BatchNorm2d(WIDTH), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        if method_name == "simclr":
+            return SimCLR(backbone, WIDTH, cfg, 2)
+        return StochCon(backbone, WIDTH, cfg, small_cfg(latent_dim=4), 2)
+
+    x = views()
+    together, separate = build(True), build(False)
+    torch.manual_seed(5)
+    loss_together = together(x, torch.zeros(6))["loss"]
+    torch.manual_seed(5)
+    loss_separate = separate(x, torch.zeros(6))["loss"]
+    assert not torch.allclose(loss_together, loss_separate)  # different batch statistics
+    if method_name == "simclr":
+        by_view = [separate.projector(separate.backbone(v)) for v in x]
+        assert torch.allclose(loss_separate, info_nce(by_view[0], by_view[1], SIMCLR.temperature), atol=1e-6)
+    together, separate = build(True).eval(), build(False).eval()  # fresh running statistics
+    assert torch.allclose(together(x, torch.zeros(6))["loss"], separate(x, torch.zeros(6))["loss"], atol=1e-6)
