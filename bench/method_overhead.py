@@ -5,7 +5,10 @@ every method, built as its trainer builds it (``build_method`` of ``stochcon/tra
 ``vcreg/train.py`` from the Fashion-MNIST CPU configs, with the batch and backbone overridden), against the
 *bare* step: the same backbone on the same views with a trivial loss (``features.mean()``) and the same
 optimiser, calling the backbone as the method does (SimCLR, StochCon: all views in one call; BYOL, MSBReg: one
-call per view; on a CPU a 1024-image call is slower per image than four 256-image ones). All variants run in interleaved rounds on fixed random views (augmentation is not part of the
+call per view; on a CPU a 1024-image call is slower per image than four 256-image ones). BYOL and MSBReg are
+also divided by a second floor, ``..._target``: the bare step plus a gradient-free forward pass of a copy of the
+backbone over every view, which any method with an EMA target network must pay; their share beyond it is the
+cost of the heads, losses and EMA update (``share_beyond_target``). All variants run in interleaved rounds on fixed random views (augmentation is not part of the
 step; see ``bench/augment.py``); each round's method time is divided by the same round's bare time. The
 method's share of its step is ``(method - bare) / method = 1 - bare / method``; the target is under 5%.
 
@@ -22,6 +25,7 @@ The learning rate is fixed at 1e-3 so the weights stay finite on random data; th
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,7 @@ class Spec:
     overrides: tuple[str, ...] = ()
     pair_views: bool = False  # BYOL on 4 views: [v0|v2, v1|v3]
     per_view: bool = False    # the method calls the backbone once per view (BYOL, MSBReg), so does its bare step
+    ema_target: bool = False  # the method runs an EMA target backbone over every view (BYOL, MSBReg)
     reference: str | None = None  # another row to compare with besides the bare step
 
 
@@ -58,10 +63,11 @@ SPECS = (
     Spec("simclr", "stochcon", "stochcon/configs/fashion_mnist_simclr.yaml", 2),
     Spec("stochcon_bernoulli", "stochcon", "stochcon/configs/fashion_mnist_bernoulli.yaml", 2),
     Spec("stochcon_gaussian", "stochcon", "stochcon/configs/fashion_mnist_gaussian.yaml", 2),
-    Spec("byol", "msbreg", "msbreg/configs/fashion_mnist_byol.yaml", 2, per_view=True),
-    Spec("msbreg_k4", "msbreg", "msbreg/configs/fashion_mnist_msbreg.yaml", 4, per_view=True,
+    Spec("byol", "msbreg", "msbreg/configs/fashion_mnist_byol.yaml", 2, per_view=True, ema_target=True),
+    Spec("msbreg_k4", "msbreg", "msbreg/configs/fashion_mnist_msbreg.yaml", 4, per_view=True, ema_target=True,
          reference="byol_4views"),
-    Spec("byol_4views", "msbreg", "msbreg/configs/fashion_mnist_byol.yaml", 4, pair_views=True, per_view=True),
+    Spec("byol_4views", "msbreg", "msbreg/configs/fashion_mnist_byol.yaml", 4, pair_views=True, per_view=True,
+         ema_target=True),
     Spec("vcreg_blocks", "vcreg", "vcreg/configs/fashion_mnist_vcreg.yaml", 1, reference="supervised"),
     Spec("supervised", "vcreg", "vcreg/configs/fashion_mnist_vcreg.yaml", 1, ("vcreg.enabled=false",)),
 )
@@ -82,13 +88,19 @@ def trainer_module(trainer: str):
 
 
 class Bare(Method):
-    """The backbone alone with a trivial loss: the floor every method's step stands on."""
+    """The backbone alone with a trivial loss: the floor every method's step stands on. With ``target``, also a
+    gradient-free forward pass of a frozen copy of the backbone over every view (the floor of EMA-target methods)."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, per_view: bool):
+    def __init__(self, backbone: nn.Module, feature_dim: int, per_view: bool, target: bool = False):
         super().__init__(backbone, feature_dim)
         self.per_view = per_view
+        self.target = copy.deepcopy(backbone).requires_grad_(False) if target else None
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.target is not None:
+            with torch.no_grad():
+                for view in views:
+                    self.target(view)
         if self.per_view:  # one backbone call per view, as BYOL and MSBReg (batch-norm statistics per view)
             return {"loss": sum(self.backbone(view).mean() for view in views)}
         return {"loss": self.backbone(torch.cat(views)).mean()}  # all views in one call, as SimCLR
@@ -148,19 +160,23 @@ def build_variants(args, specs) -> tuple[dict[str, Stepper], dict[str, str], dic
         steppers[spec.name] = Stepper(method, optimizer, method_views, labels)
         bare = (f"bare_{spec.views}views_{cfg.optim.name}" + ("_per_view" if spec.per_view else "")
                 + ("_paired" if spec.pair_views else ""))
+        floors = [bare] + ([f"{bare}_target"] if spec.ema_target else [])
         bare_of[spec.name] = bare
         info[spec.name] = {"config": spec.config, "overrides": list(spec.overrides), "views": spec.views,
                            "optimizer": cfg.optim.name, "bare": bare, "reference": spec.reference,
+                           "target_floor": floors[1] if spec.ema_target else None,
                            "parameters": sum(p.numel() for p in method.parameters() if p.requires_grad)}
-        if bare not in steppers:
+        for floor in floors:
+            if floor in steppers:
+                continue
             torch.manual_seed(0)
             backbone, _ = build_backbone(cfg.backbone, args.channels)
-            module = Bare(backbone, feature_dim, spec.per_view)
+            module = Bare(backbone, feature_dim, spec.per_view, target=floor.endswith("_target"))
             optimizer = build_optimizer(cfg.optim, param_groups(module, LR, cfg.optim.weight_decay,
                                                                 cfg.optim.exclude_bias_and_norm))
-            steppers[bare] = Stepper(module, optimizer, method_views, labels)
-            info[bare] = {"views": spec.views, "optimizer": cfg.optim.name,
-                          "parameters": sum(p.numel() for p in backbone.parameters())}
+            steppers[floor] = Stepper(module, optimizer, method_views, labels)
+            info[floor] = {"views": spec.views, "optimizer": cfg.optim.name,
+                           "parameters": sum(p.numel() for p in backbone.parameters())}
     return steppers, bare_of, info
 
 
@@ -176,6 +192,9 @@ def run(args) -> dict:
             r = ratios(seconds, name, bare_of[name])
             row["ratio_to_bare"] = quartiles(r)
             row["method_share"] = quartiles([1 - 1 / x for x in r])  # (method - bare) / method
+            floor = info[name]["target_floor"]
+            if floor is not None:
+                row["share_beyond_target"] = quartiles([1 - b / m for m, b in zip(seconds[name], seconds[floor])])
             reference = info[name]["reference"]
             if reference in seconds:
                 row["ratio_to_reference"] = quartiles(ratios(seconds, name, reference))
@@ -193,6 +212,8 @@ def print_table(result: dict) -> None:
         ratio = fmt(row["ratio_to_bare"]) if "ratio_to_bare" in row else "-"
         share = fmt(row["method_share"]) if "method_share" in row else "-"
         ref = (f"{fmt(row['ratio_to_reference'])} ({row['reference']})" if "ratio_to_reference" in row else "")
+        if "share_beyond_target" in row:
+            ref = f"beyond target {fmt(row['share_beyond_target'])}  {ref}"
         print(f"{name:<34}{row['views']:>6}{row['optimizer']:>7}{row['seconds']['median']:>9.4f}"
               f"{row['images_per_second']:>8.0f}  {ratio:<22}{share:<24}{ref:<28}")
 

@@ -8,7 +8,8 @@ EMA update. Lightly's side follows its documented examples: ``SimCLRProjectionHe
 each view through the model separately; ``BYOLProjectionHead``/``BYOLPredictionHead``, momentum copies made
 with ``deactivate_requires_grad`` and moved by ``update_momentum`` at the start of the step (cosine momentum
 schedule), ``NegativeCosineSimilarity`` symmetrised. Ours: ``build_method`` of the trainers (SimCLR encodes
-both views in one backbone call; BYOL one view per call, like lightly). The variants run in interleaved
+both views in one backbone call, as SimCLR's code does; ``simclr_views_separately`` is ours with
+``method.views_together=false``, one call per view like lightly's example; BYOL one view per call, like lightly). The variants run in interleaved
 rounds; the table gives ``ours / lightly`` per round (median and interquartile range).
 
 lightly is not a dependency of the project: it lives in a separate virtual environment, made once with
@@ -44,8 +45,11 @@ from common.method import Method
 from common.optim import build_optimizer, param_groups
 
 LR = 1e-3  # fixed so the weights stay finite on random data; the cost does not depend on it
-CONFIGS = {"simclr": ("stochcon", "stochcon/configs/fashion_mnist_simclr.yaml"),
-           "byol": ("msbreg", "msbreg/configs/fashion_mnist_byol.yaml")}
+# our method: (trainer, config, overrides, the lightly step it is compared with)
+CONFIGS = {"simclr": ("stochcon", "stochcon/configs/fashion_mnist_simclr.yaml", (), "simclr"),
+           "simclr_views_separately": ("stochcon", "stochcon/configs/fashion_mnist_simclr.yaml",
+                                       ("method.views_together=false",), "simclr"),
+           "byol": ("msbreg", "msbreg/configs/fashion_mnist_byol.yaml", (), "byol")}
 
 
 class LightlySimCLR(Method):
@@ -103,17 +107,17 @@ class LightlyBYOL(Method):
 
 
 def build(method: str, side: str, args, views, labels) -> tuple[Stepper, int]:
-    trainer, config = CONFIGS[method]
+    trainer, config, method_overrides, peer = CONFIGS[method]
     schema, build_method = trainer_module(trainer)
     overrides = [f"batch_size={args.batch}", f"backbone.name={args.backbone}", f"backbone.width={args.width}",
                  f"backbone.in_chans={args.channels}"]
-    cfg = load_config(schema, ["--config", str(ROOT / config), *overrides])
+    cfg = load_config(schema, ["--config", str(ROOT / config), *overrides, *method_overrides])
     torch.manual_seed(0)
     backbone, feature_dim = build_backbone(cfg.backbone, args.channels)
     if side == "ours":
         module = build_method(cfg, backbone, feature_dim)
     else:
-        module = (LightlySimCLR if method == "simclr" else LightlyBYOL)(backbone, feature_dim, cfg)
+        module = (LightlySimCLR if peer == "simclr" else LightlyBYOL)(backbone, feature_dim, cfg)
     optimizer = build_optimizer(cfg.optim, param_groups(module, LR, cfg.optim.weight_decay,
                                                         cfg.optim.exclude_bias_and_norm))
     parameters = sum(p.numel() for p in module.parameters() if p.requires_grad)
@@ -129,12 +133,14 @@ def run(args) -> dict:
     labels = torch.randint(0, 10, (args.batch,), generator=generator)
     steppers, parameters = {}, {}
     for method in args.methods:
-        for side in ("ours", "lightly"):
-            steppers[f"{method}_{side}"], parameters[f"{method}_{side}"] = build(method, side, args, views, labels)
+        steppers[f"{method}_ours"], parameters[f"{method}_ours"] = build(method, "ours", args, views, labels)
+        peer = f"{CONFIGS[method][3]}_lightly"
+        if peer not in steppers:
+            steppers[peer], parameters[peer] = build(method, "lightly", args, views, labels)
     seconds = interleaved(steppers, args.rounds, args.warmup, args.repeat)
     rows = {}
     for method in args.methods:
-        ours, peer = f"{method}_ours", f"{method}_lightly"
+        ours, peer = f"{method}_ours", f"{CONFIGS[method][3]}_lightly"
         rows[method] = {"seconds": {"ours": quartiles(seconds[ours]), "lightly": quartiles(seconds[peer])},
                         "ours_over_lightly": quartiles(ratios(seconds, ours, peer)),
                         "trainable_parameters": {"ours": parameters[ours], "lightly": parameters[peer]},
@@ -146,10 +152,10 @@ def run(args) -> dict:
 def print_table(r: dict) -> None:
     print(f"lightly {r['lightly']}; {r['backbone']} (width {r['width']}), {r['image_size']} px x {r['channels']} "
           f"ch, batch {r['batch']}, 2 views; seconds per step, median [q25-q75] over rounds")
-    print(f"{'method':<10}{'ours s':<26}{'lightly s':<26}{'ours/lightly':<24}")
+    print(f"{'method':<26}{'ours s':<26}{'lightly s':<26}{'ours/lightly':<24}")
     for name, row in r["methods"].items():
         s = row["seconds"]
-        print(f"{name:<10}{fmt(s['ours'], 4):<26}{fmt(s['lightly'], 4):<26}{fmt(row['ours_over_lightly']):<24}")
+        print(f"{name:<26}{fmt(s['ours'], 4):<26}{fmt(s['lightly'], 4):<26}{fmt(row['ours_over_lightly']):<24}")
 
 
 def main(argv: list[str] | None = None) -> int:

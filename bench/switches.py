@@ -9,7 +9,7 @@ the default step's time in the same interleaved round. ``sgd_fused`` (``torch.op
 no config key; it is measured to see whether one would pay. LARS, the config's optimiser, always uses
 foreach kernels. Whether each switch computes the same losses is tested in ``tests/test_speed_switches.py``.
 
-Every row also gives images/s and the achieved TFLOP/s: the matmul and convolution FLOPs of one step
+Every row also gives images/s (batch images, two views each) and the achieved TFLOP/s: the matmul and convolution FLOPs of one step
 (forward and backward, counted once by ``torch.utils.flop_counter``) over its time; on a GPU whose bf16
 dense tensor-core peak is known (``PEAK_BF16_TFLOPS``, or ``--peak-tflops``) also as a fraction of that peak.
 

@@ -2,22 +2,20 @@
 
 Table 1's setup (VCReg paper, Section 3.3): one training step (forward, a loss, backward) of the whole
 network with a layer after every block (placement ``blocks``: 18 in ConvNeXt-T, 12 in ViT-B/32). The four
-variants run in interleaved rounds on one set of weights, so machine noise hits them alike; each round's
-time is divided by the same round's identity time and the table shows the median ratio and its
-interquartile range over rounds. The FLOP bound is ``1 + sum_layers 4 n d^2 / model FLOPs`` (forward +
+variants run in interleaved rounds (``bench.timing.interleaved``) on one set of weights, so machine noise hits
+them alike; each round's time is divided by the same round's identity time and the table shows the median
+ratio and its interquartile range over rounds. The FLOP bound is ``1 + sum_layers 4 n d^2 / model FLOPs`` (forward +
 backward of the identity model, counted by ``torch.utils.flop_counter``), with ``n`` the rows (samples x
 locations) and ``d`` the channels at each layer: the fast layer's covariance and its one extra product.
 
     python bench/vcreg_overhead.py --models convnext_tiny:64:16 vit_base_patch32_224:224:4 --rounds 9
+    python bench/vcreg_overhead.py --device cuda --models convnext_tiny:224:128 vit_base_patch32_224:224:128
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
@@ -28,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.timing import interleaved, machine, quartiles, ratios, set_threads, write_json
 from vcreg.layer import VCReg
 from vcreg.naive import NaiveVCReg, pop_naive_losses
 from vcreg.placement import insert_layers, remove_layers
@@ -99,46 +98,35 @@ def model_flops(model: nn.Module, images: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def quartiles(values: list[float]) -> dict[str, float]:
-    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
-    return {"median": median, "q25": q1, "q75": q3}
-
-
-def bench_model(name: str, image_size: int, batch: int, rounds: int, warmup: int) -> dict:
+def bench_model(name: str, image_size: int, batch: int, rounds: int, warmup: int, device: str) -> dict:
     torch.manual_seed(0)
     kwargs = {"img_size": image_size} if name.startswith("vit") else {}
-    model = timm.create_model(name, num_classes=1000, **kwargs).train()
-    images = torch.randn(batch, 3, image_size, image_size)
+    model = timm.create_model(name, num_classes=1000, **kwargs).train().to(device)
+    images = torch.randn(batch, 3, image_size, image_size).to(device)
     layers = {v: {} for v in VARIANTS}
 
-    def use(variant: str) -> None:
-        remove_layers(model)
-        make = make_variant_layers(variant)
-        insert_layers(model, "blocks", lambda site: layers[variant].setdefault(site, make(site)))
+    def step_with(variant: str):
+        def step() -> None:
+            remove_layers(model)
+            make = make_variant_layers(variant)
+            insert_layers(model, "blocks", lambda site: layers[variant].setdefault(site, make(site)))
+            train_step(model, images)
+        return step
 
     shapes = layer_shapes(model, images)
     flops = model_flops(model, images)
     regulariser_flops = sum(4 * n * d * d for n, d in shapes)
-    seconds = {v: [] for v in VARIANTS}
-    for round_index in range(warmup + rounds):
-        for variant in VARIANTS:
-            use(variant)
-            start = time.perf_counter()
-            train_step(model, images)
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                seconds[variant].append(elapsed)
+    seconds = interleaved({v: step_with(v) for v in VARIANTS}, rounds, warmup, device=device)
     remove_layers(model)
-    ratios = {v: quartiles([t / i for t, i in zip(seconds[v], seconds["identity"])]) for v in VARIANTS}
-    naive_over_fast = quartiles([n / f for n, f in zip(seconds["naive"], seconds["fast"])])
+    ratio = {v: quartiles(ratios(seconds, v, "identity")) for v in VARIANTS}
     bound = 1 + regulariser_flops / flops
     result = {
         "model": name, "image_size": image_size, "batch": batch, "layers": len(shapes),
         "rows_and_channels": shapes, "seconds": {v: quartiles(s) for v, s in seconds.items()},
-        "ratio_to_identity": ratios, "naive_over_fast": naive_over_fast,
+        "ratio_to_identity": ratio, "naive_over_fast": quartiles(ratios(seconds, "naive", "fast")),
         "model_flops_fwd_bwd": flops, "regulariser_flops": regulariser_flops, "flop_bound_fast_over_identity": bound,
         # 1.0: the fast layer costs exactly its FLOPs; above 1: overhead beyond the arithmetic
-        "fast_overhead_over_flop_overhead": (ratios["fast"]["median"] - 1) / (bound - 1),
+        "fast_overhead_over_flop_overhead": (ratio["fast"]["median"] - 1) / (bound - 1),
     }
     if name in PAPER_SECONDS:
         paper = PAPER_SECONDS[name]
@@ -200,19 +188,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="timed rounds of the four variants")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--quick", action="store_true", help="tiny images and batches, 2 rounds (the test)")
     parser.add_argument("--output", default="bench/results/vcreg_overhead.json")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = [bench_model(name, size, batch, args.rounds, args.warmup) for name, size, batch in args.models]
+    if args.quick:
+        args.models, args.rounds, args.warmup = [("convnext_tiny", 32, 2), ("vit_base_patch32_224", 64, 2)], 2, 0
+    set_threads(args.threads, args.quick)
+    setup = machine(args.device) | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick}
+    results = [bench_model(name, size, batch, args.rounds, args.warmup, args.device)
+               for name, size, batch in args.models]
     print_table(results)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__, "rounds": args.rounds,
-            "warmup": args.warmup}
-    output.write_text(json.dumps({"setup": meta, "results": results}, indent=2) + "\n")
+    output = write_json(args.output, setup, results)
     plot(results, output.with_suffix(".png"))
-    print(f"wrote {output} and {output.with_suffix('.png')}")
+    print(f"wrote {output.with_suffix('.png')}")
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches", "trainer_throughput")
+SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches", "trainer_throughput", "vcreg_overhead")
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -90,6 +90,10 @@ def test_method_overhead_quick(quick_runs):
             assert row["method_share"]["median"] == pytest.approx(
                 1 - 1 / row["ratio_to_bare"]["median"], abs=0.5)  # median of per-round shares, close
             assert variants[row["bare"]]["views"] == row["views"]
+    for name in ("byol", "msbreg_k4", "byol_4views"):  # also divided by the floor with the EMA target's forward
+        floor = variants[name]["target_floor"]
+        assert floor == variants[name]["bare"] + "_target" and floor in variants
+        assert variants[name]["share_beyond_target"]["median"] < variants[name]["method_share"]["median"] + 0.5
     assert variants["msbreg_k4"]["views"] == 4 and variants["byol_4views"]["views"] == 4
     positive_quartiles(variants["msbreg_k4"]["ratio_to_reference"])
     positive_quartiles(variants["vcreg_blocks"]["ratio_to_reference"])
@@ -117,7 +121,7 @@ def test_augment_quick(quick_runs):
 
 def test_peer_lightly_quick(quick_runs):
     results = finished(quick_runs, "peer_lightly")
-    assert set(results["methods"]) == {"simclr", "byol"}
+    assert set(results["methods"]) == {"simclr", "simclr_views_separately", "byol"}
     for row in results["methods"].values():
         positive_quartiles(row["seconds"]["ours"])
         positive_quartiles(row["seconds"]["lightly"])
@@ -150,3 +154,15 @@ def test_trainer_throughput_quick(quick_runs):
         positive_quartiles(row["trainer_over_step"])
     assert pipelines["loader_1workers"]["data_images_per_second_per_worker"] > 0
     assert "data_images_per_second_per_worker" not in pipelines["loader_0workers"]
+
+
+def test_vcreg_overhead_quick(quick_runs):
+    results = finished(quick_runs, "vcreg_overhead")
+    assert [r["model"] for r in results] == ["convnext_tiny", "vit_base_patch32_224"]
+    for r in results:
+        assert r["layers"] == (18 if r["model"] == "convnext_tiny" else 12) == len(r["rows_and_channels"])
+        for variant in ("identity", "naive", "fast", "batchnorm"):
+            positive_quartiles(r["seconds"][variant])
+            positive_quartiles(r["ratio_to_identity"][variant])
+        assert r["ratio_to_identity"]["identity"]["median"] == 1
+        assert 1 < r["flop_bound_fast_over_identity"] < 2
