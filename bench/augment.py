@@ -8,6 +8,11 @@ Images per second of one process (one DataLoader worker's worth of CPU) for thre
 - ``dino_multicrop``: DINO's multi-crop (``common.augment.dino_multicrop``): 2 global 224 px and 8 local
   96 px crops of 256 px RGB images (ImageNet statistics; JPEG decoding not included).
 
+The loader path of image folders (``augment.on=loader``; ImageNet) also decodes a JPEG per image: ``jpeg``
+times ``common.data.ImageFileDataset`` on 500 x 375 px JPEG files (ImageNet's typical size, quality 90, smooth
+random content) written to a temporary folder, decoding only, and decoding followed by the SimCLR (2 x 224 px)
+and the DINO multi-crop pipelines: the decode + augment rate of one loader worker.
+
 ``per_image`` runs the ``torchvision.transforms.v2`` pipelines of ``common.augment.build_view_transforms``
 through ``common.data.MultiViewDataset`` (with its per-sample seeding) on uint8 tensors, as a loader worker
 does; ``batched`` calls ``common.batch_augment.BatchAugment`` on a uint8 batch. The two run in interleaved
@@ -21,18 +26,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 import torch
+from PIL import Image, ImageFilter
 
 from bench.timing import fmt, interleaved, machine, quartiles, set_threads, write_json
 from common.augment import build_view_transforms, dino_multicrop, simclr_augment
 from common.batch_augment import BatchAugment
-from common.data import MultiViewDataset, dataset_info
+from common.data import ImageFileDataset, MultiViewDataset, dataset_info
 
 # name: (augment config, dataset whose statistics and channels apply, source image side,
 #        images per batched call, images per per-image measurement)
@@ -87,6 +95,37 @@ def bench_recipe(name: str, args) -> dict:
             "batched_over_per_image": quartiles(speedup), "augment": asdict(cfg)}
 
 
+def write_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    """``count`` JPEG files of ``size`` (width, height): blurred random colour fields, which compress like photos
+    rather than like noise."""
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(count):
+        coarse = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize(size, Image.BILINEAR).filter(ImageFilter.GaussianBlur(2))
+        noisy = np.clip(np.asarray(image, dtype=np.int16) + rng.integers(-12, 13, (size[1], size[0], 3)), 0, 255)
+        files.append(folder / f"{i:04d}.jpg")
+        Image.fromarray(noisy.astype(np.uint8)).save(files[-1], quality=90)
+    return files
+
+
+def bench_jpeg(args) -> dict:
+    """Images/s of one process for decoding JPEG files, and decoding followed by each per-image pipeline."""
+    count, size = (4, (64, 48)) if args.quick else (32, (500, 375))
+    info = dataset_info("imagenet")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_jpegs(Path(tmp), count, size)
+        decoded = ImageFileDataset(files, torch.zeros(count, dtype=torch.int64), ["synthetic"], skip_corrupt=False)
+        pipelines = {"decode": None, "decode_simclr": simclr_augment(), "decode_dino_multicrop": dino_multicrop()}
+        readers = {name: decoded if cfg is None else
+                   MultiViewDataset(decoded, build_view_transforms(cfg, info, info.channels), seed=0)
+                   for name, cfg in pipelines.items()}
+        seconds = interleaved({name: (lambda r=reader: [r[i] for i in range(count)]) for name, reader in readers.items()},
+                              args.rounds, args.warmup)
+    return {"source_size": list(size), "images": count, "quality": 90,
+            "images_per_second": {name: quartiles([count / t for t in s]) for name, s in seconds.items()}}
+
+
 def print_table(results: list[dict]) -> None:
     print("images/s of one process, median [q25-q75] over rounds")
     print(f"{'recipe':<20}{'views':>6}{'batched img/s':>30}{'per-image img/s':>30}{'batched/per-image':>28}")
@@ -110,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.warmup = 2, 0
     args.threads = set_threads(args.threads, args.quick)
     results = [bench_recipe(name, args) for name in args.recipes]
+    jpeg = bench_jpeg(args)
     print_table(results)
+    print(f"JPEG {jpeg['source_size'][0]} x {jpeg['source_size'][1]} px, images/s of one process: "
+          + ", ".join(f"{name} {fmt(q, 0)}" for name, q in jpeg["images_per_second"].items()))
     write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick},
-               results)
+               {"recipes": results, "jpeg": jpeg})
     return 0
 
 

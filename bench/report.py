@@ -54,10 +54,15 @@ def knn(data: dict) -> list[str]:
 def augment(data: dict) -> list[str]:
     lines = ["| recipe | views | batched images/s | per-image images/s | batched / per-image |",
              "|---|---:|---:|---:|---:|"]
-    for r in data["results"]:
+    results = data["results"]
+    for r in results["recipes"]:
         ips = r["images_per_second"]
         lines.append(f"| {r['recipe']} | {r['views']} | {q(ips['batched'], 0)} | {q(ips['per_image'], 0)} | "
                      f"{q(r['batched_over_per_image'], 2)} |")
+    jpeg = results["jpeg"]
+    lines += ["", (f"Loader path of image folders, one process, {jpeg['source_size'][0]} x {jpeg['source_size'][1]} px "
+              f"JPEG (quality {jpeg['quality']}):"), "", "| per image | images/s |", "|---|---:|"]
+    lines += [f"| {name.replace('_', ' ')} | {q(v, 0)} |" for name, v in jpeg["images_per_second"].items()]
     return lines
 
 

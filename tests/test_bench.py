@@ -111,6 +111,11 @@ def test_knn_quick(quick_runs):
 
 def test_augment_quick(quick_runs):
     results = finished(quick_runs, "augment")
+    jpeg = results["jpeg"]["images_per_second"]
+    assert set(jpeg) == {"decode", "decode_simclr", "decode_dino_multicrop"}
+    for q in jpeg.values():
+        positive_quartiles(q)
+    results = results["recipes"]
     assert [r["recipe"] for r in results] == ["simclr_28px_gray", "simclr_32px_rgb", "dino_multicrop"]
     for r in results:
         positive_quartiles(r["images_per_second"]["batched"])
