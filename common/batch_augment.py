@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common.augment import AugmentConfig
+from common.augment import AugmentConfig, blur_kernel_size, gaussian_blur
 from common.data import DatasetInfo
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -103,20 +103,10 @@ def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, draws: _Draws) -> torch.
 
 def _gaussian_blur(x: torch.Tensor, prob: float, sigma_range: tuple[float, float], draws: _Draws) -> torch.Tensor:
     """Separable Gaussian blur, kernel ~10% of the image side, one sigma per sample."""
-    n, c, h, w = x.shape
-    device = x.device
     apply = draws.bernoulli(prob)
     sigma = draws.uniform(sigma_range[0], sigma_range[1])
-    radius = max(1, int(0.1 * h) // 2)
-    offsets = torch.arange(-radius, radius + 1, device=device, dtype=x.dtype)
-    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    kernel = kernel.repeat_interleave(c, dim=0)  # [n*c, k]
-    flat = x.reshape(1, n * c, h, w)
-    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
-    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)
-    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)
-    return torch.where(apply[:, None, None, None], flat.reshape(n, c, h, w), x)
+    blurred = gaussian_blur(x, sigma, blur_kernel_size(x.shape[-2]))
+    return torch.where(apply[:, None, None, None], blurred, x)
 
 
 def _cycled(values: list[float], index: int) -> float:

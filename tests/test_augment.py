@@ -10,6 +10,7 @@ from PIL import Image
 
 from common.augment import (
     AugmentConfig,
+    SeparableGaussianBlur,
     blur_kernel_size,
     build_eval_transform,
     build_supervised_transform,
@@ -96,6 +97,25 @@ def test_blur_probability_takes_effect_per_view():
     sharp = views[1](image)  # same seed: same crop, only the blur differs
     assert not torch.equal(blurred, sharp)
     assert total_variation(blurred) < 0.8 * total_variation(sharp)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_separable_blur_equals_torchvision_blur(dtype):
+    """Same random sigma (same RNG draw), same kernel and reflect padding as v2.GaussianBlur's k x k convolution."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    image = tv_tensors.Image(uint8_image(3, 64) if dtype == torch.uint8 else torch.rand(3, 64, 64))
+    torch.manual_seed(3)
+    ours = SeparableGaussianBlur(7, sigma=(1.0, 2.0))(image)
+    torch.manual_seed(3)
+    reference = v2.GaussianBlur(7, sigma=(1.0, 2.0))(image)
+    assert isinstance(ours, tv_tensors.Image) and ours.dtype == dtype
+    difference = (ours.float() - reference.float()).abs().max()
+    assert difference <= (1.0 if dtype == torch.uint8 else 1e-5)  # uint8: a rounding step at most
+    assert not torch.equal(ours, image)
+    pil = Image.fromarray(uint8_image(3, 16).permute(1, 2, 0).numpy())
+    assert isinstance(SeparableGaussianBlur(3)(pil), Image.Image)  # PIL images go to torchvision's kernel
 
 
 def test_no_blur_below_blur_min_size():
