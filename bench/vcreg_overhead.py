@@ -135,6 +135,7 @@ def bench_model(name: str, image_size: int, batch: int, rounds: int, warmup: int
 
 
 def print_table(results: list[dict]) -> None:
+    print("time / identity time of one forward + backward, median [q25-q75] over rounds")
     header = f"{'model':<24}{'px':>5}{'batch':>6}{'layers':>7}  " + "".join(f"{v + '/id':>20}" for v in VARIANTS[1:])
     print(header + f"{'naive/fast':>12}{'FLOP bound':>12}{'id s':>8}")
     for r in results:
