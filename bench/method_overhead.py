@@ -129,7 +129,17 @@ class Stepper:
         self.step += 1
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """The backbone, image and batch options shared by the step benchmarks (read by ``backbone_overrides``)."""
+    parser.add_argument("--backbone", default="small_convnet", help="small_convnet, resnet18, ... (backbone.name)")
+    parser.add_argument("--width", type=int, default=16, help="small_convnet width")
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=256)
+
+
 def backbone_overrides(args) -> list[str]:
+    """Config overrides for ``add_model_args``' options (a CIFAR stem for ResNets on images of 64 px or less)."""
     out = [f"batch_size={args.batch}", f"backbone.name={args.backbone}", f"backbone.width={args.width}",
            f"backbone.in_chans={args.channels}"]
     if args.backbone.startswith("resnet"):
@@ -220,11 +230,7 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="small_convnet", help="small_convnet, resnet18, ... (backbone.name)")
-    parser.add_argument("--width", type=int, default=16, help="small_convnet width")
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=256)
+    add_model_args(parser)
     parser.add_argument("--methods", nargs="*", default=None, help="subset of the rows (default: all)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import torch
 from torch import nn
 
-from bench.method_overhead import ROOT, Stepper, trainer_module
+from bench.method_overhead import ROOT, Stepper, add_model_args, backbone_overrides, trainer_module
 from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from common.backbones import build_backbone
 from common.config import load_config
@@ -109,9 +109,7 @@ class LightlyBYOL(Method):
 def build(method: str, side: str, args, views, labels) -> tuple[Stepper, int]:
     trainer, config, method_overrides, peer = CONFIGS[method]
     schema, build_method = trainer_module(trainer)
-    overrides = [f"batch_size={args.batch}", f"backbone.name={args.backbone}", f"backbone.width={args.width}",
-                 f"backbone.in_chans={args.channels}"]
-    cfg = load_config(schema, ["--config", str(ROOT / config), *overrides, *method_overrides])
+    cfg = load_config(schema, ["--config", str(ROOT / config), *backbone_overrides(args), *method_overrides])
     torch.manual_seed(0)
     backbone, feature_dim = build_backbone(cfg.backbone, args.channels)
     if side == "ours":
@@ -161,11 +159,7 @@ def print_table(r: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
-    parser.add_argument("--backbone", default="small_convnet")
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=256)
+    add_model_args(parser)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="steps per measurement")

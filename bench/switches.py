@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.method_overhead import ROOT, Stepper, backbone_overrides, trainer_module
+from bench.method_overhead import ROOT, Stepper, add_model_args, backbone_overrides, trainer_module
 from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from common.backbones import build_backbone
 from common.config import load_config
@@ -126,11 +126,7 @@ def print_table(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="small_convnet")
-    parser.add_argument("--width", type=int, default=16)
-    parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=256)
+    add_model_args(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak TFLOP/s for the fraction (default: PEAK_BF16_TFLOPS by GPU name)")

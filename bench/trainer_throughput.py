@@ -64,8 +64,7 @@ class Loops:
             self._step(self.views, self.labels)
 
     def data_only(self) -> None:
-        for _ in self._epoch_batches():
-            pass
+        sum(1 for _ in self._epoch_batches())  # draw every batch (read, augment, move) and drop it
 
 
 def pipelines(workers: list[int]) -> dict[str, list[str]]:
