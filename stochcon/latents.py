@@ -130,6 +130,9 @@ class StochConConfig:
     latent_dim: int | None = None  # bottleneck width; None or the backbone width turns pi and rho off
     variates: str = "hard"  # hard (straight-through 0/1, Appendix A.1) | soft (relaxed variates), Figure 4
     placement: str = "top"  # top: global views through the latent | bottom: the local views (Figure 4)
+    # Not in the paper: a pair whose two views are both placed on the latent is contrasted both ways (each
+    # side through the latent once, losses averaged), so every view also gets the exact SimCLR gradient.
+    both_directions: bool = False
     gumbel_temperature_start: float = 1.0  # single-cycle cosine 1.0 -> 0.1 over training (Section 4)
     gumbel_temperature_end: float = 0.1
     finetune_gumbel_temperature: float = 0.1  # fixed during fine-tuning (Appendix A.3)

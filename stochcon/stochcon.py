@@ -158,13 +158,15 @@ class StochCon(SimCLR):
 
     def contrasted_pairs(self, num_views: int) -> list[tuple[tuple[int, bool], tuple[int, bool]]]:
         """The pairs of `multicrop_info_nce` (global view i with every later view j), each side as
-        (view, through the latent)."""
+        (view, through the latent); with `both_directions`, a pair of two stochastic views twice."""
         stochastic = set(self.stochastic_views(num_views))
         pairs = []
         for i in range(self.num_global_views):
             for j in range(i + 1, num_views):
                 through_j = j in stochastic
                 pairs.append(((i, not through_j and i in stochastic), (j, through_j)))
+                if self.latent_cfg.both_directions and i in stochastic and through_j:
+                    pairs.append(((i, True), (j, False)))
         return pairs
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:

@@ -70,6 +70,25 @@ def test_two_view_loss_is_algorithm_1():
     assert out["gumbel_temperature"] == 1.0
 
 
+def test_both_directions_contrasts_each_global_view_through_the_latent_once():
+    """both_directions: the mean of InfoNCE(g(h), g(rho(z'))) and InfoNCE(g(rho(z)), g(h')), one latent pass."""
+    method = make(small_cfg(latent_dim=4, both_directions=True))
+    assert method.contrasted_pairs(2) == [((0, False), (1, True)), ((0, True), (1, False))]
+    x = views()
+    torch.manual_seed(5)
+    out = method(x, torch.full((6,), -1))
+    torch.manual_seed(5)
+    h0, h1 = method.backbone(x[0]), method.backbone(x[1])
+    branch = method.branch
+    z0, z1 = sample_gumbel_bernoulli(branch.pi(torch.cat([h0, h1])), 1.0, hard=True, groups=2).chunk(2)
+    g = method.projector
+    expected = (info_nce(g(h0), g(branch.rho(z1)), 0.1) + info_nce(g(branch.rho(z0)), g(h1), 0.1)) / 2
+    torch.testing.assert_close(out["loss"], expected)
+    # With local views the switch changes only the global pair; the paper's pairs are kept.
+    bottom = make(small_cfg(latent_dim=4, placement="bottom", both_directions=True))
+    assert bottom.contrasted_pairs(4) == make(small_cfg(latent_dim=4, placement="bottom")).contrasted_pairs(4)
+
+
 def test_hard_bits_are_exactly_binary_and_gradients_reach_every_part():
     method = make(small_cfg(latent_dim=4))
     captured = []
