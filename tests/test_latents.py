@@ -7,8 +7,8 @@ import torch
 from stochcon.latents import (
     GumbelBernoulli,
     IsotropicGaussian,
+    logistic_noise,
     sample_gumbel_bernoulli,
-    straight_through_hard,
 )
 
 # sigmoid of these logits, by hand: 1 / (1 + e^2) = 0.1192, 1 / (1 + e^0.5) = 0.3775, 0.5,
@@ -66,12 +66,24 @@ def test_straight_through_gradient_equals_relaxed_gradient():
     torch.testing.assert_close(grads[True], grads[False], atol=0, rtol=0)
 
 
-def test_straight_through_hard_matches_appendix_listing():
-    relaxed = torch.tensor([0.0, 0.2, 0.4999, 0.5, 0.7, 1.0], requires_grad=True)
-    hard = straight_through_hard(relaxed)
-    assert hard.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
-    hard.backward(torch.arange(6.0))
-    torch.testing.assert_close(relaxed.grad, torch.arange(6.0))
+@pytest.mark.parametrize("hard", [True, False])
+def test_sampler_matches_autograd_of_the_appendix_listing(hard):
+    """Appendix A.1 in plain autograd: z = sigmoid((l + n) / t); hard: (1[z >= 0.5] - z).detach() + z."""
+    logits = (3 * torch.randn(256, 64, generator=torch.Generator().manual_seed(6))).requires_grad_(True)
+    upstream = torch.randn(256, 64, generator=torch.Generator().manual_seed(7))
+    sample = sample_gumbel_bernoulli(logits, 0.3, hard=hard, generator=torch.Generator().manual_seed(8))
+    sample.backward(upstream)
+
+    reference_logits = logits.detach().clone().requires_grad_(True)
+    noise = logistic_noise(logits.shape, logits, torch.Generator().manual_seed(8))
+    relaxed = torch.sigmoid((reference_logits + noise) / 0.3)
+    reference = ((relaxed >= 0.5).float() - relaxed).detach() + relaxed if hard else relaxed
+    reference.backward(upstream)
+    if hard:
+        assert torch.equal(sample, (reference > 0.5).float())  # exactly 0/1, the same bits
+    else:
+        torch.testing.assert_close(sample, reference)
+    torch.testing.assert_close(logits.grad, reference_logits.grad)
 
 
 def test_relaxed_gradient_matches_closed_form():
