@@ -12,7 +12,8 @@ cost of the heads, losses and EMA update (``share_beyond_target``). All variants
 step; see ``bench/augment.py``); each round's method time is divided by the same round's bare time. The
 method's share of its step is ``(method - bare) / method = 1 - bare / method``; the target is under 5%.
 
-Rows: ``simclr``, ``stochcon_bernoulli``, ``stochcon_gaussian`` (2 views), ``byol`` (2 views), ``msbreg_k4``
+Rows: ``simclr``, ``stochcon_bernoulli`` (the config, both directions), ``stochcon_bernoulli_algorithm1`` (one view
+through the latent), ``stochcon_gaussian`` (2 views), ``byol`` (2 views), ``msbreg_k4``
 (4 views) and ``byol_4views`` (BYOL on the same 4 views, paired as ``[v0|v2, v1|v3]``: twice BYOL's views,
 the fair reference for MSBReg), ``vcreg_blocks`` (supervised with a fast VCReg layer after every block; one
 view) and ``supervised`` (the same without the VCReg layers). The online probe of the trainer is left out.
@@ -62,6 +63,8 @@ class Spec:
 SPECS = (
     Spec("simclr", "stochcon", "stochcon/configs/fashion_mnist_simclr.yaml", 2),
     Spec("stochcon_bernoulli", "stochcon", "stochcon/configs/fashion_mnist_bernoulli.yaml", 2),
+    Spec("stochcon_bernoulli_algorithm1", "stochcon", "stochcon/configs/fashion_mnist_bernoulli.yaml", 2,
+         ("method.stochcon.both_directions=false",)),
     Spec("stochcon_gaussian", "stochcon", "stochcon/configs/fashion_mnist_gaussian.yaml", 2),
     Spec("byol", "msbreg", "msbreg/configs/fashion_mnist_byol.yaml", 2, per_view=True, ema_target=True),
     Spec("msbreg_k4", "msbreg", "msbreg/configs/fashion_mnist_msbreg.yaml", 4, per_view=True, ema_target=True,
