@@ -7,8 +7,8 @@ probe, a classifier vs an encoder) share one schedule.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -50,8 +50,8 @@ class LARS(torch.optim.Optimizer):
         if lr < 0 or momentum < 0 or weight_decay < 0 or eta < 0:
             raise ValueError(f"LARS needs non-negative lr, momentum, weight_decay and eta; got {lr}, {momentum}, "
                              f"{weight_decay}, {eta}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, nesterov=nesterov,
-                        lars_exclude=False)
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta,
+                    "nesterov": nesterov, "lars_exclude": False}
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -105,9 +105,9 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, exclude_
         if not parameter.requires_grad:
             continue
         (excluded if exclude_bias_and_norm and is_excluded(name, parameter) else regular).append(parameter)
-    groups = [dict(params=regular, weight_decay=weight_decay, lars_exclude=False, base_lr=base_lr)]
+    groups = [{"params": regular, "weight_decay": weight_decay, "lars_exclude": False, "base_lr": base_lr}]
     if excluded:
-        groups.append(dict(params=excluded, weight_decay=0.0, lars_exclude=True, base_lr=base_lr))
+        groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True, "base_lr": base_lr})
     return groups
 
 
