@@ -53,14 +53,20 @@ def test_full_width_latent_turns_projections_off():
         StochasticBranch(WIDTH, "beta", 4, "hard", 1.0)
 
 
-def test_two_view_loss_is_algorithm_1():
-    """v = g(h) for view 0, v' = g(rho(hard GB(pi(h')))) for view 1, loss = InfoNCE(v, v')."""
-    method = make(small_cfg(latent_dim=4))
+def run_seeded(method: StochCon):
+    """The method's output on two views with the global RNG at seed 5, and the two views' features after
+    re-seeding, so that a sample drawn next is the method's own noise."""
     x = views()
     torch.manual_seed(5)
     out = method(x, torch.full((6,), -1))
     torch.manual_seed(5)
-    h0, h1 = method.backbone(x[0]), method.backbone(x[1])
+    return out, method.backbone(x[0]), method.backbone(x[1])
+
+
+def test_two_view_loss_is_algorithm_1():
+    """v = g(h) for view 0, v' = g(rho(hard GB(pi(h')))) for view 1, loss = InfoNCE(v, v')."""
+    method = make(small_cfg(latent_dim=4))
+    out, h0, h1 = run_seeded(method)
     branch = method.branch
     z = sample_gumbel_bernoulli(branch.pi(h1), 1.0, hard=True)
     expected = info_nce(method.projector(h0), method.projector(branch.rho(z)), 0.1)
@@ -74,11 +80,7 @@ def test_both_directions_contrasts_each_global_view_through_the_latent_once():
     """both_directions: the mean of InfoNCE(g(h), g(rho(z'))) and InfoNCE(g(rho(z)), g(h')), one latent pass."""
     method = make(small_cfg(latent_dim=4, both_directions=True))
     assert method.contrasted_pairs(2) == [((0, False), (1, True)), ((0, True), (1, False))]
-    x = views()
-    torch.manual_seed(5)
-    out = method(x, torch.full((6,), -1))
-    torch.manual_seed(5)
-    h0, h1 = method.backbone(x[0]), method.backbone(x[1])
+    out, h0, h1 = run_seeded(method)
     branch = method.branch
     z0, z1 = sample_gumbel_bernoulli(branch.pi(torch.cat([h0, h1])), 1.0, hard=True, groups=2).chunk(2)
     g = method.projector
