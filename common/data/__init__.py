@@ -7,15 +7,17 @@ augment whole batches on the training device.
 
 One module per format (``cifar``, ``stl10``, ``fashion_mnist``, ``folders``, ``hf``); this one maps
 ``data.name`` to its loader and statistics. A new dataset is a loader ``(cfg, split) -> Dataset`` with a
-``targets`` tensor and a ``subset`` method, added to ``LOADERS`` (and ``DATASET_NAMES``).
+``targets`` tensor and a ``subset`` method, added to ``LOADERS``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch.utils.data import Dataset
 
 from common.data.cifar import CIFAR10_INFO, CIFAR100_INFO, load_cifar10, load_cifar100
-from common.data.config import DATASET_NAMES, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DataConfig, DatasetInfo
+from common.data.config import IMAGENET_MEAN, IMAGENET_STD, SPLITS, DataConfig, DatasetInfo
 from common.data.datasets import (
     CorruptImageError,
     HFImageDataset,
@@ -65,6 +67,7 @@ LOADERS = {
     "image_folder": load_image_folder,
     "hf": load_hf,
 }
+DATASET_NAMES = tuple(LOADERS)
 
 # Datasets held in memory, whose statistics are known without reading them.
 _IN_MEMORY_INFO = {
@@ -87,8 +90,7 @@ def dataset_info(cfg: DataConfig | str) -> DatasetInfo:
     cfg = DataConfig(name=cfg) if isinstance(cfg, str) else cfg
     _check_name(cfg)
     if cfg.name == "cifar100" and cfg.labels == "coarse":
-        info = CIFAR100_INFO
-        return DatasetInfo(info.channels, info.image_size, 20, info.mean, info.std)
+        return dataclasses.replace(CIFAR100_INFO, num_classes=20)
     if cfg.name in _IN_MEMORY_INFO:
         return _IN_MEMORY_INFO[cfg.name]
     if cfg.name == "imagenet":

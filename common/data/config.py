@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-DATASET_NAMES = ("cifar10", "cifar100", "stl10", "imagenet", "imagenet100", "image_folder", "hf", "fashion_mnist")
 SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
