@@ -144,6 +144,10 @@ class StochConConfig:
     # Not in the paper: a pair whose two views are both placed on the latent is contrasted both ways (each
     # side through the latent once, losses averaged), so every view also gets the exact SimCLR gradient.
     both_directions: bool = False
+    # Not in the paper: pi's default initialisation times this gain. The hard bits' noise is set by the logits'
+    # scale alone (the Gumbel temperature only shapes the gradient), and LARS changes pi's weight norm little
+    # in a short run, so the share of sampled bits that differ from the code stays near where this puts it.
+    pi_init_gain: float = 1.0
     gumbel_temperature_start: float = 1.0  # single-cycle cosine 1.0 -> 0.1 over training (Section 4)
     gumbel_temperature_end: float = 0.1
     finetune_gumbel_temperature: float = 0.1  # fixed during fine-tuning (Appendix A.3)

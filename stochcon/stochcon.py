@@ -42,7 +42,13 @@ class StochasticBranch(nn.Module):
     """h' -> phi' = pi(h') -> z' ~ q(z | phi') -> h'' = rho(z'); the optional bottleneck and the latent."""
 
     def __init__(
-        self, feature_dim: int, latent: str, latent_dim: int | None, variates: str, temperature: float
+        self,
+        feature_dim: int,
+        latent: str,
+        latent_dim: int | None,
+        variates: str,
+        temperature: float,
+        pi_init_gain: float = 1.0,
     ) -> None:
         super().__init__()
         _check_choice("latent", latent, LATENTS)
@@ -53,6 +59,17 @@ class StochasticBranch(nn.Module):
         bottleneck = self.latent_dim != feature_dim
         self.pi = nn.Linear(feature_dim, self.latent_dim) if bottleneck else nn.Identity()
         self.rho = nn.Linear(self.latent_dim, feature_dim) if bottleneck else nn.Identity()
+        if pi_init_gain != 1.0:
+            if not bottleneck:
+                raise ValueError(
+                    "method.stochcon.pi_init_gain scales the bottleneck pi, which is off when latent_dim equals "
+                    f"the backbone width ({feature_dim}): set latent_dim or leave pi_init_gain at 1.0"
+                )
+            if pi_init_gain <= 0:
+                raise ValueError(f"method.stochcon.pi_init_gain must be positive, got {pi_init_gain}")
+            with torch.no_grad():
+                self.pi.weight.mul_(pi_init_gain)
+                self.pi.bias.mul_(pi_init_gain)
         self.kind = latent
         self.latent = (
             GumbelBernoulli(hard=variates == "hard", temperature=temperature)
@@ -133,6 +150,7 @@ class StochCon(SimCLR):
             latent_cfg.latent_dim,
             latent_cfg.variates,
             latent_cfg.gumbel_temperature_start,
+            latent_cfg.pi_init_gain,
         )
 
     def stochastic_views(self, num_views: int) -> range:
@@ -239,6 +257,7 @@ class SupervisedBernoulli(Method):
             latent_cfg.latent_dim,
             latent_cfg.variates,
             latent_cfg.gumbel_temperature_start,
+            latent_cfg.pi_init_gain,
         )
         self.classifier = nn.Linear(feature_dim, num_classes)
 

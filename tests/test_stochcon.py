@@ -53,6 +53,24 @@ def test_full_width_latent_turns_projections_off():
         StochasticBranch(WIDTH, "beta", 4, "hard", 1.0)
 
 
+def test_pi_init_gain_scales_the_bottleneck_and_the_logits():
+    torch.manual_seed(0)
+    default = StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0)
+    torch.manual_seed(0)
+    scaled = StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0, pi_init_gain=3.0)
+    torch.testing.assert_close(scaled.pi.weight, 3.0 * default.pi.weight)
+    torch.testing.assert_close(scaled.pi.bias, 3.0 * default.pi.bias)
+    torch.testing.assert_close(scaled.rho.weight, default.rho.weight)  # the decoder keeps its initialisation
+    h = torch.randn(5, WIDTH)
+    torch.testing.assert_close(scaled.pi(h), 3.0 * default.pi(h))
+    method_pi = make(small_cfg(latent_dim=4, pi_init_gain=3.0)).branch.pi
+    torch.testing.assert_close(method_pi.weight, 3.0 * make(small_cfg(latent_dim=4)).branch.pi.weight)
+    with pytest.raises(ValueError, match="pi_init_gain scales the bottleneck pi, which is off"):
+        StochasticBranch(WIDTH, "bernoulli", None, "hard", 1.0, pi_init_gain=3.0)
+    with pytest.raises(ValueError, match="pi_init_gain must be positive"):
+        StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0, pi_init_gain=0.0)
+
+
 def run_seeded(method: StochCon):
     """The method's output on two views with the global RNG at seed 5, and the two views' features after
     re-seeding, so that a sample drawn next is the method's own noise."""
