@@ -6,6 +6,7 @@ import pytest
 from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
 from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, write_bit_count_report
 from stochcon.analysis.compression import compression_ratio, write_compression_report
+from stochcon.analysis.feature_spectrum import feature_spectrum, write_feature_spectrum_report
 from stochcon.analysis.rf_units import random_forest_units, write_rf_units_report
 
 
@@ -74,6 +75,23 @@ def test_random_forest_rejects_unit_counts_beyond_width():
         random_forest_units(np.zeros((10, 3)), np.zeros(10), unit_counts=[4])
 
 
+def test_feature_spectrum_hand_checked():
+    # The four corners (+-sqrt(3), +-1): covariance diag(3, 1), so shares 3/4 and 1/4, PR = 4^2 / (9 + 1) = 1.6.
+    corners = np.array([[a * np.sqrt(3.0), b] for a in (-1, 1) for b in (-1, 1)]) + 5.0
+    spectrum = feature_spectrum(corners)
+    assert spectrum.explained == pytest.approx([0.75, 0.25])
+    assert spectrum.participation_ratio == pytest.approx(1.6)
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(2, 2)))[0]
+    assert feature_spectrum(corners @ rotation).participation_ratio == pytest.approx(1.6)  # basis-free
+    isotropic = np.vstack([np.eye(6), -np.eye(6)])
+    assert feature_spectrum(isotropic).participation_ratio == pytest.approx(6.0)
+    assert feature_spectrum(np.outer(np.arange(5.0), np.ones(4))).participation_ratio == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="every feature is constant"):
+        feature_spectrum(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="N >= 2"):
+        feature_spectrum(np.ones((1, 3)))
+
+
 def test_writers_produce_json_and_png(tmp_path):
     curve = BitCountCurve(
         epochs=[1, 2],
@@ -83,6 +101,9 @@ def test_writers_produce_json_and_png(tmp_path):
     pngs = [
         write_bit_count_report({"hard-top": curve}, tmp_path),
         write_compression_report({"bern64": compression_ratio(28, 28, 1, 64)}, tmp_path),
+        write_feature_spectrum_report(
+            {"iso": feature_spectrum(np.vstack([np.eye(3), -np.eye(3)]))}, tmp_path
+        ),
         write_aggregate_variance_report(
             {
                 "d8": aggregate_variance(np.eye(8), np.ones((8, 8))),

@@ -100,6 +100,11 @@ def test_bernoulli_run_bit_counts_units_and_frozen_finetune(tmp_path):
     ratios = json.loads((out / "compression.json").read_text())
     assert ratios[run_dir.name]["ratio"] == 28 * 28 * 8 / 16
     assert analysis_main(["variance", str(run_dir), "--out", str(out)]) == 2  # a Bernoulli has no variance
+    assert analysis_main(["spectrum", str(run_dir), "--out", str(out), "--max-images", "100"]) == 0
+    spectrum = json.loads((out / "spectrum.json").read_text())[run_dir.name]
+    assert spectrum["num_images"] == 100
+    assert len(spectrum["explained"]) == 64  # backbone width 8 -> 64 pooled features
+    assert sum(spectrum["explained"]) == pytest.approx(1.0) and 1.0 <= spectrum["participation_ratio"] <= 64
 
     finetune_dir = tmp_path / "frozen"
     code = finetune_main(

@@ -4,6 +4,8 @@
     rf-units     random-forest units vs mean F1, 5-fold stratified on the training set (Figure 2 right)
     variance     aggregate variance of the Gaussian latent on the test set vs bottleneck size (Figure 3)
     compression  compression ratio of each run's code against its input images, and the paper's 588x
+    spectrum     eigenvalue spectrum and participation ratio of the backbone features on test (any run,
+                 SimCLR too; not a paper figure)
 
 Each writes `<command>.json` and `<command>.png` under --out. Exit code 2 on a bad run folder or argument.
 """
@@ -19,8 +21,9 @@ from common.data import build_dataset, dataset_info
 from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
 from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, write_bit_count_report
 from stochcon.analysis.compression import compression_ratio, write_compression_report
+from stochcon.analysis.feature_spectrum import feature_spectrum, write_feature_spectrum_report
 from stochcon.analysis.rf_units import random_forest_units, write_rf_units_report
-from stochcon.analysis.runs import checkpoints_of, encode_split, load_trained_method
+from stochcon.analysis.runs import checkpoints_of, encode_split, extract_split, load_trained_method
 
 
 def _name(run: str) -> str:
@@ -84,6 +87,15 @@ def compression(args: argparse.Namespace) -> Path:
     return write_compression_report(rows, args.out)
 
 
+def spectrum(args: argparse.Namespace) -> Path:
+    rows = {}
+    for run in args.runs:
+        method, cfg, _ = load_trained_method(run)
+        features, _ = extract_split(method.backbone, cfg, "test", args.max_images)
+        rows[_name(run)] = feature_spectrum(features)
+    return write_feature_spectrum_report(rows, args.out)
+
+
 def _unit_list(text: str) -> list[int]:
     try:
         return [int(k) for k in text.split(",")]
@@ -99,6 +111,7 @@ def parser() -> argparse.ArgumentParser:
         ("rf-units", rf_units, "random-forest units (Figure 2 right)"),
         ("variance", variance, "aggregate variance of Gaussian latents (Figure 3)"),
         ("compression", compression, "compression ratio of the code (footnote 2)"),
+        ("spectrum", spectrum, "spectrum and participation ratio of the backbone features"),
     ]:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument(

@@ -102,21 +102,29 @@ class EncodedSplit:
     labels: np.ndarray
 
 
-def encode_split(
-    method: Method, cfg: Any, split: str, max_images: int | None = None, batch_size: int = 512
-) -> EncodedSplit:
-    """Encode the `split` images of the run's dataset (a stratified subset of `max_images` when given)."""
+def extract_split(
+    encoder: nn.Module, cfg: Any, split: str, max_images: int | None = None, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, labels) of `encoder` on the `split` images of the run's dataset, with the run's evaluation
+    transform (a stratified subset of `max_images` when given)."""
     info = dataset_info(cfg.data)
     dataset = build_dataset(cfg.data, split)
     indices = None
     if max_images is not None and max_images < len(dataset):
         indices = torch.tensor(stratified_subset(dataset.targets, max_images))
     transform = build_eval_transform(info, cfg.backbone.in_chans or info.channels, cfg.augment.image_size)
-    encoder = LatentEncoder(method)
     out, labels = extract_features(
         encoder, dataset, transform, batch_size, "cpu", cfg.data.num_workers, indices
     )
+    return out.numpy(), labels.numpy()
+
+
+def encode_split(
+    method: Method, cfg: Any, split: str, max_images: int | None = None, batch_size: int = 512
+) -> EncodedSplit:
+    """Encode the `split` images of the run's dataset (a stratified subset of `max_images` when given)."""
+    encoder = LatentEncoder(method)
+    out, labels = extract_split(encoder, cfg, split, max_images, batch_size)
     width, latent = method.feature_dim, encoder.branch.latent_dim
-    out = out.numpy()
     sigma = out[:, width + latent :] if encoder.branch.kind == "gaussian" else None
-    return EncodedSplit(out[:, :width], out[:, width : width + latent], sigma, labels.numpy())
+    return EncodedSplit(out[:, :width], out[:, width : width + latent], sigma, labels)
