@@ -9,11 +9,12 @@ stochasticity (Section 4.2: more as the bottleneck shrinks; ~0 when the variance
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from stochcon.analysis.report import new_figure, save_figure, write_numbers
 
 
 @dataclass
@@ -41,19 +42,10 @@ def aggregate_variance(mu: np.ndarray, sigma: np.ndarray) -> AggregateVariance:
 
 def write_aggregate_variance_report(rows: dict[str, AggregateVariance], out_dir: str | Path) -> Path:
     """`aggregate_variance.json` and `aggregate_variance.png`: both variance parts vs bottleneck dimension."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "aggregate_variance.json").write_text(
-        json.dumps({k: asdict(v) for k, v in rows.items()}, indent=2)
-    )
+    out_dir = write_numbers(rows, out_dir, "aggregate_variance")
     ordered = sorted(rows.values(), key=lambda row: row.latent_dim)
     dims = [row.latent_dim for row in ordered]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (left, right) = new_figure(1, 2, figsize=(9, 3.6))
     left.plot(dims, [row.posterior_variance for row in ordered], marker="o", label="E_x[sigma^2]")
     left.plot(dims, [row.variance_of_means for row in ordered], marker="s", label="Var_x[mu]")
     left.set_yscale("log")
@@ -66,8 +58,4 @@ def write_aggregate_variance_report(rows: dict[str, AggregateVariance], out_dir:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bottleneck dimension")
     fig.suptitle("Aggregate variance of the Gaussian latent (test set)")
-    fig.tight_layout()
-    png = out_dir / "aggregate_variance.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, out_dir, "aggregate_variance")

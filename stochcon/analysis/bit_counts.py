@@ -7,11 +7,12 @@ capacity-restricted 512-unit model keeps using half of its units).
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from stochcon.analysis.report import new_figure, save_figure, write_numbers
 
 
 @dataclass
@@ -54,15 +55,8 @@ class BitCountCurve:
 
 def write_bit_count_report(curves: dict[str, BitCountCurve], out_dir: str | Path) -> Path:
     """`bit_counts.json` and `bit_counts.png`: mean active bits vs epoch on train (left) and test (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "bit_counts.json").write_text(json.dumps({k: asdict(v) for k, v in curves.items()}, indent=2))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    out_dir = write_numbers(curves, out_dir, "bit_counts")
+    fig, axes = new_figure(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, split in zip(axes, ("train", "test")):
         for name, curve in curves.items():
             stats = getattr(curve, split)
@@ -77,8 +71,4 @@ def write_bit_count_report(curves: dict[str, BitCountCurve], out_dir: str | Path
     axes[0].set_ylabel("mean number of active bits")
     axes[1].legend(fontsize=8)
     fig.suptitle("Average bit counts of the Bernoulli code")
-    fig.tight_layout()
-    png = out_dir / "bit_counts.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, out_dir, "bit_counts")

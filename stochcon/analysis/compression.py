@@ -6,9 +6,10 @@ ratio = (height * width * channels * bits_per_pixel) / (latent_dim * bits_per_un
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from stochcon.analysis.report import new_figure, save_figure, write_numbers
 
 
 @dataclass
@@ -39,15 +40,8 @@ def compression_ratio(
 
 def write_compression_report(rows: dict[str, CompressionRatio], out_dir: str | Path) -> Path:
     """`compression.json` and a bar plot `compression.png` of the ratio of each named code."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "compression.json").write_text(json.dumps({k: asdict(v) for k, v in rows.items()}, indent=2))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(rows)), 3.5))
+    out_dir = write_numbers(rows, out_dir, "compression")
+    fig, ax = new_figure(figsize=(max(4.0, 1.2 * len(rows)), 3.5))
     names = list(rows)
     ratios = [rows[name].ratio for name in names]
     bars = ax.bar(names, ratios, color="tab:blue")
@@ -55,8 +49,4 @@ def write_compression_report(rows: dict[str, CompressionRatio], out_dir: str | P
     ax.set_yscale("log")
     ax.set_ylabel("input bits / code bits")
     ax.set_title("Compression of the latent code")
-    fig.tight_layout()
-    png = out_dir / "compression.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, out_dir, "compression")

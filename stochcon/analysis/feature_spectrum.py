@@ -11,11 +11,12 @@ k-NN depends on and a linear probe can re-weight (README, the Bernoulli's k-NN g
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from stochcon.analysis.report import new_figure, save_figure, write_numbers
 
 
 @dataclass
@@ -44,15 +45,8 @@ def feature_spectrum(features: np.ndarray) -> FeatureSpectrum:
 def write_feature_spectrum_report(rows: dict[str, FeatureSpectrum], out_dir: str | Path) -> Path:
     """`spectrum.json` and `spectrum.png`: the cumulative share of the variance in the leading eigenvalues,
     one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "spectrum.json").write_text(json.dumps({k: asdict(v) for k, v in rows.items()}, indent=2))
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    out_dir = write_numbers(rows, out_dir, "spectrum")
+    fig, ax = new_figure(figsize=(6.0, 4.0))
     for name, spectrum in rows.items():
         ranks = np.arange(1, len(spectrum.explained) + 1)
         cumulative = np.cumsum(spectrum.explained)
@@ -63,8 +57,4 @@ def write_feature_spectrum_report(rows: dict[str, FeatureSpectrum], out_dir: str
     ax.set_ylabel("share of the feature variance they hold")
     ax.set_title("Spectrum of the backbone features (PR: participation ratio)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = out_dir / "spectrum.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, out_dir, "spectrum")

@@ -8,12 +8,13 @@ for each k.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from stochcon.analysis.report import new_figure, save_figure, write_numbers
 
 
 @dataclass
@@ -77,15 +78,8 @@ def random_forest_units(
 
 def write_rf_units_report(curves: dict[str, UnitCurve], out_dir: str | Path) -> Path:
     """`rf_units.json` and `rf_units.png`: mean held-out macro F1 vs number of units, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "rf_units.json").write_text(json.dumps({k: asdict(v) for k, v in curves.items()}, indent=2))
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    out_dir = write_numbers(curves, out_dir, "rf_units")
+    fig, ax = new_figure(figsize=(5.5, 3.8))
     for name, curve in curves.items():
         mean, std = np.array(curve.f1_mean), np.array(curve.f1_std)
         ax.plot(curve.unit_counts, mean, marker="o", label=f"{name} ({curve.units_within} units)")
@@ -95,8 +89,4 @@ def write_rf_units_report(curves: dict[str, UnitCurve], out_dir: str | Path) -> 
     ax.set_ylabel("mean F1 over classes (held-out folds)")
     ax.set_title("Random-forest units")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = out_dir / "rf_units.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_figure(fig, out_dir, "rf_units")
