@@ -31,6 +31,7 @@ from common.data import (
     dataset_info,
     stratified_subset,
 )
+from common.plots import new_figure, save_figure
 
 AUGMENT_NAMES = ("multiview", "supervised", "none")
 AUGMENT_PLACES = ("loader", "device")
@@ -320,11 +321,6 @@ class PreviewConfig:
 def preview_views(cfg: PreviewConfig) -> Path:
     """Write ``views.png`` (one row per image: the evaluation view, then every augmented view) and
     ``views.json`` (configs, image indices, labels, and each view's size and normalised mean/std)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     info = dataset_info(cfg.data)
     out_channels = cfg.out_channels or info.channels
     dataset = build_dataset(cfg.data, "train")
@@ -334,7 +330,7 @@ def preview_views(cfg: PreviewConfig) -> Path:
     mean, std = (torch.tensor(v).view(-1, 1, 1) for v in channel_stats(info, out_channels))
 
     columns = 1 + len(views.transforms)
-    fig, axes = plt.subplots(len(indices), columns, figsize=(1.6 * columns, 1.6 * len(indices)), squeeze=False)
+    fig, axes = new_figure(len(indices), columns, figsize=(1.6 * columns, 1.6 * len(indices)), squeeze=False)
     rows, labels = [], []
     for row, index in enumerate(indices):
         tensors, label = views[index]
@@ -347,11 +343,8 @@ def preview_views(cfg: PreviewConfig) -> Path:
             axes[row, col].set_axis_off()
             if row == 0:
                 axes[row, col].set_title("eval" if col == 0 else f"view {col - 1}", fontsize=8)
-    fig.tight_layout()
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_dir / "views.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, out_dir / "views.png", dpi=100)
 
     per_view = [torch.stack([r[v] for r in rows]) for v in range(len(views.transforms))]
     summary = {

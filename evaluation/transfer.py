@@ -32,6 +32,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from common.data import IMAGENET_MEAN, IMAGENET_STD, DataConfig, build_dataset
+from common.plots import new_figure, save_figure
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import extract_features
 from evaluation.linear import LinearProbeConfig, linear_probe
@@ -155,22 +156,15 @@ def plot_l2_selection(results: dict, path: Path) -> None:
     """Validation top-1 against the L2 strength (log scale), the chosen strength marked (L-BFGS protocol)."""
     if results.get("protocol") != "lbfgs":
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     strengths = sorted((float(k), v) for k, v in results["val_top1_by_l2"].items())
-    figure, axis = plt.subplots(figsize=(5, 3.2))
+    figure, axis = new_figure(figsize=(5, 3.2))
     axis.semilogx([s for s, _ in strengths], [v for _, v in strengths], marker=".")
     axis.axvline(results["l2"], color="tab:red", linestyle="--", label=f"chosen l2={results['l2']:.3g}")
     axis.set_xlabel("L2 strength (lambda)")
     axis.set_ylabel("validation top-1")
     axis.set_title(f"L-BFGS probe: test top-1 {results['top1']:.3f}")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

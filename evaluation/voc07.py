@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from common.augment import build_eval_transform
 from common.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from common.plots import new_figure, save_figure
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import extract_features
 
@@ -179,22 +180,15 @@ def evaluate_voc07(cfg: VOC07Config) -> dict:
 
 def plot_class_ap(results: dict, path: Path) -> None:
     """Test AP of each class as horizontal bars, the mean AP as a line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(results["ap"])
-    figure, axis = plt.subplots(figsize=(5, 0.22 * len(names) + 1.2))
+    figure, axis = new_figure(figsize=(5, 0.22 * len(names) + 1.2))
     axis.barh(names, [results["ap"][n] for n in names])
     axis.axvline(results["mAP"], color="tab:red", linestyle="--", label=f"mAP {results['mAP']:.3f}")
     axis.invert_yaxis()
     axis.set_xlim(0, 1)
     axis.set_xlabel("test AP (linear SVM)")
     axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from common.plots import new_figure, save_figure
+
 METRIC = "proj_std"
 
 
@@ -53,16 +55,11 @@ def projection_dim(run_dir: str | Path) -> int | None:
 def write_collapse_curves(run_dirs: list[str | Path], output: str | Path, labels: list[str] | None = None
                           ) -> dict:
     """Plot ``proj_std`` against the step for every run; write ``output`` (PNG) and the same name as JSON."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = labels or [Path(run).name for run in run_dirs]
     if len(labels) != len(run_dirs):
         raise ValueError(f"--labels: got {len(labels)} labels for {len(run_dirs)} run folders")
     report = {"metric": METRIC, "runs": {}}
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = new_figure(figsize=(6, 4))
     dims = set()
     for run, label in zip(run_dirs, labels):
         steps, values = read_curve(run)
@@ -79,11 +76,7 @@ def write_collapse_curves(run_dirs: list[str | Path], output: str | Path, labels
     axis.set_title("Collapse monitor (0 = collapsed)")
     axis.set_ylim(bottom=0)
     axis.legend()
-    figure.tight_layout()
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120)
-    plt.close(figure)
+    output = save_figure(figure, output)
     output.with_suffix(".json").write_text(json.dumps(report, indent=1))
     return report
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stochcon.analysis.report import new_figure, save_figure, write_numbers
+from common.plots import new_figure, save_figure
+from stochcon.analysis.report import write_numbers
 
 
 @dataclass
@@ -58,4 +59,4 @@ def write_aggregate_variance_report(rows: dict[str, AggregateVariance], out_dir:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bottleneck dimension")
     fig.suptitle("Aggregate variance of the Gaussian latent (test set)")
-    return save_figure(fig, out_dir, "aggregate_variance")
+    return save_figure(fig, out_dir / "aggregate_variance.png")

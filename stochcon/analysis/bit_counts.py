@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stochcon.analysis.report import new_figure, save_figure, write_numbers
+from common.plots import new_figure, save_figure
+from stochcon.analysis.report import write_numbers
 
 
 @dataclass
@@ -71,4 +72,4 @@ def write_bit_count_report(curves: dict[str, BitCountCurve], out_dir: str | Path
     axes[0].set_ylabel("mean number of active bits")
     axes[1].legend(fontsize=8)
     fig.suptitle("Average bit counts of the Bernoulli code")
-    return save_figure(fig, out_dir, "bit_counts")
+    return save_figure(fig, out_dir / "bit_counts.png")

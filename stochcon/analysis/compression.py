@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stochcon.analysis.report import new_figure, save_figure, write_numbers
+from common.plots import new_figure, save_figure
+from stochcon.analysis.report import write_numbers
 
 
 @dataclass
@@ -49,4 +50,4 @@ def write_compression_report(rows: dict[str, CompressionRatio], out_dir: str | P
     ax.set_yscale("log")
     ax.set_ylabel("input bits / code bits")
     ax.set_title("Compression of the latent code")
-    return save_figure(fig, out_dir, "compression")
+    return save_figure(fig, out_dir / "compression.png")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stochcon.analysis.report import new_figure, save_figure, write_numbers
+from common.plots import new_figure, save_figure
+from stochcon.analysis.report import write_numbers
 
 
 @dataclass
@@ -57,4 +58,4 @@ def write_feature_spectrum_report(rows: dict[str, FeatureSpectrum], out_dir: str
     ax.set_ylabel("share of the feature variance they hold")
     ax.set_title("Spectrum of the backbone features (PR: participation ratio)")
     ax.legend(fontsize=8)
-    return save_figure(fig, out_dir, "spectrum")
+    return save_figure(fig, out_dir / "spectrum.png")

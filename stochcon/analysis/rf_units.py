@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stochcon.analysis.report import new_figure, save_figure, write_numbers
+from common.plots import new_figure, save_figure
+from stochcon.analysis.report import write_numbers
 
 
 @dataclass
@@ -89,4 +90,4 @@ def write_rf_units_report(curves: dict[str, UnitCurve], out_dir: str | Path) -> 
     ax.set_ylabel("mean F1 over classes (held-out folds)")
     ax.set_title("Random-forest units")
     ax.legend(fontsize=8)
-    return save_figure(fig, out_dir, "rf_units")
+    return save_figure(fig, out_dir / "rf_units.png")

@@ -25,6 +25,7 @@ from common.augment import build_eval_transform
 from common.backbones import load_backbone
 from common.config import load_config
 from common.data import build_dataset, dataset_info, stratified_subset
+from common.plots import new_figure, save_figure
 from evaluation.features import extract_features, is_in_memory
 from evaluation.final import _features
 
@@ -138,21 +139,14 @@ def analyse_run(run: Path, mine_images: int, mine_steps: int, device: torch.devi
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     keys = [k for k in ("cdnv", "ncc_top1", "mutual_information_bits") if k in results[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
+    fig, axes = new_figure(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
     names = [Path(r["run"]).name for r in results]
     for ax, key in zip(axes[0], keys):
         ax.bar(names, [r[key] for r in results], color=[f"C{i}" for i in range(len(results))])
         ax.set_title(key)
         ax.tick_params(axis="x", rotation=20, labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

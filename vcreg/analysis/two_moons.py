@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from sklearn.datasets import make_moons
 from torch import nn
 
+from common.plots import new_figure, save_figure
 from vcreg.layer import VCReg
 
 REGULARISERS = ("none", "weight_decay", "dropout", "batchnorm", "vcreg")
@@ -125,12 +126,7 @@ def run(cfg: TwoMoonsConfig, regularisers: tuple[str, ...] = REGULARISERS) -> di
 
 
 def plot(xs: np.ndarray, ys: np.ndarray, panels: dict, summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
+    fig, axes = new_figure(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
     for ax, (name, (probability, (x, y))) in zip(axes[0], panels.items()):
         ax.contourf(xs, ys, probability, levels=20, cmap="RdBu_r", alpha=0.6, vmin=0, vmax=1)
         ax.contour(xs, ys, probability, levels=[0.5], colors="k", linewidths=1.5)
@@ -140,9 +136,7 @@ def plot(xs: np.ndarray, ys: np.ndarray, panels: dict, summary: dict, path: Path
                      fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
