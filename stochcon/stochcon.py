@@ -92,6 +92,18 @@ class StochasticBranch(nn.Module):
             z = self.latent(phi, self.pi(h_var) if self.training else None, groups)
         return self.rho(z), z, phi
 
+    @classmethod
+    def from_config(cls, feature_dim: int, cfg: StochConConfig) -> StochasticBranch:
+        """The branch `method.stochcon` describes."""
+        return cls(
+            feature_dim,
+            cfg.latent,
+            cfg.latent_dim,
+            cfg.variates,
+            cfg.gumbel_temperature_start,
+            cfg.pi_init_gain,
+        )
+
     def code(self, h: Tensor) -> Tensor:
         """The deterministic code of features h: hard bits 1[phi >= 0] (Bernoulli) or the mean phi (Gaussian)."""
         phi = self.pi(h)
@@ -106,6 +118,12 @@ class StochasticBranch(nn.Module):
     def set_temperature(self, temperature: float) -> None:
         if self.kind == "bernoulli":
             self.latent.temperature = temperature
+
+    def anneal_temperature(self, step: int, total_steps: int, cfg: StochConConfig) -> None:
+        """The Gumbel temperature of training: single-cycle cosine from cfg's start to its end (Section 4)."""
+        self.set_temperature(
+            cosine_anneal(step, total_steps, cfg.gumbel_temperature_start, cfg.gumbel_temperature_end)
+        )
 
     def metrics(self, zs: list[Tensor], phis: list[Tensor], h_vars: list[Tensor | None]) -> dict[str, Tensor]:
         """Per-step monitors: active bits of the sampled code (Bernoulli) or the scale and spread (Gaussian)."""
@@ -144,14 +162,7 @@ class StochCon(SimCLR):
         if num_global_views < 1:
             raise ValueError(f"StochCon needs at least one global view, got {num_global_views}")
         self.latent_cfg = latent_cfg
-        self.branch = StochasticBranch(
-            feature_dim,
-            latent_cfg.latent,
-            latent_cfg.latent_dim,
-            latent_cfg.variates,
-            latent_cfg.gumbel_temperature_start,
-            latent_cfg.pi_init_gain,
-        )
+        self.branch = StochasticBranch.from_config(feature_dim, latent_cfg)
 
     def stochastic_views(self, num_views: int) -> range:
         if self.latent_cfg.placement == "top":
@@ -219,14 +230,7 @@ class StochCon(SimCLR):
         return {"loss": loss, "features": h[0].detach(), **metrics}
 
     def on_step_start(self, step: int, total_steps: int) -> None:
-        self.branch.set_temperature(
-            cosine_anneal(
-                step,
-                total_steps,
-                self.latent_cfg.gumbel_temperature_start,
-                self.latent_cfg.gumbel_temperature_end,
-            )
-        )
+        self.branch.anneal_temperature(step, total_steps, self.latent_cfg)
 
 
 class SupervisedBernoulli(Method):
@@ -251,14 +255,7 @@ class SupervisedBernoulli(Method):
         if num_classes < 2:
             raise ValueError(f"the supervised method needs a labelled dataset, got {num_classes} classes")
         self.latent_cfg = latent_cfg
-        self.branch = StochasticBranch(
-            feature_dim,
-            "bernoulli",
-            latent_cfg.latent_dim,
-            latent_cfg.variates,
-            latent_cfg.gumbel_temperature_start,
-            latent_cfg.pi_init_gain,
-        )
+        self.branch = StochasticBranch.from_config(feature_dim, latent_cfg)
         self.classifier = nn.Linear(feature_dim, num_classes)
 
     def logits(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -286,14 +283,7 @@ class SupervisedBernoulli(Method):
         }
 
     def on_step_start(self, step: int, total_steps: int) -> None:
-        self.branch.set_temperature(
-            cosine_anneal(
-                step,
-                total_steps,
-                self.latent_cfg.gumbel_temperature_start,
-                self.latent_cfg.gumbel_temperature_end,
-            )
-        )
+        self.branch.anneal_temperature(step, total_steps, self.latent_cfg)
 
 
 def build_stochcon(cfg, backbone: nn.Module, feature_dim: int) -> Method:
