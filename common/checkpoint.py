@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from common.config import diff_configs
+from common.errors import RunFolderError
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
@@ -26,10 +27,6 @@ _STEP_NAME = re.compile(r"^step_(\d+)$")
 RESUMABLE_KEYS = {"resume", "overwrite", "progress_bar", "data.num_workers", "data.root", "log_every_steps",
                   "save_every_epochs", "save_every_steps", "keep_last", "tracker", "on_nonfinite"}
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", CHECKPOINT_DIR, "results.json", "backbone.safetensors")
-
-
-class RunFolderError(ValueError):
-    """The output folder holds another run (and we were not asked to resume it or overwrite it)."""
 
 
 def code_version() -> str:

@@ -18,11 +18,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A bad config: unknown key, wrong type, unreadable file. The message is one line."""
 
 
 def _one_line(error: Exception) -> str:

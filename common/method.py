@@ -8,9 +8,19 @@ The loop knows nothing about any method: it hands the augmented views and the la
 from __future__ import annotations
 
 import abc
+from typing import NamedTuple
 
 import torch
 from torch import nn
+
+
+class FeatureSplits(NamedTuple):
+    """Frozen backbone features (eval mode, no augmentation) of the evaluation's train and test images."""
+
+    train_x: torch.Tensor  # [N, feature_dim]
+    train_y: torch.Tensor  # int64 [N]
+    test_x: torch.Tensor
+    test_y: torch.Tensor
 
 
 class Method(nn.Module, abc.ABC):
@@ -30,3 +40,9 @@ class Method(nn.Module, abc.ABC):
 
     def on_step_end(self, step: int, total_steps: int) -> None:
         """After the optimiser step: e.g. the EMA update of a target network."""
+
+    def evaluate_features(self, features: FeatureSplits) -> dict[str, float]:
+        """The method's own figures for ``results.json`` at the end of training, computed in eval mode from the
+        features the final evaluation extracted once (a classifier's ``test_top1``, a latent's code
+        statistics, neural-collapse measures); none by default."""
+        return {}
