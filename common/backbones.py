@@ -9,6 +9,7 @@ A ``backbone.safetensors`` is self-describing: its metadata holds the ``Backbone
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -107,7 +108,14 @@ def save_backbone(backbone: nn.Module, cfg: BackboneConfig, in_chans: int, path:
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
     tmp = Path(f"{path}.tmp")
     save_file(state, str(tmp), metadata={_METADATA_KEY: json.dumps(config)})
+    os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; run files follow the user's umask
     tmp.replace(path)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _resolve_file(spec: Path) -> Path:

@@ -23,10 +23,15 @@ from common.errors import RunFolderError
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
 _STEP_NAME = re.compile(r"^step_(\d+)$")
-# Keys that may change between an interrupted run and its resumption without changing its results.
-RESUMABLE_KEYS = {"resume", "overwrite", "progress_bar", "data.num_workers", "data.root", "log_every_steps",
-                  "save_every_epochs", "save_every_steps", "keep_last", "tracker", "on_nonfinite"}
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", CHECKPOINT_DIR, "results.json", "backbone.safetensors")
+# Keys that cannot change what a run computes: an interrupted run may be resumed with other values.
+RESUMABLE_KEYS = {"output_dir", "resume", "overwrite", "progress_bar", "log_every_steps", "tracker",
+                  "save_every_epochs", "save_every_steps", "keep_last", "on_nonfinite", "max_skipped_fraction",
+                  "data.root", "data.download", "data.num_workers", "eval.batch_size", "eval.progress"}
+# What a run writes into its folder: removed by overwrite=true, and the leftovers of a start that failed
+# before its first step are removed by the next start.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "timing.json", "backbone.safetensors", CHECKPOINT_DIR,
+             "train")  # train/: the TensorBoard events of Accelerate's tracker (init_trackers("train"))
+RUN_FILE_PATTERNS = ("eval_*.json", "eval_*.png")  # evaluation commands' results written next to the run
 
 
 def code_version() -> str:
@@ -64,21 +69,44 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def prepare_run_folder(output_dir: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to start a new run in a folder that holds another one, unless resuming or overwriting."""
+def holds_run(output_dir: str | Path) -> bool:
+    """Whether a folder holds a run that did work: a checkpoint, logged steps, or final results. A start that
+    failed before its first step leaves at most its config and empty logs, which do not count."""
     folder = Path(output_dir)
-    holds_run = folder.is_dir() and any((folder / marker).exists() for marker in RUN_MARKERS)
-    if holds_run and not resume:
-        if not overwrite:
+    metrics = folder / "metrics.jsonl"
+    return bool(list_checkpoints(folder) or (metrics.is_file() and metrics.stat().st_size > 0)
+                or (folder / "results.json").exists() or (folder / "backbone.safetensors").exists())
+
+
+def remove_run_files(output_dir: str | Path) -> None:
+    folder = Path(output_dir)
+    paths = [folder / name for name in RUN_FILES] + [p for pattern in RUN_FILE_PATTERNS for p in folder.glob(pattern)]
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def prepare_run_folder(output_dir: str | Path, resume: str, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, or None for a new run; refuses to start a new run over another one.
+
+    ``resume``: "false" (a new run; a folder holding another run is refused unless ``overwrite``), "true"
+    (continue the latest checkpoint, which must exist) or "auto" (continue it if there is one, else start:
+    what a requeued cluster job wants).
+    """
+    folder = Path(output_dir)
+    checkpoint = latest_checkpoint(folder) if resume in ("true", "auto") else None
+    if resume == "true" and checkpoint is None:
+        raise RunFolderError(f"resume=true but output_dir '{folder}' has no checkpoint to continue (resume=auto "
+                             "starts a new run when there is none)")
+    if checkpoint is None:
+        if holds_run(folder) and not overwrite:
             raise RunFolderError(f"output_dir '{folder}' holds another run: pass resume=true to continue it, "
                                  "overwrite=true to replace it, or choose another output_dir")
-        for marker in RUN_MARKERS:
-            path = folder / marker
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_run_files(folder)  # the other run (overwrite=true), or what a failed start left
     folder.mkdir(parents=True, exist_ok=True)
+    return checkpoint
 
 
 def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], write_extra=None,
@@ -109,10 +137,17 @@ def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], wr
 
 
 def _fsync_dir(path: Path) -> None:
-    for file in path.iterdir() if path.is_dir() else []:
+    """Flush the files of ``path`` and the directory itself: a rename is durable only once the directory entry
+    that records it is on disk."""
+    for file in path.iterdir():
         if file.is_file():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -120,7 +155,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 (torch raises several types for truncated or foreign files)
-        raise ValueError(f"checkpoint '{file}' cannot be read: {type(error).__name__}: {error}") from None
+        raise RunFolderError(f"checkpoint '{file}' cannot be read: {type(error).__name__}: "
+                             f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from None
 
 
 def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:

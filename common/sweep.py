@@ -36,7 +36,9 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from common.config import ConfigError, load_config
+from common.config import load_config, plain_value, read_yaml
+from common.entry import run_command
+from common.errors import ConfigError
 
 _SWEEP_KEYS = {"train", "base", "output_root", "name", "overrides", "grid"}
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
@@ -93,10 +95,8 @@ def load_trainer(spec, path: str | Path = "<sweep>") -> Trainer:
 def read_sweep(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sweep file not found: {path}")
-    sweep = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(sweep, dict):
-        raise ConfigError(f"sweep file {path} must hold a mapping")
+        raise ConfigError(f"sweep file not found: {path}")
+    sweep = plain_value(read_yaml(path))  # YAML 1.2: "no" and "on" stay strings
     unknown = set(sweep) - _SWEEP_KEYS
     if unknown:
         raise ConfigError(f"sweep file {path}: unknown key '{min(unknown)}' (expected {sorted(_SWEEP_KEYS)})")
@@ -113,7 +113,7 @@ def read_sweep(path: str | Path) -> dict:
         raise ConfigError(f"sweep file {path}: 'overrides' must map dotted keys to values")
     base = (path.parent / sweep["base"]).resolve()
     if not base.is_file():
-        raise FileNotFoundError(f"sweep file {path}: base config not found: {base}")
+        raise ConfigError(f"sweep file {path}: base config not found: {base}")
     sweep["base"] = base
     return sweep
 
@@ -163,21 +163,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="what precedes the train script (default: this Python); on GPUs "
                              "'accelerate launch --num_processes 8'")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         sweep = expand(args.sweep_file)
         validate(sweep)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for index, (run, command) in enumerate(zip(sweep.runs, sweep.commands(args.launcher)), start=1):
-        print(shlex.join(command), flush=True)
-        if args.run:
-            print(f"[{index}/{len(sweep.runs)}] {run.name}", flush=True)
-            code = subprocess.call(command)
-            if code != 0:
-                print(f"error: run '{run.name}' failed with exit code {code}", file=sys.stderr)
-                return code
-    return 0
+        for index, (run, command) in enumerate(zip(sweep.runs, sweep.commands(args.launcher)), start=1):
+            print(shlex.join(command), flush=True)
+            if args.run:
+                print(f"[{index}/{len(sweep.runs)}] {run.name}", flush=True)
+                code = subprocess.call(command)
+                if code != 0:
+                    print(f"error: run '{run.name}' failed with exit code {code}", file=sys.stderr)
+                    return code
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """The training loop on Hugging Face Accelerate. It knows nothing about any method.
 
-``main(schema, build_method, argv, evaluate)`` parses the config, builds data, backbone, method and
-optimiser, trains with a per-step schedule, logs, checkpoints, and writes ``backbone.safetensors`` and
-``results.json``. Exit codes: 0 done, 1 failed (e.g. a non-finite loss), 2 bad input (config, data,
-checkpoint, output folder), 75 preempted after saving a checkpoint (requeue with ``resume=true``).
+``Trainer(cfg, build_method, evaluate).fit()`` builds data, backbone, method and optimiser, trains with a
+per-step schedule, logs, checkpoints, and writes ``backbone.safetensors`` and ``results.json``;
+``common.entry.run_trainer`` is the command line around it (exit codes in ``common.errors``).
 
-Exact resume: data order and augmentation are seeded by position (``common.batches``), every
-micro-batch reseeds the global RNG from ``(seed, step, micro-batch)`` (Gumbel noise, Brownian
-directions, dropout), and the checkpoint holds model, optimiser, grad-scaler and progress, so a run
-resumed from step ``s`` computes exactly what the uninterrupted run computes from ``s`` on.
-The seed does not depend on the rank: a method that draws noise for the global batch with
-``common.distributed.per_sample_rand`` and keeps its rank's rows gets the same noise for every sample
-whatever the number of processes (the distributed-equivalence tests rely on it).
+Exact resume: data order and augmentation are seeded by position (``common.batches``), every micro-batch
+reseeds the global RNG from ``(seed, step, micro-batch)`` (Gumbel noise, Brownian directions, dropout), and
+the checkpoint holds model, optimiser, grad-scaler and progress, so a run resumed from step ``s`` computes
+exactly what the uninterrupted run computes from ``s`` on. The seed does not depend on the rank: a method
+that draws noise for the global batch with ``common.distributed.per_sample_rand`` and keeps its rank's rows
+gets the same noise for every sample whatever the number of processes (the distributed-equivalence tests
+rely on it).
+
+Preemption: SIGTERM or SIGUSR1 (a scheduler's warning) during training saves a checkpoint at the next step
+and stops with ``Preempted``; during the initial or final evaluation it stops at once (nothing to save: the
+requeued run repeats that evaluation).
 """
 
 from __future__ import annotations
@@ -19,11 +22,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,10 @@ from torch import nn
 from tqdm import tqdm
 
 from common import distributed
-from common.augment import AugmentConfig
-from common.backbones import BACKBONE_FILE, BackboneConfig, build_backbone, save_backbone
-from common.batches import BatchStream, derive_seed
+from common.backbones import BACKBONE_FILE, build_backbone, save_backbone
+from common.backward_scale import BackwardScale, attach_backward_scale
+from common.batches import BatchStream
 from common.checkpoint import (
-    RunFolderError,
     check_resumable,
     code_version,
     latest_checkpoint,
@@ -45,46 +45,16 @@ from common.checkpoint import (
     prepare_run_folder,
     save_checkpoint,
 )
-from common.config import ConfigError, load_config, to_dict, to_yaml
-from common.data import DataConfig, build_dataset, dataset_info
+from common.config import to_dict, to_yaml
+from common.data import build_dataset, dataset_info
+from common.errors import ConfigError, RunFolderError
 from common.method import Method
 from common.metrics_log import MetricsLog
 from common.optim import OptimConfig, build_optimizer, param_groups, scaled_lr
 from common.probe import OnlineProbe
 from common.schedules import step_decay, warmup_cosine
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a scheduler should requeue the job with resume=true
-
-
-@dataclass
-class TrainConfig:
-    output_dir: str = "runs/default"
-    seed: int = 0
-    epochs: int = 100
-    max_steps: int | None = None      # stop after this many optimiser steps (the schedules span them)
-    batch_size: int = 256             # global: over all processes and accumulation steps
-    grad_accum_steps: int = 1
-    train_split: str = "train"        # stl10: train+unlabeled for self-supervised pre-training
-    mixed_precision: str = "no"       # no | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False             # torch.compile the backbone's forward
-    online_probe: bool = True         # linear classifier on detached features, trained alongside
-    probe_lr: float = 0.1
-    log_every_steps: int = 10
-    progress_bar: bool = True
-    tracker: str = "tensorboard"      # tensorboard | none
-    save_every_epochs: int = 10
-    save_every_steps: int | None = None
-    keep_last: int = 2                # checkpoints kept on disk
-    resume: bool = False              # continue from the latest checkpoint in output_dir
-    overwrite: bool = False           # replace another run's files in output_dir
-    on_nonfinite: str = "error"       # error: stop and name the step and terms | skip: drop the step, count it
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+from common.seeds import MICRO_BATCH_RNG, derive_seed
+from common.train_config import TrainConfig, check_train_config
 
 
 class NonFiniteLossError(RuntimeError):
@@ -110,7 +80,8 @@ class TrainingModule(nn.Module):
         return out
 
 
-Evaluate = Callable[[nn.Module, Any, Accelerator, str], dict]
+# evaluate(method, cfg, accelerator, stage) -> figures for results.json; stage "init" or "final"
+Evaluate = Callable[[Method, Any, Accelerator, str], dict]
 BuildMethod = Callable[[Any, nn.Module, int], Method]
 
 
@@ -120,29 +91,53 @@ def learning_rate(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch
         return warmup_cosine(step, total_steps, warmup, base, cfg.final_lr * base)
     if cfg.schedule == "step":
         return step_decay(step, [round(m * total_steps) for m in cfg.milestones], base, cfg.gamma)
-    if cfg.schedule == "constant":
-        return base
-    raise ValueError(f"optim.schedule must be warmup_cosine, step or constant, not '{cfg.schedule}'")
+    return base  # constant
+
+
+def check_launch(accelerator: Accelerator) -> None:
+    """``accelerate launch --cpu --num_processes N`` (N > 1) starts a single process in Accelerate 1.x (several
+    CPU processes need MPI there); the launcher then still sets the rendezvous address. Refuse to run one
+    process where several were asked, and give the command that works."""
+    launched_one = (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ
+                    and "WORLD_SIZE" not in os.environ)
+    if launched_one and accelerator.num_processes == 1:
+        raise ConfigError("accelerate launch --cpu started 1 process where several were asked (Accelerate runs "
+                          "several CPU processes only through MPI); use: ACCELERATE_USE_CPU=true accelerate "
+                          "launch --multi_gpu --num_processes N <script> ...")
+
+
+@contextmanager
+def restored_buffers(module: nn.Module, enabled: bool):
+    """Yields a function that puts every buffer (batch-norm running statistics and counters) back to its
+    value on entry: a skipped step must leave no trace."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()] if enabled else []
+
+    def restore() -> None:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+    yield restore
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, build_method: BuildMethod, evaluate: Evaluate | None = None):
-        if cfg.on_nonfinite not in ("error", "skip"):
-            raise ConfigError(f"on_nonfinite must be error or skip, not '{cfg.on_nonfinite}'")
         self.cfg, self.build_method, self.evaluate = cfg, build_method, evaluate
         self.output_dir = Path(cfg.output_dir)
         self.preempt_signal: int | None = None
+        self.evaluating = False
 
     # ----------------------------------------------------------------------------------------- set-up
-    def _setup(self) -> None:
+    def _setup(self) -> Path | None:
+        """Build everything; returns the checkpoint to resume from. Nothing is written into the run folder
+        before every input has been checked (a failed start must not block the corrected command)."""
         cfg = self.cfg
         tracker = None if cfg.tracker == "none" else cfg.tracker
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker,
                                        project_dir=str(self.output_dir))
         acc = self.accelerator
-        if acc.is_main_process:
-            prepare_run_folder(self.output_dir, cfg.resume, cfg.overwrite)
-        acc.wait_for_everyone()
+        check_launch(acc)
+        check_train_config(cfg, acc.num_processes)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.info = dataset_info(cfg.data)
         self.dataset = build_dataset(cfg.data, cfg.train_split)
@@ -153,6 +148,8 @@ class Trainer:
             method = distributed.convert_sync_batchnorm(method)
         probe = OnlineProbe(feature_dim, self.info.num_classes) if cfg.online_probe and self.info.num_classes else None
         module = TrainingModule(method, probe)
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        module = module.to(self.dtype)
         if cfg.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if cfg.compile:
@@ -172,6 +169,11 @@ class Trainer:
         optimizer = build_optimizer(cfg.optim, groups)
         self.module, self.optimizer = acc.prepare(module, optimizer)
         self.method: Method = acc.unwrap_model(self.module).method
+        attach_backward_scale(self.module, BackwardScale(getattr(acc, "scaler", None), cfg.grad_accum_steps,
+                                                         acc.num_processes))
+        checkpoint = prepare_run_folder(self.output_dir, cfg.resume, cfg.overwrite) if acc.is_main_process else None
+        acc.wait_for_everyone()
+        return checkpoint
 
     def _state(self, step: int, skipped: int, init_results: dict) -> dict[str, Any]:
         scaler = getattr(self.accelerator, "scaler", None)
@@ -196,10 +198,14 @@ class Trainer:
                                                                      self.in_chans, folder / BACKBONE_FILE))
         acc.wait_for_everyone()
 
-    def _restore(self) -> tuple[int, int, dict]:
-        checkpoint = latest_checkpoint(self.output_dir) if self.cfg.resume else None
-        if checkpoint is None:
+    def _restore(self, checkpoint: Path | None) -> tuple[int, int, dict]:
+        # every rank reads the checkpoint the main process found (the folder is shared)
+        found = [str(checkpoint) if checkpoint else ""]
+        if self.accelerator.num_processes > 1:
+            torch.distributed.broadcast_object_list(found, src=0)
+        if not found[0]:
             return 0, 0, {}
+        checkpoint = Path(found[0])
         state = load_checkpoint(checkpoint)
         check_resumable(state["config"], to_dict(self.cfg), checkpoint)
         try:
@@ -216,20 +222,30 @@ class Trainer:
         return state["step"], state["skipped_steps"], state["init_results"]
 
     def _run_evaluation(self, stage: str) -> dict:
+        """The ``evaluate`` callback on the main process, the method in eval mode; a preemption signal
+        received meanwhile ends the run at once (the requeued run evaluates again)."""
         acc = self.accelerator
         results: dict = {}
         if self.evaluate is not None and acc.is_main_process:
-            backbone = self.method.backbone
-            was_training = backbone.training
-            backbone.eval()
-            results = self.evaluate(backbone, self.cfg, acc, stage)
-            backbone.train(was_training)
+            was_training = self.method.training
+            self.method.eval()
+            self.evaluating = True
+            try:
+                if self.preempt_signal is not None:
+                    raise Preempted(f"signal {self.preempt_signal} received before the {stage} evaluation")
+                results = self.evaluate(self.method, self.cfg, acc, stage)
+            finally:
+                self.evaluating = False
+                self.method.train(was_training)
         acc.wait_for_everyone()
         return results
 
     # ------------------------------------------------------------------------------------- signals
     def _on_signal(self, signum, frame) -> None:
         self.preempt_signal = signum
+        if self.evaluating:
+            raise Preempted(f"signal {signum} received during evaluation in {self.output_dir}; "
+                            "rerun with resume=auto")
 
     def _any_rank(self, flag: bool) -> bool:
         if self.accelerator.num_processes == 1:
@@ -239,21 +255,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict:
-        self._setup()
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+        checkpoint = self._setup()
         cfg, acc = self.cfg, self.accelerator
-        step, skipped, init_results = self._restore()
+        step, skipped, init_results = self._restore(checkpoint)
+        finished = acc.is_main_process and step >= self.total_steps and (self.output_dir / "results.json").exists()
+        if self._any_rank(finished):
+            acc.print(f"{self.output_dir} has finished already ({step} steps): nothing to do")
+            return json.loads((self.output_dir / "results.json").read_text()) if acc.is_main_process else {}
         if step == 0:
+            init_results = self._run_evaluation("init")
             if acc.is_main_process:
                 (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
-            init_results = self._run_evaluation("init")
         log = MetricsLog(self.output_dir, resume_step=step + 1) if acc.is_main_process else None
         if cfg.tracker != "none":
             acc.init_trackers("train")
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(signum, self._on_signal)
 
         progress = tqdm(total=self.total_steps, initial=step, disable=not (acc.is_main_process and cfg.progress_bar),
-                        dynamic_ncols=True, mininterval=1.0)
+                        dynamic_ncols=True, mininterval=1.0, desc="train")
         start_time, start_step = time.perf_counter(), step
         self.module.train()
         while step < self.total_steps:
@@ -262,9 +282,11 @@ class Trainer:
                 if step >= self.total_steps:
                     break
                 out, finite = self._train_step(step, micro_views, micro_labels)
-                if not finite:
+                if finite:
+                    self.method.on_step_end(step, self.total_steps)
+                else:
                     skipped += 1
-                self.method.on_step_end(step, self.total_steps)
+                    self._check_skipped(step, skipped)
                 step += 1
                 progress.update(1)
                 if step % cfg.log_every_steps == 0 or step == self.total_steps:
@@ -278,13 +300,25 @@ class Trainer:
                 if preempted:
                     progress.close()
                     raise Preempted(f"signal {self.preempt_signal} received: saved step {step} in "
-                                    f"{self.output_dir}; rerun with resume=true")
+                                    f"{self.output_dir}; rerun with resume=auto")
         progress.close()
         train_seconds = time.perf_counter() - start_time
         self._save(step, skipped, init_results)
         results = self._finish(step, skipped, init_results, train_seconds)
         acc.end_training()
         return results
+
+    def _check_skipped(self, step: int, skipped: int) -> None:
+        limit = self.cfg.max_skipped_fraction * self.total_steps
+        if skipped > limit:
+            raise NonFiniteLossError(
+                f"{skipped} of {self.total_steps} steps had a non-finite loss (the last at step {step}), more than "
+                f"max_skipped_fraction={self.cfg.max_skipped_fraction}: the run is diverging"
+                + self._checkpoint_note())
+
+    def _checkpoint_note(self) -> str:
+        last = latest_checkpoint(self.output_dir)
+        return f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
 
     def _train_step(self, step: int, micro_views, micro_labels) -> tuple[dict, bool]:
         cfg, acc = self.cfg, self.accelerator
@@ -293,24 +327,27 @@ class Trainer:
         self.method.on_step_start(step, self.total_steps)
         accumulation = len(micro_views)
         out: dict = {}
-        for micro, (views, labels) in enumerate(zip(micro_views, micro_labels)):
-            torch.manual_seed(derive_seed(cfg.seed, step, micro, 0x5EED))
-            if cfg.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            sync = micro == accumulation - 1
-            context = nullcontext() if sync else acc.no_sync(self.module)
-            with context:
-                out = self.module(views, labels)
-                loss = out["loss"] + out.get("probe_loss", 0.0)
-                if self._any_rank(not bool(torch.isfinite(loss))):
-                    bad = [k for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1
-                           and not bool(torch.isfinite(v))]
-                    if cfg.on_nonfinite == "error":
-                        raise NonFiniteLossError(f"non-finite loss at step {step} (terms: {', '.join(bad) or 'loss'})"
-                                                 f"; the last good checkpoint in {self.output_dir} is kept")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    return out, False
-                acc.backward(loss / accumulation)
+        with restored_buffers(self.module, cfg.on_nonfinite == "skip") as restore:
+            for micro, (views, labels) in enumerate(zip(micro_views, micro_labels)):
+                torch.manual_seed(derive_seed(cfg.seed, step, micro, MICRO_BATCH_RNG))
+                views = [v.to(self.dtype) for v in views]
+                if cfg.channels_last:
+                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+                sync = micro == accumulation - 1
+                context = nullcontext() if sync else acc.no_sync(self.module)
+                with context:
+                    out = self.module(views, labels)
+                    loss = out["loss"] + out.get("probe_loss", 0.0)
+                    if self._any_rank(not bool(torch.isfinite(loss))):
+                        bad = [k for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1
+                               and not bool(torch.isfinite(v))]
+                        if cfg.on_nonfinite == "error":
+                            raise NonFiniteLossError(f"non-finite loss at step {step} (terms: "
+                                                     f"{', '.join(bad) or 'loss'})" + self._checkpoint_note())
+                        self.optimizer.zero_grad(set_to_none=True)
+                        restore()
+                        return out, False
+                    acc.backward(loss / accumulation)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         out["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
@@ -355,23 +392,3 @@ def print_results(results: dict, output_dir: Path) -> None:
     for key, value in results.items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"  {key:<{width}}  {shown}")
-
-
-def main(schema: type, build_method: BuildMethod, argv: list[str] | None = None, evaluate: Evaluate | None = None,
-         default_config: str | Path | None = None) -> int:
-    """Run a trainer from the command line; returns the process exit code."""
-    try:
-        cfg = load_config(schema, argv, default_config)
-        Trainer(cfg, build_method, evaluate).fit()
-        return 0
-    except Preempted as message:
-        print(f"preempted: {message}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except (ConfigError, RunFolderError, FileNotFoundError, ValueError) as error:
-        if os.environ.get("SSL_REPRO_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT

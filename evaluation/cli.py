@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,11 @@ from torch import Tensor, nn
 
 from common.augment import build_eval_transform
 from common.backbones import is_model_name, load_backbone, read_backbone_config
-from common.config import ConfigError, load_config
-from common.data import build_dataset, dataset_info, stratified_subset
-from evaluation.features import extract_features
+from common.config import parse_command_line
+from common.data import dataset_info
+from common.entry import run_command
+from common.errors import ConfigError, RunFolderError
+from evaluation.labelled import train_test_features
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,17 +48,8 @@ def labelled_features(cfg) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     backbone, _, in_chans = load_eval_backbone(cfg.checkpoint)
     device = resolve_device(cfg.device)
     backbone.to(device)
-    transform = dataset_transform(cfg, in_chans)
-    train_set, test_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "test")
-    indices = None
-    if cfg.max_train_images is not None and cfg.max_train_images < len(train_set):
-        indices = torch.tensor(stratified_subset(train_set.targets, cfg.max_train_images))
-    train_x, train_y = extract_features(backbone, train_set, transform, cfg.batch_size, device,
-                                        cfg.num_workers, indices)
-    test_x, test_y = extract_features(backbone, test_set, transform, cfg.batch_size, device, cfg.num_workers)
-    if (train_y < 0).any() or (test_y < 0).any():
-        raise ValueError(f"dataset '{cfg.data.name}' has unlabelled images; evaluation needs labels")
-    return train_x, train_y, test_x, test_y
+    return tuple(train_test_features(backbone, replace(cfg.data, num_workers=cfg.num_workers), in_chans,
+                                     cfg.image_size, cfg.batch_size, cfg.max_train_images, device))
 
 
 def default_output(checkpoint: str, protocol: str, dataset: str | None) -> Path:
@@ -72,41 +64,43 @@ def default_output(checkpoint: str, protocol: str, dataset: str | None) -> Path:
 
 
 def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[str] | None,
-                 protocol: str | Callable[[Any], str], plot: Callable[[dict, Path], None] | None = None) -> int:
+                 protocol: str | Callable[[Any], str], plot: Callable[[dict, Path], None] | None = None,
+                 usage: str = "") -> int:
     """Parse the config, refuse to overwrite an existing result, evaluate, write the JSON; the exit code.
 
     ``protocol`` names the result (``eval_<protocol>_<dataset>.json``); a callable derives it from the config.
     ``plot(results, png_path)`` draws the figure of the results next to the JSON (same name, ``.png``).
+    ``--help`` prints ``usage`` and every key; ``--print-config`` the resolved config. Bad input is one line and
+    exit code 2 (``common.entry.run_command``); anything else is a bug and keeps its traceback.
     """
-    try:
-        cfg = load_config(schema, argv)
+
+    def body() -> int:
+        cfg = parse_command_line(schema, argv, usage or f"usage: python -m evaluation {protocol} checkpoint=... "
+                                 "[key=value ...] [--print-config] [--help]")
+        if cfg is None:
+            return 0
         if cfg.checkpoint in ("???", ""):
-            raise ConfigError("missing value for key 'checkpoint' (a run folder, backbone.safetensors or a model name)")
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    protocol = protocol(cfg) if callable(protocol) else protocol
-    dataset = getattr(cfg, "dataset", None) or getattr(getattr(cfg, "data", None), "name", None)
-    output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, protocol, dataset)
-    if output.exists() and not cfg.overwrite:
-        print(f"error: {output} exists; pass overwrite=true or another output=PATH", file=sys.stderr)
-        return 2
-    try:
+            raise ConfigError("missing value for key 'checkpoint' (a run folder, backbone.safetensors or a model "
+                              "name)")
+        name = protocol(cfg) if callable(protocol) else protocol
+        dataset = getattr(cfg, "dataset", None) or getattr(getattr(cfg, "data", None), "name", None)
+        output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, name, dataset)
+        if output.exists() and not cfg.overwrite:
+            raise RunFolderError(f"{output} exists; pass overwrite=true or another output=PATH")
         start = time.perf_counter()
         results = evaluate(cfg)
-    except (FileNotFoundError, ValueError) as error:  # bad input: a missing folder, a corrupt image, a foreign checkpoint
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    record = {"protocol": protocol, "checkpoint": cfg.checkpoint, "results": results,
-              "seconds": round(time.perf_counter() - start, 2), "config": asdict(cfg)}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(output)
-    if plot is not None:
-        plot(results, output.with_suffix(".png"))
-        print(f"wrote {output.with_suffix('.png')}")
-    for key, value in results.items():
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    print(f"wrote {output}")
-    return 0
+        record = {"protocol": name, "checkpoint": cfg.checkpoint, "results": results,
+                  "seconds": round(time.perf_counter() - start, 2), "config": asdict(cfg)}
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(output.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(output)
+        if plot is not None:
+            plot(results, output.with_suffix(".png"))
+            print(f"wrote {output.with_suffix('.png')}")
+        for key, value in results.items():
+            print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+        print(f"wrote {output}")
+        return 0
+
+    return run_command(body)

@@ -13,18 +13,18 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: import the repository's packages, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from torch import nn
 
 from common.augment import AugmentConfig, msbreg_augment
-from common.config import ConfigError
+from common.entry import run_trainer
+from common.errors import ConfigError
 from common.method import Method
 from common.optim import OptimConfig
-from common.trainer import TrainConfig
-from common.trainer import main as trainer_main
-from evaluation.final import FinalEvalConfig, evaluate_backbone
+from common.train_config import TrainConfig
+from evaluation.final import FinalEvalConfig, evaluate_method
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.msbreg import MSBReg, MSBRegConfig
 
@@ -71,7 +71,8 @@ def build_method(cfg: MSBRegTrainConfig, backbone: nn.Module, feature_dim: int) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    return trainer_main(MSBRegTrainConfig, build_method, argv, evaluate=evaluate_backbone)
+    return run_trainer(MSBRegTrainConfig, build_method, evaluate=evaluate_method, argv=argv,
+                       script="msbreg/train.py", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -15,20 +15,22 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.augment import AugmentConfig, build_eval_transform
-from common.config import ConfigError, load_config, split_argv
-from common.data import build_dataset, dataset_info
-from common.method import Method
+from common.augment import AugmentConfig
+from common.config import parse_command_line, split_argv
+from common.config_types import PositiveInt
+from common.data import dataset_info
+from common.entry import run_command, usage_text
+from common.errors import ConfigError
+from common.method import FeatureSplits, Method
 from common.optim import OptimConfig
-from common.trainer import TrainConfig
-from common.trainer import main as train_main
-from evaluation.features import extract_features
+from common.train_config import TrainConfig
+from common.trainer import Trainer
+from evaluation.final import FinalEvalConfig, evaluate_method
 from stochcon.analysis.runs import load_trained_method
 
 MODES = ("frozen", "finetune")
@@ -36,11 +38,13 @@ MODES = ("frozen", "finetune")
 
 @dataclass
 class FinetuneConfig(TrainConfig):
-    checkpoint: str = ""  # pre-training run folder or checkpoint folder
-    mode: str = "finetune"  # frozen: train the linear head only | finetune: the whole network
-    epochs: int = 100
+    checkpoint: str = ""  # pre-training run folder or checkpoint folder (required)
+    mode: Literal["frozen", "finetune"] = "finetune"  # frozen: train the linear head only | finetune: everything
+    epochs: PositiveInt = 100
     online_probe: bool = False
-    save_every_epochs: int = 100
+    save_every_epochs: PositiveInt = 100
+    # after fine-tuning: the classifier's test_top1, and a 20-NN of the fine-tuned backbone's features
+    eval: FinalEvalConfig = field(default_factory=lambda: FinalEvalConfig(knn_k=[20], knn_at_init=False, linear=False))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(name="supervised", num_views=1))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(
@@ -103,27 +107,16 @@ class Finetuned(Method):
         logits = self.head(z)
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        return {"loss": loss, "features": features.detach(), "train_acc": accuracy.detach()}
+        return {"loss": loss, "features": features.detach(), "train_top1": accuracy.detach()}
 
-
-class _Classifier(nn.Module):
-    """Images -> logits, for the test-set evaluation (eval mode: deterministic latent)."""
-
-    def __init__(self, finetuned: Finetuned):
-        super().__init__()
-        self.finetuned = finetuned
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.finetuned.head(self.finetuned.encode(images)[1])
-
-
-def test_accuracy(finetuned: Finetuned, cfg: Any, device: torch.device | str = "cpu") -> float:
-    info = dataset_info(cfg.data)
-    transform = build_eval_transform(info, cfg.backbone.in_chans or info.channels, cfg.augment.image_size)
-    logits, labels = extract_features(
-        _Classifier(finetuned), build_dataset(cfg.data, "test"), transform, 512, device, cfg.data.num_workers
-    )
-    return float((logits.argmax(1) == labels).float().mean())
+    def evaluate_features(self, features: FeatureSplits) -> dict[str, float]:
+        """``test_top1``: the fine-tuned classifier on the test images (eval mode: the deterministic latent)."""
+        h = features.test_x.to(self.head.weight.device, self.head.weight.dtype)
+        z = h if self.branch is None else self.branch.pi(h)
+        if self.branch is not None and self.branch.kind == "bernoulli":
+            z = self.branch.latent(z)
+        logits = self.head(z)
+        return {"test_top1": float((logits.argmax(1).cpu() == features.test_y).float().mean())}
 
 
 def _pretraining_overrides(checkpoint: str) -> list[str]:
@@ -142,42 +135,34 @@ def _pretraining_overrides(checkpoint: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = load_config(FinetuneConfig, argv)
+
+    def body() -> int:
+        cfg = parse_command_line(FinetuneConfig, argv, usage_text("python -m stochcon.finetune", __doc__))
+        if cfg is None:
+            return 0
         if not cfg.checkpoint:
-            raise ConfigError(
-                "checkpoint is required: --checkpoint RUN (a pre-training run or checkpoint folder)"
-            )
-        if cfg.mode not in MODES:
-            raise ConfigError(f"mode must be frozen or finetune, not '{cfg.mode}'")
-        config_file, overrides = split_argv(argv)
-        argv = (
-            (["--config", config_file] if config_file else [])
-            + _pretraining_overrides(cfg.checkpoint)
-            + overrides
-        )
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    built: dict[str, Finetuned] = {}
+            raise ConfigError("checkpoint is required: --checkpoint RUN (a pre-training run or checkpoint folder)")
+        # the pre-training run's data and backbone, under this command's own file and overrides
+        line = split_argv(argv)
+        line.overrides = _pretraining_overrides(cfg.checkpoint) + line.overrides
+        cfg = parse_command_line(FinetuneConfig, (["--config", line.config_file] if line.config_file else [])
+                                 + line.overrides, "")
+        Trainer(cfg, build, evaluate).fit()
+        return 0
 
     def build(cfg: FinetuneConfig, backbone: nn.Module, feature_dim: int) -> Method:
         pretrained, _, _ = load_trained_method(cfg.checkpoint)
         backbone.load_state_dict(pretrained.backbone.state_dict())
         pretrained.backbone = backbone
-        built["method"] = Finetuned(pretrained, dataset_info(cfg.data).num_classes, cfg.mode)
-        return built["method"]
+        return Finetuned(pretrained, dataset_info(cfg.data).num_classes, cfg.mode)
 
-    def evaluate(backbone: nn.Module, cfg: FinetuneConfig, accelerator, stage: str) -> dict:
+    def evaluate(method: Method, cfg: FinetuneConfig, accelerator, stage: str) -> dict:
         if stage != "final":
             return {}
-        return {
-            "test_top1": test_accuracy(built["method"], cfg, accelerator.device),
-            "mode": cfg.mode,
-            "checkpoint": str(Path(cfg.checkpoint).resolve()),
-        }
+        results = evaluate_method(method, cfg, accelerator, stage)
+        return {**results, "mode": cfg.mode, "checkpoint": str(Path(cfg.checkpoint).resolve())}
 
-    return train_main(FinetuneConfig, build, argv, evaluate=evaluate)
+    return run_command(body)
 
 
 if __name__ == "__main__":

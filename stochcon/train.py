@@ -10,15 +10,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: import the repository's packages, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from torch import nn
 
+from common.entry import run_trainer
 from common.method import Method
-from common.trainer import TrainConfig
-from common.trainer import main as train_main
-from evaluation.final import FinalEvalConfig, evaluate_backbone
+from common.train_config import TrainConfig
+from evaluation.final import FinalEvalConfig, evaluate_method
 from stochcon.simclr import SimCLR, SimCLRConfig
 from stochcon.stochcon import build_stochcon, build_supervised
 
@@ -45,7 +45,8 @@ def build_method(cfg: StochConTrainConfig, backbone: nn.Module, feature_dim: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    return train_main(StochConTrainConfig, build_method, argv, evaluate=evaluate_backbone, default_config=QUICKSTART)
+    return run_trainer(StochConTrainConfig, build_method, evaluate=evaluate_method, argv=argv,
+                       default_config=QUICKSTART, script="stochcon/train.py", doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,19 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __package__ in (None, ""):  # run as a script: import the repository's packages, not this folder's modules
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import torch
 from torch import nn
 
-from common.config import ConfigError
 from common.data import dataset_info
+from common.entry import run_trainer
+from common.errors import ConfigError
 from common.method import Method
-from common.trainer import TrainConfig
-from common.trainer import main as train_main
-from evaluation.final import FinalEvalConfig, _features, evaluate_backbone
+from common.train_config import TrainConfig
+from evaluation.final import FinalEvalConfig, evaluate_method
+from evaluation.labelled import train_test_features
 from evaluation.linear import LinearProbeConfig, linear_probe
 from vcreg.analysis.collapse import collapse_metrics
 from vcreg.method import SupervisedClassifier, VCRegLayerConfig, VCRegMethodConfig, build_vcreg_method
@@ -47,47 +48,41 @@ class VCRegTrainConfig(TrainConfig):
 CONFIG_SCHEMA = VCRegTrainConfig  # the schema common.sweep validates a sweep's runs against
 
 
-class VCRegRun:
-    """``build_method`` and ``evaluate`` of one run; the evaluation needs the classifier the method built."""
+def build_method(cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
+    if cfg.subclass_probe and not (cfg.data.name == "cifar100" and cfg.data.labels == "coarse"):
+        raise ConfigError("subclass_probe needs data.name=cifar100 and data.labels=coarse "
+                          f"(got {cfg.data.name}, labels={cfg.data.labels})")
+    layer = cfg.vcreg
+    if layer.enabled:
+        apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
+                    delta=layer.delta, all_reduce=layer.all_reduce, overrides=layer.overrides)
+    return build_vcreg_method(cfg.method, backbone, feature_dim, dataset_info(cfg.data).num_classes)
 
-    def __init__(self) -> None:
-        self.method: Method | None = None
 
-    def build_method(self, cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
-        if cfg.subclass_probe and not (cfg.data.name == "cifar100" and cfg.data.labels == "coarse"):
-            raise ConfigError("subclass_probe needs data.name=cifar100 and data.labels=coarse "
-                              f"(got {cfg.data.name}, labels={cfg.data.labels})")
-        layer = cfg.vcreg
-        if layer.enabled:
-            apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
-                        delta=layer.delta, all_reduce=layer.all_reduce, overrides=layer.overrides)
-        self.method = build_vcreg_method(cfg.method, backbone, feature_dim, dataset_info(cfg.data).num_classes)
-        return self.method
-
-    def evaluate(self, backbone: nn.Module, cfg: VCRegTrainConfig, accelerator, stage: str) -> dict:
-        results = evaluate_backbone(backbone, cfg, accelerator, stage)
-        if stage != "final" or not accelerator.is_main_process:
-            return results
-        device = accelerator.device
-        train, test = _features(accelerator.unwrap_model(backbone), cfg, device)
-        results |= collapse_metrics(train, test)
-        if isinstance(self.method, SupervisedClassifier):
-            with torch.no_grad():
-                logits = self.method.classifier(test[0].to(device))
-            results["test_top1"] = float((logits.argmax(1).cpu() == test[1]).float().mean())
-        if cfg.subclass_probe:
-            fine = replace(cfg, data=replace(cfg.data, labels="fine"))
-            (train_x, train_y), (test_x, test_y) = _features(accelerator.unwrap_model(backbone), fine, device)
-            probe = LinearProbeConfig(epochs=cfg.eval.linear_epochs, batch_size=cfg.eval.linear_batch_size,
-                                      lr=cfg.eval.linear_lr, weight_decay=cfg.eval.linear_weight_decay)
-            accuracy = linear_probe(train_x, train_y, test_x, test_y, probe, device=device, seed=cfg.seed)
-            results["subclass_linear_top1"] = accuracy["top1"]
+def evaluate(method: Method, cfg: VCRegTrainConfig, accelerator, stage: str) -> dict:
+    results = evaluate_method(method, cfg, accelerator, stage)
+    if stage != "final" or not accelerator.is_main_process:
         return results
+    device = accelerator.device
+    features = train_test_features(method.backbone, cfg.data, cfg.backbone.in_chans, cfg.augment.image_size,
+                                   cfg.eval.batch_size, cfg.eval.max_train_images, device)
+    results |= collapse_metrics((features.train_x, features.train_y), (features.test_x, features.test_y))
+    if isinstance(method, SupervisedClassifier):
+        with torch.no_grad():
+            logits = method.classifier(features.test_x.to(device))
+        results["test_top1"] = float((logits.argmax(1).cpu() == features.test_y).float().mean())
+    if cfg.subclass_probe:
+        fine = train_test_features(method.backbone, replace(cfg.data, labels="fine"), cfg.backbone.in_chans,
+                                   cfg.augment.image_size, cfg.eval.batch_size, cfg.eval.max_train_images, device)
+        probe = LinearProbeConfig(epochs=cfg.eval.linear_epochs, batch_size=cfg.eval.linear_batch_size,
+                                  lr=cfg.eval.linear_lr, weight_decay=cfg.eval.linear_weight_decay)
+        results["subclass_linear_top1"] = linear_probe(*fine, probe, device=device, seed=cfg.seed)["top1"]
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = VCRegRun()
-    return train_main(VCRegTrainConfig, run.build_method, argv, evaluate=run.evaluate, default_config=QUICKSTART)
+    return run_trainer(VCRegTrainConfig, build_method, evaluate=evaluate, argv=argv, default_config=QUICKSTART,
+                       script="vcreg/train.py", doc=__doc__)
 
 
 if __name__ == "__main__":

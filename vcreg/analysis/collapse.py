@@ -27,7 +27,7 @@ from common.config import load_config
 from common.data import build_dataset, dataset_info, stratified_subset
 from common.plots import new_figure, save_figure
 from evaluation.features import extract_features, is_in_memory
-from evaluation.final import _features
+from evaluation.labelled import train_test_features
 
 
 def class_means(features: Tensor, labels: Tensor, num_classes: int | None = None) -> tuple[Tensor, Tensor]:
@@ -122,8 +122,9 @@ def analyse_run(run: Path, mine_images: int, mine_steps: int, device: torch.devi
     cfg = load_config(VCRegTrainConfig, ["--config", str(run / "config.yaml")])
     backbone, _ = load_backbone(run)
     backbone.to(device).eval()
-    train, test = _features(backbone, cfg, device)
-    result = {"run": str(run), **collapse_metrics(train, test)}
+    features = train_test_features(backbone, cfg.data, cfg.backbone.in_chans, cfg.augment.image_size,
+                                   cfg.eval.batch_size, cfg.eval.max_train_images, device)
+    result = {"run": str(run), **collapse_metrics(features[:2], features[2:])}
     if mine_images > 0:
         dataset = build_dataset(cfg.data, "train")
         if not is_in_memory(dataset):

@@ -1,0 +1,110 @@
+"""``--help`` for every entry point: each key of a config schema with its type, default and the comment the
+dataclass gives it, grouped by section.
+
+The comments are read from the dataclasses' source: the comment at the end of a field's line, or the comment
+lines right above it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import json
+import tokenize
+from typing import Any
+
+from common.config import _is_dataclass_type, field_types, method_union, type_name
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Field name -> its comment in the source of ``cls`` and of the dataclasses it inherits from."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        comments.update(_comments_in(source, set(getattr(klass, "__annotations__", {}))))
+    return comments
+
+
+def _comments_in(source: str, names: set[str]) -> dict[str, str]:
+    lines = source.splitlines()
+    inline: dict[int, str] = {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            inline[token.start[0]] = token.string.lstrip("#").strip()
+    found: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        name = stripped.split(":", 1)[0].strip()
+        if name not in names or not stripped.startswith(name + ":"):
+            continue
+        above = []
+        previous = number - 1
+        while previous >= 1 and lines[previous - 1].strip().startswith("#"):
+            above.insert(0, lines[previous - 1].strip().lstrip("#").strip())
+            previous -= 1
+        parts = above + ([inline[number]] if number in inline and not line.strip().startswith("#") else [])
+        if parts:
+            found[name] = " ".join(parts)
+    return found
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _section_lines(cls: type, instance: Any, prefix: str, out: list[tuple[str, list[str]]]) -> None:
+    comments = field_comments(cls)
+    rows: list[str] = []
+    nested: list[tuple[type, Any, str, dict | None]] = []
+    for name, tp in field_types(cls).items():
+        value = getattr(instance, name)
+        if _is_dataclass_type(tp):
+            nested.append((tp, value, f"{prefix}{name}.", None))
+            continue
+        choices = method_union(tp)
+        if choices is not None:
+            nested.append((tp, value, f"{prefix}{name}.", choices))
+            continue
+        row = f"  {prefix}{name}: {type_name(tp)} = {_shown(value)}"
+        if name in comments:
+            row += f"    # {comments[name]}"
+        rows.append(row)
+    out.append((prefix.rstrip(".") or "run", rows))
+    for tp, value, sub, choices in nested:
+        if choices is None:
+            _section_lines(tp, value, sub, out)
+            continue
+        for name, option in choices.items():
+            default = value if type(value) is option else option()
+            title_rows: list[tuple[str, list[str]]] = []
+            _section_lines(option, default, sub, title_rows)
+            chosen = " (the default)" if type(value) is option else ""
+            first_title, first_rows = title_rows[0]
+            title_rows[0] = (f"{first_title} with {sub}name={name}{chosen}", first_rows)
+            out.extend(title_rows)
+
+
+def schema_help(schema: type) -> str:
+    """Every key of ``schema``, by section: ``  key: type = default    # comment``."""
+    sections: list[tuple[str, list[str]]] = []
+    _section_lines(schema, schema(), "", sections)
+    text = ["Keys (set them in the YAML file or as key=value; dotted keys for sections):"]
+    for title, rows in sections:
+        if rows:
+            text.append(f"\n[{title}]")
+            text.extend(rows)
+    return "\n".join(text)

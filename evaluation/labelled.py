@@ -1,0 +1,45 @@
+"""Frozen features of a labelled data set's train and test splits: what k-NN, the linear probe and a method's
+own end-of-run figures read."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from common.augment import build_eval_transform
+from common.data import DataConfig, build_dataset, dataset_info, stratified_subset
+from common.errors import DataError
+from common.method import FeatureSplits
+from evaluation.features import extract_features
+
+
+class _CastInputs(nn.Module):
+    """The backbone as the evaluation calls it: images cast to its weights' dtype (a float64 run)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.dtype = next(backbone.parameters()).dtype
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(images.to(self.dtype))
+
+
+def train_test_features(backbone: nn.Module, data: DataConfig, in_chans: int | None, image_size: int | None,
+                        batch_size: int, max_train_images: int | None, device: torch.device) -> FeatureSplits:
+    """Frozen features of ``data``'s train split (``max_train_images`` of it, stratified, if set) and test
+    split, through the dataset's evaluation transform; every image must be labelled."""
+    info = dataset_info(data)
+    transform = build_eval_transform(info, in_chans or info.channels, image_size)
+    train_set, test_set = build_dataset(data, "train"), build_dataset(data, "test")
+    indices = None
+    if max_train_images is not None and max_train_images < len(train_set):
+        indices = torch.tensor(stratified_subset(train_set.targets, max_train_images))
+    model = _CastInputs(backbone)
+    train_x, train_y = extract_features(model, train_set, transform, batch_size, device, data.num_workers, indices)
+    test_x, test_y = extract_features(model, test_set, transform, batch_size, device, data.num_workers)
+    if (train_y < 0).any() or (test_y < 0).any():
+        raise DataError(f"dataset '{data.name}' has unlabelled train or test images: the evaluation needs labels "
+                        "(set eval.knn_at_init=false and eval.linear=false, and evaluate with python -m evaluation "
+                        "on a labelled dataset)")
+    return FeatureSplits(train_x, train_y, test_x, test_y)
