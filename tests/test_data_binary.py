@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError, DataError
 from common.data import (
     DataConfig,
     build_dataset,
@@ -88,7 +89,7 @@ def test_cifar100_fine_and_coarse_labels(tmp_path):
 
 
 def test_cifar_missing_files_without_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*data_batch_1"):
+    with pytest.raises(DataError, match="cifar-10-batches-py.*data_batch_1"):
         build_dataset(DataConfig(name="cifar10", root=str(tmp_path), download=False), "train")
 
 
@@ -184,7 +185,7 @@ def test_fashion_mnist_found_in_the_system_folder(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
         build_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), "test")
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x03" + bytes(12))
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + struct.pack(">I", 0))

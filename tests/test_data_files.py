@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
+from common.errors import ConfigError, DataError
 from common.data import (
     IMAGENET_MEAN,
     CorruptImageError,
@@ -40,8 +42,15 @@ def test_image_folder_labelled_and_test_split(tmp_path):
     assert image.getpixel((0, 0)) == (0, 255, 0)
     assert train[3][0].mode == "RGB"  # a grayscale file is converted to RGB
     assert build_dataset(cfg, "test").targets.tolist() == [0, 1]
+    # Small (12x10) colour images: their own shorter side and the statistics of their pixels, each image a
+    # single colour: cat 3 x red + 1 x gray 128, dog 4 x green (the same pixel count each).
     info = dataset_info(cfg)
-    assert (info.num_classes, info.channels, info.mean) == (2, 3, IMAGENET_MEAN)
+    assert (info.num_classes, info.channels, info.image_size) == (2, 3, 10)
+    colors = np.array([(1, 0, 0)] * 3 + [(128 / 255,) * 3] + [(0, 1, 0)] * 4)
+    mean = colors.mean(axis=0)
+    std = np.sqrt((colors**2).mean(axis=0) - mean**2)
+    # Both sides are float64 sums of the same 8 x 120 values in another order: rounding differs by ~1e-16.
+    assert info.mean == pytest.approx(mean, abs=1e-12) and info.std == pytest.approx(std, abs=1e-12)
 
 
 def test_flat_image_folder_is_unlabelled(tmp_path):
@@ -62,7 +71,7 @@ def test_imagenet100_uses_the_standard_class_list(tmp_path):
     for c in classes[:60]:
         write_png(tmp_path / "train" / c / "a.png", (1, 2, 3))
     cfg = DataConfig(name="imagenet100", root=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="lacks 40 of the 100 imagenet100 class folders"):
+    with pytest.raises(DataError, match="lacks 40 of the 100 imagenet100 class folders"):
         build_dataset(cfg, "train")
     for c in classes[60:]:
         write_png(tmp_path / "train" / c / "a.png", (1, 2, 3))
@@ -72,12 +81,12 @@ def test_imagenet100_uses_the_standard_class_list(tmp_path):
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing-folder"):
+    with pytest.raises(DataError, match="missing-folder"):
         build_dataset(DataConfig(name="imagenet", root=str(tmp_path / "missing-folder")), "train")
     (tmp_path / "train").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"no images found in .*train"):
+    with pytest.raises(DataError, match=r"no images found in .*train"):
         build_dataset(DataConfig(name="imagenet", root=str(tmp_path)), "train")
-    with pytest.raises(FileNotFoundError, match=r"val not found"):
+    with pytest.raises(DataError, match=r"val not found"):
         build_dataset(DataConfig(name="imagenet", root=str(tmp_path)), "test")
 
 
@@ -158,7 +167,7 @@ def test_hf_parquet_file_and_errors(tmp_path, hf_cache):
         build_dataset(DataConfig(**{**cfg.__dict__, "image_column": "image"}), "train")
     with pytest.raises(ValueError, match="no split 'val'"):
         build_dataset(cfg, "test")
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
+    with pytest.raises(DataError, match="nothing-here"):
         build_dataset(DataConfig(name="hf", root=str(tmp_path / "nothing-here")), "train")
 
 
