@@ -116,7 +116,7 @@ def _check_timm_weights(cfg: BackboneConfig, name: str) -> None:
         huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[0]), timeout=10)
     except HfHubHTTPError:
         return
-    except Exception as error:  # noqa: BLE001 (the HTTP client's connection and timeout errors have no common base)
+    except Exception as error:
         raise _weights_unavailable(cfg, " ".join(str(error).split()) or type(error).__name__, cache) from error
 
 

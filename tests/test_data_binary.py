@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import ConfigError, DataError
 from common.data import (
     DataConfig,
     build_dataset,
     dataset_info,
     fashion_mnist,
 )
+from common.errors import DataError
 
 RNG = np.random.default_rng(0)
 

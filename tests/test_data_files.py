@@ -4,17 +4,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from common.errors import ConfigError, DataError
+from common.augment import build_eval_transform
 from common.data import (
     IMAGENET_MEAN,
+    IMAGENET_STD,
     CorruptImageError,
     DataConfig,
+    MultiViewDataset,
     build_dataset,
     dataset_info,
     imagenet100_classes,
+    skipped_files,
 )
+from common.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------- image folders
 
@@ -106,8 +112,7 @@ def test_corrupt_jpeg_error_names_the_file_and_skip_counts_it(tmp_path):
         strict[3]
 
     lenient = build_dataset(DataConfig(name="image_folder", root=str(tmp_path), skip_corrupt=True), "train")
-    with pytest.warns(UserWarning, match="skipping corrupt image"):
-        images = [lenient[i][0] for i in range(len(lenient))]
+    images = [lenient[i][0] for i in range(len(lenient))]
     assert all(im.size == (64, 64) for im in images)
     assert lenient.num_skipped == 2
     assert any("good1_truncated.jpg" in s for s in lenient.skipped)
@@ -180,3 +185,93 @@ def test_hf_imagefolder(tmp_path, hf_cache):
     colors = {train[i][0].getpixel((0, 0))[0]: train[i][1] for i in range(3)}
     assert colors == {1: 0, 2: 1, 3: 1}
     assert build_dataset(cfg, "test").targets.tolist() == [0]
+
+
+# ---------------------------------------------------------------------------------------------- corrupt files in workers
+
+
+def to_tensor(image):
+    return torch.from_numpy(np.asarray(image).copy())
+
+
+def corrupt_folder(root: Path) -> list[str]:
+    """Six 16x16 images in one class, the second and fifth corrupt (a truncated PNG, bytes that are no image)."""
+    for i in range(6):
+        write_png(root / "train" / "a" / f"{i}.png", (i, 0, 0), size=(16, 16))
+    good = (root / "train" / "a" / "0.png").read_bytes()
+    (root / "train" / "a" / "1.png").write_bytes(good[: len(good) // 2])
+    (root / "train" / "a" / "4.png").write_bytes(b"not an image")
+    return [str(root / "train" / "a" / name) for name in ("1.png", "4.png")]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_corrupt_image_in_a_worker_is_the_main_process_line(tmp_path, num_workers):
+    corrupt_folder(tmp_path)
+    dataset = build_dataset(DataConfig(name="image_folder", root=str(tmp_path)), "train")
+    with pytest.raises(CorruptImageError) as in_main:
+        dataset[1]
+    loader = DataLoader(MultiViewDataset(dataset, [to_tensor], seed=0), batch_size=2, num_workers=num_workers)
+    with pytest.raises(CorruptImageError) as from_loader:
+        list(loader)
+    assert str(from_loader.value) == str(in_main.value)
+    assert "\n" not in str(in_main.value) and "1.png" in str(in_main.value)
+    assert isinstance(from_loader.value, DataError)
+    assert ("Traceback" in from_loader.value.worker_traceback) == (num_workers > 0)
+
+
+def test_skipped_corrupt_files_are_reported_once_per_run_across_epochs_and_workers(tmp_path, capfd):
+    bad = corrupt_folder(tmp_path)
+    dataset = build_dataset(DataConfig(name="image_folder", root=str(tmp_path), skip_corrupt=True), "train")
+    views = MultiViewDataset(dataset, [to_tensor], seed=0)
+    for epoch in range(3):  # new worker processes every epoch, as in the trainer
+        views.set_epoch(epoch)
+        images = torch.cat([batch[0][0] for batch in DataLoader(views, batch_size=1, num_workers=2)])
+        # Sample 1 is replaced by sample 2, sample 4 by sample 5: the red channel holds the file's number.
+        assert images[:, 0, 0, 0].tolist() == [0, 2, 2, 3, 5, 5]
+    assert sorted(skipped_files(views)) == [f"file {path}" for path in bad]
+    assert dataset.num_skipped == 2
+    reports = capfd.readouterr().err
+    assert [reports.count(f"skipping corrupt image file {path}") for path in bad] == [1, 1]
+
+
+# ---------------------------------------------------------------------------------------------- measured size and statistics
+
+
+def test_folder_of_small_grayscale_images_is_measured_and_evaluated_at_its_size(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+    for i, image in enumerate(pixels):
+        path = tmp_path / "train" / f"class{i % 2}" / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image, mode="L").save(path)
+    cfg = DataConfig(name="image_folder", root=str(tmp_path))
+    info = dataset_info(cfg)
+    assert (info.channels, info.image_size, info.num_classes) == (1, 28, 2)
+    values = pixels.astype(np.float64) / 255  # all 20 images are read (fewer than STATS_SAMPLE)
+    # Same float64 values summed in another order: the two sides differ by rounding, ~1e-16.
+    assert info.mean == pytest.approx((values.mean(),), abs=1e-12)
+    assert info.std == pytest.approx((values.std(),), abs=1e-12)
+
+    train = build_dataset(cfg, "train")
+    image, label = train[0]
+    assert image.mode == "L" and np.array_equal(np.asarray(image), pixels[0]) and label == 0
+    evaluation = build_eval_transform(info, info.channels)(image)
+    assert evaluation.shape == (1, 28, 28)  # no resize to 224
+    expected = (torch.from_numpy(pixels[0]).double() / 255 - info.mean[0]) / info.std[0]
+    # Three float32 operations (scale, subtract, divide), each off by at most 2^-24 relative, on values below
+    # 1/std ~ 3.5 in size: the error is under 3 x 3.5 x 2^-24 ~ 6e-7; 1e-6 bounds it.
+    assert torch.allclose(evaluation[0].double(), expected, atol=1e-6, rtol=0)
+
+
+def test_large_or_mixed_size_colour_images_keep_224_and_imagenet_statistics(tmp_path):
+    write_png(tmp_path / "large" / "a" / "0.png", (1, 2, 3), size=(300, 256))
+    write_png(tmp_path / "large" / "a" / "1.png", (1, 2, 3), size=(300, 256))
+    write_png(tmp_path / "mixed" / "a" / "0.png", (1, 2, 3), size=(32, 32))
+    write_png(tmp_path / "mixed" / "a" / "1.png", (1, 2, 3), size=(40, 30))
+    for folder in ("large", "mixed"):
+        info = dataset_info(DataConfig(name="image_folder", root=str(tmp_path / folder)))
+        assert (info.channels, info.image_size, info.mean, info.std) == (3, 224, IMAGENET_MEAN, IMAGENET_STD)
+    declared = dataset_info(DataConfig(name="image_folder", root=str(tmp_path / "mixed"), image_size=36))
+    assert declared.image_size == 36 and declared.mean != IMAGENET_MEAN  # small: its own statistics
+    assert dataset_info(DataConfig(name="imagenet", root=str(tmp_path / "nowhere"))).image_size == 224
+    with pytest.raises(ConfigError, match="data.image_size"):
+        dataset_info(DataConfig(name="image_folder", root=str(tmp_path / "mixed"), image_size=0))

@@ -16,8 +16,6 @@ import dataclasses
 
 from torch.utils.data import Dataset
 
-from common.errors import ConfigError
-
 from common.data.cifar import CIFAR10_INFO, CIFAR100_INFO, load_cifar10, load_cifar100
 from common.data.config import IMAGENET_MEAN, IMAGENET_STD, SPLITS, DataConfig, DatasetInfo
 from common.data.datasets import (
@@ -38,12 +36,14 @@ from common.data.folders import (
 from common.data.hf import load_hf
 from common.data.measure import LARGE_IMAGE_SIZE, image_channels_and_size, image_statistics
 from common.data.stl10 import STL10_INFO, load_stl10
+from common.errors import ConfigError
 
 __all__ = [
     "DATASET_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "LARGE_IMAGE_SIZE",
     "LOADERS",
     "SPLITS",
     "CorruptImageError",
@@ -56,9 +56,8 @@ __all__ = [
     "build_dataset",
     "dataset_info",
     "imagenet100_classes",
-    "LARGE_IMAGE_SIZE",
-    "skipped_files",
     "read_idx",
+    "skipped_files",
     "stratified_subset",
 ]
 

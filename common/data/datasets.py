@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import io
-import warnings
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from common.errors import ConfigError, DataError
-
 
 # What PIL raises for a file it cannot open or decode (SyntaxError: some malformed PNG/GIF headers).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError)
@@ -138,7 +137,9 @@ class _DecodingDataset(Dataset, abc.ABC):
                     raise self._corrupt_error(i, error) from error
                 if offset == 0 and not self.corrupt[i]:
                     self.corrupt[i] = 1
-                    warnings.warn(f"skipping corrupt image {self._describe(i)}: {_one_line(error)}", stacklevel=2)
+                    # stderr, not warnings.warn: a worker's warning filters are not the user's to count on.
+                    print(f"warning: skipping corrupt image {self._describe(i)}: {_one_line(error)}",
+                          file=sys.stderr, flush=True)
         raise CorruptImageError(f"every image of this dataset is unreadable ({len(self)} images)")
 
 
