@@ -5,7 +5,8 @@ Every dataset yields ``(image, label)`` with ``image`` a PIL image (file-backed 
 STL-10, Fashion-MNIST) are held in memory as one contiguous uint8 tensor so the trainer can index and
 augment whole batches on the training device.
 
-One module per format (``cifar``, ``stl10``, ``fashion_mnist``, ``folders``, ``hf``); this one maps
+One module per format (``cifar``, ``stl10``, ``fashion_mnist``, ``folders``, ``hf``, ``shards``: tar shards
+streamed with ``webdataset``, an ``IterableDataset``); this one maps
 ``data.name`` to its loader and statistics. A new dataset is a loader ``(cfg, split) -> Dataset`` with a
 ``targets`` tensor and a ``subset`` method, added to ``LOADERS``.
 """
@@ -35,6 +36,7 @@ from common.data.folders import (
 )
 from common.data.hf import load_hf
 from common.data.measure import LARGE_IMAGE_SIZE, image_channels_and_size, image_statistics
+from common.data.shards import ShardedDataset, index_info, load_webdataset, read_index
 from common.data.stl10 import STL10_INFO, load_stl10
 from common.errors import ConfigError
 
@@ -53,6 +55,7 @@ __all__ = [
     "ImageFileDataset",
     "InMemoryImageDataset",
     "MultiViewDataset",
+    "ShardedDataset",
     "build_dataset",
     "dataset_info",
     "imagenet100_classes",
@@ -70,6 +73,7 @@ LOADERS = {
     "imagenet100": load_image_folder,
     "image_folder": load_image_folder,
     "hf": load_hf,
+    "webdataset": load_webdataset,
 }
 DATASET_NAMES = tuple(LOADERS)
 
@@ -107,6 +111,8 @@ def dataset_info(cfg: DataConfig | str) -> DatasetInfo:
         return dataclasses.replace(CIFAR100_INFO, num_classes=20)
     if cfg.name in _IN_MEMORY_INFO:
         return _IN_MEMORY_INFO[cfg.name]
+    if cfg.name == "webdataset":
+        return index_info(read_index(cfg.root))
     if cfg.name == "imagenet":
         return DatasetInfo(3, LARGE_IMAGE_SIZE, 1000, IMAGENET_MEAN, IMAGENET_STD)
     if cfg.name == "imagenet100":

@@ -45,6 +45,18 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def corrupt_image_error(where: str, error: Exception) -> CorruptImageError:
+    """The one-line error for the undecodable image ``where`` ("file X", "sample K of shard U")."""
+    return CorruptImageError(f"corrupt or unreadable image {where}: {_one_line(error)} "
+                             "(set data.skip_corrupt=true to skip it)")
+
+
+def report_skipped(where: str, error: Exception) -> None:
+    """Tell the user that the image ``where`` is skipped; on stderr, not ``warnings.warn``: a DataLoader
+    worker's warning filters are not the user's to count on."""
+    print(f"warning: skipping corrupt image {where}: {_one_line(error)}", file=sys.stderr, flush=True)
+
+
 class InMemoryImageDataset(Dataset):
     """Images as one contiguous uint8 tensor ``[N, C, H, W]`` with int64 ``targets`` ``[N]``."""
 
@@ -115,8 +127,20 @@ class _DecodingDataset(Dataset, abc.ABC):
             return image.convert(self.mode)  # convert() forces the full decode, so truncation is caught here
 
     def _corrupt_error(self, index: int, error: Exception) -> CorruptImageError:
-        return CorruptImageError(f"corrupt or unreadable image {self._describe(index)}: {_one_line(error)} "
-                                 "(set data.skip_corrupt=true to skip it)")
+        return corrupt_image_error(self._describe(index), error)
+
+    def encoded(self, index: int) -> tuple[bytes, str]:
+        """Sample ``index``'s file as stored, not decoded (so a corrupt one stays corrupt), and its extension
+        ("png", "jpg": a file's own suffix, else the format that PIL recognises)."""
+        source = self._source(index)
+        if not isinstance(source, io.BytesIO):
+            return Path(source).read_bytes(), Path(source).suffix.lower().lstrip(".")
+        try:
+            with Image.open(source) as image:
+                image_format = image.format
+        except DECODE_ERRORS as error:
+            raise self._corrupt_error(index, error) from error
+        return source.getvalue(), {"JPEG": "jpg", "TIFF": "tif"}.get(image_format, image_format.lower())
 
     @property
     def skipped(self) -> list[str]:
@@ -137,9 +161,7 @@ class _DecodingDataset(Dataset, abc.ABC):
                     raise self._corrupt_error(i, error) from error
                 if offset == 0 and not self.corrupt[i]:
                     self.corrupt[i] = 1
-                    # stderr, not warnings.warn: a worker's warning filters are not the user's to count on.
-                    print(f"warning: skipping corrupt image {self._describe(i)}: {_one_line(error)}",
-                          file=sys.stderr, flush=True)
+                    report_skipped(self._describe(i), error)
         raise CorruptImageError(f"every image of this dataset is unreadable ({len(self)} images)")
 
 
@@ -217,23 +239,32 @@ class MultiViewDataset(Dataset):
         return len(self.dataset)
 
     def sample_seed(self, index: int) -> int:
-        return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        return view_seed(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
         image, label = self.dataset[index]
-        # fork_rng keeps the caller's global RNG untouched when loading happens in the main process.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.sample_seed(index))
-            views = [transform(image) for transform in self.transforms]
-        return views, label
+        return seeded_views(self.transforms, image, self.sample_seed(index)), label
+
+
+def view_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s views in ``epoch``: a function of the three numbers alone."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def seeded_views(transforms: Sequence[Callable], image, seed: int) -> list:
+    """``[transform(image) for transform in transforms]`` with torch's RNG seeded by ``seed``; the caller's global
+    RNG is left as it was (fork_rng), which matters when loading happens in the main process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [transform(image) for transform in transforms]
 
 
 def skipped_files(dataset: Dataset) -> list[str]:
     """The corrupt images skipped so far (``data.skip_corrupt=true``) by this process and its DataLoader
-    workers, each once; ``[]`` for in-memory data. Looks through ``MultiViewDataset`` wrappers."""
+    workers, each once; ``[]`` for in-memory data. For the whole run, gather the lists of every process. Looks through ``MultiViewDataset`` wrappers."""
     while isinstance(dataset, MultiViewDataset):
         dataset = dataset.dataset
-    return dataset.skipped if isinstance(dataset, _DecodingDataset) else []
+    return list(getattr(dataset, "skipped", []))
 
 
 def stratified_subset(targets, n: int) -> list[int]:
