@@ -55,7 +55,8 @@ def test_image_folder_labelled_and_test_split(tmp_path):
     colors = np.array([(1, 0, 0)] * 3 + [(128 / 255,) * 3] + [(0, 1, 0)] * 4)
     mean = colors.mean(axis=0)
     std = np.sqrt((colors**2).mean(axis=0) - mean**2)
-    # Both sides are float64 sums of the same 8 x 120 values in another order: rounding differs by ~1e-16.
+    # Both sides are float64 sums of the same 8 x 120 values in another order: n = 960 additions err by at
+    # most n x 2^-53 ~ 1e-13 relative, on the mean and the variance (~0.2); the std (>= 0.17) moves by less.
     assert info.mean == pytest.approx(mean, abs=1e-12) and info.std == pytest.approx(std, abs=1e-12)
 
 
@@ -247,9 +248,10 @@ def test_folder_of_small_grayscale_images_is_measured_and_evaluated_at_its_size(
     info = dataset_info(cfg)
     assert (info.channels, info.image_size, info.num_classes) == (1, 28, 2)
     values = pixels.astype(np.float64) / 255  # all 20 images are read (fewer than STATS_SAMPLE)
-    # Same float64 values summed in another order: the two sides differ by rounding, ~1e-16.
-    assert info.mean == pytest.approx((values.mean(),), abs=1e-12)
-    assert info.std == pytest.approx((values.std(),), abs=1e-12)
+    # The same float64 values summed in another order: n = 15,680 additions err by at most n x 2^-53 ~ 2e-12
+    # relative, so the mean (~0.5) by 1e-12 and the std (~0.29, from a variance off by ~2e-12) by ~4e-12.
+    assert info.mean == pytest.approx((values.mean(),), abs=1e-10)
+    assert info.std == pytest.approx((values.std(),), abs=1e-10)
 
     train = build_dataset(cfg, "train")
     image, label = train[0]
@@ -271,7 +273,10 @@ def test_large_or_mixed_size_colour_images_keep_224_and_imagenet_statistics(tmp_
         info = dataset_info(DataConfig(name="image_folder", root=str(tmp_path / folder)))
         assert (info.channels, info.image_size, info.mean, info.std) == (3, 224, IMAGENET_MEAN, IMAGENET_STD)
     declared = dataset_info(DataConfig(name="image_folder", root=str(tmp_path / "mixed"), image_size=36))
-    assert declared.image_size == 36 and declared.mean != IMAGENET_MEAN  # small: its own statistics
+    assert declared.image_size == 36  # small: its own statistics, of one colour (1, 2, 3) / 255 ...
+    # 2,224 pixels summed in float64: at most 2224 x 2^-53 ~ 2.5e-13 relative of 3/255, ~3e-15.
+    assert declared.mean == pytest.approx((1 / 255, 2 / 255, 3 / 255), abs=1e-14)
+    assert declared.std == (1 / 255,) * 3  # ... whose zero spread is floored at one grey level
     assert dataset_info(DataConfig(name="imagenet", root=str(tmp_path / "nowhere"))).image_size == 224
     with pytest.raises(ConfigError, match="data.image_size"):
         dataset_info(DataConfig(name="image_folder", root=str(tmp_path / "mixed"), image_size=0))

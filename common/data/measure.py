@@ -69,5 +69,6 @@ def image_statistics(dataset, channels: int, size: int) -> tuple[tuple[float, ..
         total_sq += (pixels * pixels).sum(axis=0)
         count += pixels.shape[0]
     mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    # At least one grey level: a channel that is constant in the sample (a colour never used) must still divide.
+    std = np.maximum(np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0)), 1 / 255)
     return tuple(mean.tolist()), tuple(std.tolist())
