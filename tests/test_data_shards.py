@@ -101,6 +101,22 @@ def test_make_shards_of_a_hugging_face_dataset_keeps_the_bytes(tmp_path):
                                                                           root=str(tmp_path / "out")), "test")) == 1
 
 
+def test_make_shards_of_an_in_memory_dataset_writes_png(tmp_path, monkeypatch):
+    from common.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "FASHION_MNIST_SYSTEM_DIRS", ())
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        for kind, array in (("images-idx3", pixels), ("labels-idx1", np.arange(6, dtype=np.uint8))):
+            header = bytes([0, 0, 8, array.ndim]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+            (tmp_path / f"{prefix}-{kind}-ubyte").write_bytes(header + array.tobytes())
+    make_shards(DataConfig(name="fashion_mnist", root=str(tmp_path), download=False), tmp_path / "out", 4)
+    dataset = build_dataset(DataConfig(name="webdataset", root=str(tmp_path / "out")), "train")
+    images, labels = next(iter(dataset.epoch_loader(EpochPlan(epoch=0, seed=0, batch_size=6, shuffle=False))))
+    for image, label in zip(images, labels.tolist()):
+        assert image.mode == "L" and np.array_equal(np.asarray(image), pixels[label])  # lossless PNG
+
+
 def test_make_shards_errors(tmp_path, capsys):
     assert make_shards_main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert "not found" in capsys.readouterr().err
