@@ -36,6 +36,7 @@ from common.data.folders import (
 )
 from common.data.hf import load_hf
 from common.data.measure import LARGE_IMAGE_SIZE, image_channels_and_size, image_statistics
+from common.data.shard_plan import EpochPlan
 from common.data.shards import ShardedDataset, index_info, load_webdataset, read_index
 from common.data.stl10 import STL10_INFO, load_stl10
 from common.errors import ConfigError
@@ -51,6 +52,7 @@ __all__ = [
     "CorruptImageError",
     "DataConfig",
     "DatasetInfo",
+    "EpochPlan",
     "HFImageDataset",
     "ImageFileDataset",
     "InMemoryImageDataset",
