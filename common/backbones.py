@@ -12,11 +12,14 @@ import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
 import torchvision
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+
+from common.errors import ConfigError, DataError
 
 
 @dataclass
@@ -54,12 +57,27 @@ class SmallConvNet(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
+def _weights_unavailable(cfg: BackboneConfig, reason: object, cache: str) -> DataError:
+    return DataError(f"cannot download the pretrained weights of backbone '{cfg.name}' ({reason}): put them in "
+                     f"{cache} on a machine with network (the same call fills it), or set backbone.pretrained=false")
+
+
+def _torchvision_model(cfg: BackboneConfig, name: str) -> nn.Module:
+    if not cfg.pretrained:
+        return torchvision.models.get_model(name)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        return torchvision.models.get_model(name, weights=weights)
+    except URLError as error:  # raised on the first failed attempt: torch.hub does not retry
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise _weights_unavailable(cfg, error.reason, str(cache)) from error
+
+
 def _torchvision_backbone(cfg: BackboneConfig, in_chans: int) -> tuple[nn.Module, int]:
-    weights = "DEFAULT" if cfg.pretrained else None
-    model = torchvision.models.get_model(cfg.name.removeprefix("torchvision:"), weights=weights)
+    model = _torchvision_model(cfg, cfg.name.removeprefix("torchvision:"))
     if not hasattr(model, "fc"):
-        raise ValueError(f"backbone.name '{cfg.name}': only torchvision ResNet-style models (with .fc) are "
-                         "supported; use timm:<name> for other architectures")
+        raise ConfigError(f"backbone.name '{cfg.name}': only torchvision ResNet-style models (with .fc) are "
+                          "supported; use timm:<name> for other architectures")
     feature_dim = model.fc.in_features
     model.fc = nn.Identity()
     if cfg.cifar_stem:
@@ -71,13 +89,58 @@ def _torchvision_backbone(cfg: BackboneConfig, in_chans: int) -> tuple[nn.Module
     return model, feature_dim
 
 
+# The files timm looks for in a Hugging Face model repository, in its order of preference.
+_TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
+                   "open_clip_pytorch_model.bin")
+
+
+def _check_timm_weights(cfg: BackboneConfig, name: str) -> None:
+    """Fail in one line, without timm's minute of retries, when the pretrained weights of ``name`` are neither
+    cached nor downloadable: a cached file or a reachable hub lets ``timm.create_model`` proceed."""
+    import huggingface_hub
+    import timm
+    from huggingface_hub import constants as hub_constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    pretrained = timm.models.get_pretrained_cfg(name)
+    repo = pretrained.hf_hub_id if pretrained is not None else None
+    if not repo:
+        return  # weights behind a plain URL: torch.hub fails once, without retrying (caught by the caller)
+    files = [pretrained.hf_hub_filename] if pretrained.hf_hub_filename else list(_TIMM_HUB_FILES)
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo, f), str) for f in files):
+        return
+    cache = f"{hub_constants.HF_HUB_CACHE} (repository {repo})"
+    if hub_constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        raise _weights_unavailable(cfg, "HF_HUB_OFFLINE is set and they are not cached", cache)
+    try:  # one request, no retries: the server's answer (even "not found") means the hub is reachable
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo, files[0]), timeout=10)
+    except HfHubHTTPError:
+        return
+    except Exception as error:
+        raise _weights_unavailable(cfg, " ".join(str(error).split()) or type(error).__name__, cache) from error
+
+
 def _timm_backbone(cfg: BackboneConfig, in_chans: int) -> tuple[nn.Module, int]:
     import timm
 
     name = cfg.name.removeprefix("timm:")
-    model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, in_chans=in_chans)
+    architecture, _, tag = name.partition(".")
+    if not timm.is_model(architecture):
+        similar = timm.list_models(f"*{architecture}*")[:5]
+        hint = f" (similar: {', '.join(similar)})" if similar else ""
+        raise ConfigError(f"backbone.name '{cfg.name}': '{architecture}' is not a timm model{hint}")
+    if tag and name not in timm.list_pretrained(f"{architecture}.*"):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{architecture}.*")]
+        raise ConfigError(f"backbone.name '{cfg.name}': timm has no weights tagged '{tag}' for '{architecture}' "
+                          f"(tags: {', '.join(tags) or 'none'})")
     if cfg.cifar_stem:
-        raise ValueError(f"backbone.cifar_stem is only implemented for torchvision ResNets, not '{cfg.name}'")
+        raise ConfigError(f"backbone.cifar_stem is only implemented for torchvision ResNets, not '{cfg.name}'")
+    if cfg.pretrained:
+        _check_timm_weights(cfg, name)
+    try:
+        model = timm.create_model(name, pretrained=cfg.pretrained, num_classes=0, in_chans=in_chans)
+    except URLError as error:
+        raise _weights_unavailable(cfg, error.reason, str(Path(torch.hub.get_dir()) / "checkpoints")) from error
     return model, model.num_features
 
 
@@ -94,8 +157,8 @@ def build_backbone(cfg: BackboneConfig, in_chans: int = 3) -> tuple[nn.Module, i
 
     if timm.is_model(cfg.name):
         return _timm_backbone(cfg, in_chans)
-    raise ValueError(f"backbone.name '{cfg.name}' is neither small_convnet, a torchvision classification model "
-                     "nor a timm model")
+    raise ConfigError(f"backbone.name '{cfg.name}' is neither small_convnet, a torchvision classification model "
+                      "nor a timm model")
 
 
 BACKBONE_FILE = "backbone.safetensors"

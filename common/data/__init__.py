@@ -5,7 +5,8 @@ Every dataset yields ``(image, label)`` with ``image`` a PIL image (file-backed 
 STL-10, Fashion-MNIST) are held in memory as one contiguous uint8 tensor so the trainer can index and
 augment whole batches on the training device.
 
-One module per format (``cifar``, ``stl10``, ``fashion_mnist``, ``folders``, ``hf``); this one maps
+One module per format (``cifar``, ``stl10``, ``fashion_mnist``, ``folders``, ``hf``, ``shards``: tar shards
+streamed with ``webdataset``, an ``IterableDataset``); this one maps
 ``data.name`` to its loader and statistics. A new dataset is a loader ``(cfg, split) -> Dataset`` with a
 ``targets`` tensor and a ``subset`` method, added to ``LOADERS``.
 """
@@ -24,36 +25,44 @@ from common.data.datasets import (
     ImageFileDataset,
     InMemoryImageDataset,
     MultiViewDataset,
+    skipped_files,
     stratified_subset,
 )
 from common.data.fashion_mnist import FASHION_MNIST_INFO, load_fashion_mnist, read_idx
 from common.data.folders import (
     IMAGE_EXTENSIONS,
-    image_folder_num_classes,
     imagenet100_classes,
     load_image_folder,
 )
 from common.data.hf import load_hf
+from common.data.measure import LARGE_IMAGE_SIZE, image_channels_and_size, image_statistics
+from common.data.shard_plan import EpochPlan
+from common.data.shards import ShardedDataset, index_info, load_webdataset, read_index
 from common.data.stl10 import STL10_INFO, load_stl10
+from common.errors import ConfigError
 
 __all__ = [
     "DATASET_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "LARGE_IMAGE_SIZE",
     "LOADERS",
     "SPLITS",
     "CorruptImageError",
     "DataConfig",
     "DatasetInfo",
+    "EpochPlan",
     "HFImageDataset",
     "ImageFileDataset",
     "InMemoryImageDataset",
     "MultiViewDataset",
+    "ShardedDataset",
     "build_dataset",
     "dataset_info",
     "imagenet100_classes",
     "read_idx",
+    "skipped_files",
     "stratified_subset",
 ]
 
@@ -66,6 +75,7 @@ LOADERS = {
     "imagenet100": load_image_folder,
     "image_folder": load_image_folder,
     "hf": load_hf,
+    "webdataset": load_webdataset,
 }
 DATASET_NAMES = tuple(LOADERS)
 
@@ -80,38 +90,55 @@ _IN_MEMORY_INFO = {
 
 def _check_name(cfg: DataConfig) -> None:
     if cfg.name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset data.name='{cfg.name}' (valid: {', '.join(DATASET_NAMES)})")
+        raise ConfigError(f"unknown dataset data.name='{cfg.name}' (valid: {', '.join(DATASET_NAMES)})")
     if cfg.name == "cifar100" and cfg.labels not in ("fine", "coarse"):
-        raise ValueError(f"data.labels must be 'fine' or 'coarse' for cifar100, got '{cfg.labels}'")
+        raise ConfigError(f"data.labels must be 'fine' or 'coarse' for cifar100, got '{cfg.labels}'")
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise ConfigError(f"data.image_size must be a positive number of pixels or null, got {cfg.image_size}")
+
+
+def _measured(cfg: DataConfig) -> bool:
+    """Whether the channels, size and statistics of ``cfg`` come from its images (folders, hf)."""
+    return cfg.name in ("image_folder", "hf")
 
 
 def dataset_info(cfg: DataConfig | str) -> DatasetInfo:
-    """Channels, native image size, number of classes and normalisation statistics."""
+    """Channels, native image size, number of classes and normalisation statistics.
+
+    ``image_folder`` and ``hf`` are measured on their training images (``common.data.measure``); imagenet and
+    imagenet100 are 3-channel, 224 px with ImageNet's statistics."""
     cfg = DataConfig(name=cfg) if isinstance(cfg, str) else cfg
     _check_name(cfg)
     if cfg.name == "cifar100" and cfg.labels == "coarse":
         return dataclasses.replace(CIFAR100_INFO, num_classes=20)
     if cfg.name in _IN_MEMORY_INFO:
         return _IN_MEMORY_INFO[cfg.name]
+    if cfg.name == "webdataset":
+        return index_info(read_index(cfg.root))
     if cfg.name == "imagenet":
-        num_classes = 1000
-    elif cfg.name == "imagenet100":
-        num_classes = len(imagenet100_classes())
-    elif cfg.name == "image_folder":
-        num_classes = image_folder_num_classes(cfg)
-    else:
-        num_classes = len(load_hf(cfg, "train").classes)
-    return DatasetInfo(3, 224, num_classes, IMAGENET_MEAN, IMAGENET_STD)
+        return DatasetInfo(3, LARGE_IMAGE_SIZE, 1000, IMAGENET_MEAN, IMAGENET_STD)
+    if cfg.name == "imagenet100":
+        return DatasetInfo(3, LARGE_IMAGE_SIZE, len(imagenet100_classes()), IMAGENET_MEAN, IMAGENET_STD)
+    train = LOADERS[cfg.name](cfg, "train")
+    channels, size = image_channels_and_size(train, cfg.image_size)
+    train.mode = "L" if channels == 1 else "RGB"
+    mean, std = image_statistics(train, channels, size)
+    return DatasetInfo(channels, size, len(train.classes), mean, std)
 
 
 def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     """The ``split`` ("train" | "test" | "unlabeled" | "train+unlabeled") of ``cfg.name``; ``cfg.subset``
-    keeps the first N images of every split but "test", stratified by class."""
+    keeps the first N images of every split but "test", stratified by class. Folders and hf datasets of
+    grayscale images (every sampled training image grayscale) decode to one channel, others to RGB."""
     _check_name(cfg)
     valid = SPLITS if cfg.name == "stl10" else ("train", "test")
     if split not in valid:
-        raise ValueError(f"dataset '{cfg.name}' has no split '{split}' (valid: {', '.join(valid)})")
+        raise ConfigError(f"dataset '{cfg.name}' has no split '{split}' (valid: {', '.join(valid)})")
     dataset = LOADERS[cfg.name](cfg, split)
+    if _measured(cfg):
+        train = dataset if split == "train" else LOADERS[cfg.name](cfg, "train")
+        channels, _ = image_channels_and_size(train, cfg.image_size)
+        dataset.mode = "L" if channels == 1 else "RGB"
     if cfg.subset is not None and split != "test":
         dataset = dataset.subset(stratified_subset(dataset.targets, cfg.subset))
     return dataset

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.config import DataConfig, DatasetInfo, missing_files
+from common.data.config import DataConfig, DatasetInfo, download, missing_files
 from common.data.datasets import InMemoryImageDataset
+from common.errors import DataError
 
 # Per-channel statistics of the training images in [0, 1].
 CIFAR10_INFO = DatasetInfo(3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -22,14 +23,14 @@ def _read_cifar_pickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="latin1")
     except (pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise ValueError(f"{path} is not a CIFAR python pickle: {error}") from error
+        raise DataError(f"{path} is not a CIFAR python pickle: {error}") from error
 
 
 def _cifar_arrays(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     entry = _read_cifar_pickle(path)
     for key in ("data", label_key):
         if key not in entry:
-            raise ValueError(f"{path} has no '{key}' entry (keys: {', '.join(map(str, entry))})")
+            raise DataError(f"{path} has no '{key}' entry (keys: {', '.join(map(str, entry))})")
     data = np.asarray(entry["data"], dtype=np.uint8)
     return data.reshape(-1, 3, 32, 32), np.asarray(entry[label_key], dtype=np.int64)
 
@@ -37,9 +38,10 @@ def _cifar_arrays(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
 def _cifar(cfg: DataConfig, folder_name: str, files: list[str], label_key: str, downloader) -> InMemoryImageDataset:
     folder = Path(cfg.root) / folder_name
     if not all((folder / f).is_file() for f in files):
+        expected = f"the python-pickle files {', '.join(files)}"
         if not cfg.download:
-            raise missing_files(cfg, folder, f"the python-pickle files {', '.join(files)}")
-        downloader(root=cfg.root, download=True)
+            raise missing_files(cfg, folder, expected)
+        download(cfg, lambda: downloader(root=cfg.root, download=True), folder, expected)
     parts = [_cifar_arrays(folder / f, label_key) for f in files]
     images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     targets = torch.from_numpy(np.concatenate([p[1] for p in parts]))

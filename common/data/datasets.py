@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import io
-import warnings
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,9 +17,44 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common.errors import ConfigError, DataError
 
-class CorruptImageError(ValueError):
-    """An image file that cannot be decoded; the message names the file."""
+# What PIL raises for a file it cannot open or decode (SyntaxError: some malformed PNG/GIF headers).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+class CorruptImageError(DataError):
+    """An image file that cannot be decoded; the message is one line naming the file.
+
+    An error raised in a DataLoader worker reaches the main process as ``CorruptImageError(text)`` where
+    ``text`` is the worker's formatted traceback (torch re-raises the type with that text as its message);
+    the constructor keeps the traceback's last line, the worker's own message, so the main process reports
+    the same line as without workers. The full text stays in ``worker_traceback``.
+    """
+
+    def __init__(self, message: str):
+        self.worker_traceback = ""
+        lines = message.strip().splitlines()
+        if len(lines) > 1 and lines[0].startswith(f"Caught {type(self).__name__}"):
+            self.worker_traceback = message
+            message = lines[-1].partition(f"{type(self).__name__}: ")[2] or lines[-1]
+        super().__init__(message)
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def corrupt_image_error(where: str, error: Exception) -> CorruptImageError:
+    """The one-line error for the undecodable image ``where`` ("file X", "sample K of shard U")."""
+    return CorruptImageError(f"corrupt or unreadable image {where}: {_one_line(error)} "
+                             "(set data.skip_corrupt=true to skip it)")
+
+
+def report_skipped(where: str, error: Exception) -> None:
+    """Tell the user that the image ``where`` is skipped; on stderr, not ``warnings.warn``: a DataLoader
+    worker's warning filters are not the user's to count on."""
+    print(f"warning: skipping corrupt image {where}: {_one_line(error)}", file=sys.stderr, flush=True)
 
 
 class InMemoryImageDataset(Dataset):
@@ -45,18 +80,25 @@ class InMemoryImageDataset(Dataset):
 
 
 class _DecodingDataset(Dataset, abc.ABC):
-    """Decodes images lazily; a corrupt one raises, or with ``skip_corrupt`` is replaced by the next
-    readable sample and recorded in ``skipped`` (per process: each DataLoader worker keeps its own)."""
+    """Decodes images lazily into ``mode`` ("RGB", or "L" for grayscale data); a corrupt one raises, or
+    with ``skip_corrupt`` is replaced by the next readable sample.
 
-    targets: torch.Tensor
+    Skipped samples are marked in ``corrupt``, a uint8 tensor in shared memory, so the main process sees what
+    its DataLoader workers found (each epoch's workers are new processes). A sample is marked and reported
+    only when it is itself requested, never when it is passed over while looking for another sample's
+    replacement: each index is requested at most once per epoch and process, so no two workers ever mark
+    the same sample at once and each file is reported once per process, whatever the epochs and workers.
+    """
 
-    def __init__(self, skip_corrupt: bool):
+    def __init__(self, targets: torch.Tensor, skip_corrupt: bool, mode: str = "RGB"):
+        self.targets = targets.to(torch.int64)
         self.skip_corrupt = skip_corrupt
-        self.skipped: set[str] = set()
+        self.mode = mode
+        self.corrupt = torch.zeros(len(self.targets), dtype=torch.uint8).share_memory_()
 
     @abc.abstractmethod
-    def _decode(self, index: int) -> Image.Image:
-        """The decoded RGB image of sample ``index``."""
+    def _source(self, index: int):
+        """A path or a binary file object holding sample ``index``'s encoded image."""
 
     @abc.abstractmethod
     def _describe(self, index: int) -> str:
@@ -65,71 +107,101 @@ class _DecodingDataset(Dataset, abc.ABC):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def header(self, index: int) -> tuple[str, tuple[int, int]]:
+        """PIL mode and (width, height) of sample ``index``, read from the file header without decoding."""
+        try:
+            with Image.open(self._source(index)) as image:
+                return image.mode, image.size
+        except DECODE_ERRORS as error:
+            raise self._corrupt_error(index, error) from error
+
+    def decode(self, index: int) -> Image.Image:
+        """Sample ``index``'s image in ``mode``; a corrupt one raises ``CorruptImageError``."""
+        try:
+            return self._decode(index)
+        except DECODE_ERRORS as error:
+            raise self._corrupt_error(index, error) from error
+
+    def _decode(self, index: int) -> Image.Image:
+        with Image.open(self._source(index)) as image:
+            return image.convert(self.mode)  # convert() forces the full decode, so truncation is caught here
+
+    def _corrupt_error(self, index: int, error: Exception) -> CorruptImageError:
+        return corrupt_image_error(self._describe(index), error)
+
+    def encoded(self, index: int) -> tuple[bytes, str]:
+        """Sample ``index``'s file as stored, not decoded (so a corrupt one stays corrupt), and its extension
+        ("png", "jpg": a file's own suffix, else the format that PIL recognises)."""
+        source = self._source(index)
+        if not isinstance(source, io.BytesIO):
+            return Path(source).read_bytes(), Path(source).suffix.lower().lstrip(".")
+        try:
+            with Image.open(source) as image:
+                image_format = image.format
+        except DECODE_ERRORS as error:
+            raise self._corrupt_error(index, error) from error
+        return source.getvalue(), {"JPEG": "jpg", "TIFF": "tif"}.get(image_format, image_format.lower())
+
+    @property
+    def skipped(self) -> list[str]:
+        """The samples found corrupt and skipped so far, by this process and its workers."""
+        return [self._describe(i) for i in self.corrupt.nonzero().flatten().tolist()]
+
     @property
     def num_skipped(self) -> int:
-        return len(self.skipped)
+        return int(self.corrupt.sum())
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         for offset in range(len(self)):
             i = (index + offset) % len(self)
             try:
                 return self._decode(i), int(self.targets[i])
-            except (OSError, SyntaxError, ValueError) as error:
-                name = self._describe(i)
+            except DECODE_ERRORS as error:
                 if not self.skip_corrupt:
-                    raise CorruptImageError(
-                        f"corrupt or unreadable image {name}: {error} (set data.skip_corrupt=true to skip it)"
-                    ) from error
-                if name not in self.skipped:
-                    self.skipped.add(name)
-                    warnings.warn(f"skipping corrupt image {name} ({len(self.skipped)} skipped so far)")
-        raise CorruptImageError(f"every image of this dataset is unreadable ({len(self.skipped)} skipped)")
-
-
-def _open_rgb(source) -> Image.Image:
-    with Image.open(source) as image:
-        return image.convert("RGB")  # convert() forces the full decode, so truncation is caught here
+                    raise self._corrupt_error(i, error) from error
+                if offset == 0 and not self.corrupt[i]:
+                    self.corrupt[i] = 1
+                    report_skipped(self._describe(i), error)
+        raise CorruptImageError(f"every image of this dataset is unreadable ({len(self)} images)")
 
 
 class ImageFileDataset(_DecodingDataset):
     """Image files with integer labels (-1 for an unlabelled folder)."""
 
-    def __init__(self, files: list[Path], targets: torch.Tensor, classes: list[str], skip_corrupt: bool):
-        super().__init__(skip_corrupt)
+    def __init__(self, files: list[Path], targets: torch.Tensor, classes: list[str], skip_corrupt: bool,
+                 mode: str = "RGB"):
+        super().__init__(targets, skip_corrupt, mode)
         self.files = files
-        self.targets = targets.to(torch.int64)
         self.classes = classes
 
-    def _decode(self, index: int) -> Image.Image:
-        return _open_rgb(self.files[index])
+    def _source(self, index: int) -> Path:
+        return self.files[index]
 
     def _describe(self, index: int) -> str:
         return f"file {self.files[index]}"
 
     def subset(self, indices: Sequence[int]) -> ImageFileDataset:
-        return ImageFileDataset(
-            [self.files[i] for i in indices], self.targets[list(indices)], self.classes, self.skip_corrupt
-        )
+        return ImageFileDataset([self.files[i] for i in indices], self.targets[list(indices)], self.classes,
+                                self.skip_corrupt, self.mode)
 
 
 class HFImageDataset(_DecodingDataset):
     """A Hugging Face ``datasets.Dataset`` whose image column is decoded here (so errors name the file)."""
 
     def __init__(self, table, image_column: str, targets: torch.Tensor, classes: list[str], origin: str,
-                 skip_corrupt: bool):
-        super().__init__(skip_corrupt)
+                 skip_corrupt: bool, mode: str = "RGB"):
+        super().__init__(targets, skip_corrupt, mode)
         self.table = table
         self.image_column = image_column
-        self.targets = targets.to(torch.int64)
         self.classes = classes
         self.origin = origin
 
-    def _decode(self, index: int) -> Image.Image:
+    def _source(self, index: int):
         cell = self.table[index][self.image_column]
         if cell.get("bytes") is not None:
-            return _open_rgb(io.BytesIO(cell["bytes"]))
+            return io.BytesIO(cell["bytes"])
         if cell.get("path"):
-            return _open_rgb(cell["path"])
+            return cell["path"]
         raise ValueError("the image cell holds neither bytes nor a path")
 
     def _describe(self, index: int) -> str:
@@ -138,7 +210,7 @@ class HFImageDataset(_DecodingDataset):
 
     def subset(self, indices: Sequence[int]) -> HFImageDataset:
         return HFImageDataset(self.table.select(list(indices)), self.image_column, self.targets[list(indices)],
-                              self.classes, self.origin, self.skip_corrupt)
+                              self.classes, self.origin, self.skip_corrupt, self.mode)
 
 
 class MultiViewDataset(Dataset):
@@ -167,16 +239,32 @@ class MultiViewDataset(Dataset):
         return len(self.dataset)
 
     def sample_seed(self, index: int) -> int:
-        return int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        return view_seed(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
         image, label = self.dataset[index]
-        # fork_rng keeps the caller's global RNG untouched when loading happens in the main process.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.sample_seed(index))
-            views = [transform(image) for transform in self.transforms]
-        return views, label
+        return seeded_views(self.transforms, image, self.sample_seed(index)), label
 
+
+def view_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s views in ``epoch``: a function of the three numbers alone."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def seeded_views(transforms: Sequence[Callable], image, seed: int) -> list:
+    """``[transform(image) for transform in transforms]`` with torch's RNG seeded by ``seed``; the caller's global
+    RNG is left as it was (fork_rng), which matters when loading happens in the main process."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [transform(image) for transform in transforms]
+
+
+def skipped_files(dataset: Dataset) -> list[str]:
+    """The corrupt images skipped so far (``data.skip_corrupt=true``) by this process and its DataLoader
+    workers, each once; ``[]`` for in-memory data. For the whole run, gather the lists of every process. Looks through ``MultiViewDataset`` wrappers."""
+    while isinstance(dataset, MultiViewDataset):
+        dataset = dataset.dataset
+    return list(getattr(dataset, "skipped", []))
 
 
 def stratified_subset(targets, n: int) -> list[int]:
@@ -185,7 +273,7 @@ def stratified_subset(targets, n: int) -> list[int]:
     a class that runs out leaves its share to the others."""
     labels = np.asarray(torch.as_tensor(targets), dtype=np.int64)
     if not 1 <= n <= len(labels):
-        raise ValueError(f"data.subset={n} must be between 1 and the number of training images ({len(labels)})")
+        raise ConfigError(f"data.subset={n} must be between 1 and the number of training images ({len(labels)})")
     order = np.argsort(labels, kind="stable")
     sorted_labels = labels[order]
     first_of_class = np.searchsorted(sorted_labels, sorted_labels, side="left")

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.config import DataConfig, DatasetInfo, missing_files
+from common.data.config import DataConfig, DatasetInfo, download, missing_files
 from common.data.datasets import InMemoryImageDataset
+from common.errors import DataError
 
 # Debian's `dataset-fashion-mnist` package installs the four IDX .gz files here.
 FASHION_MNIST_SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion-mnist"),)
@@ -24,14 +25,14 @@ def read_idx(path: Path) -> np.ndarray:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             data = f.read()
     except (OSError, EOFError) as error:
-        raise ValueError(f"cannot read IDX file {path}: {error}") from error
+        raise DataError(f"cannot read IDX file {path}: {error}") from error
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{path} is not an IDX file of unsigned bytes (header {data[:4].hex()})")
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (header {data[:4].hex()})")
     ndim = data[3]
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = data[4 + 4 * ndim :]
     if len(body) != int(np.prod(shape)):
-        raise ValueError(f"{path} declares shape {shape} but holds {len(body)} data bytes")
+        raise DataError(f"{path} declares shape {shape} but holds {len(body)} data bytes")
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -56,13 +57,14 @@ def load_fashion_mnist(cfg: DataConfig, split: str) -> InMemoryImageDataset:
             raise missing_files(cfg, root, f"{expected} in {', '.join(map(str, folders))}")
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST(root=cfg.root, train=split == "train", download=True)
+        raw = root / "FashionMNIST" / "raw"
+        download(cfg, lambda: FashionMNIST(root=cfg.root, train=split == "train", download=True), raw, expected)
         pair = _find_idx_pair(folders, prefix)
         if pair is None:
-            raise missing_files(cfg, root / "FashionMNIST" / "raw", expected)
+            raise missing_files(cfg, raw, expected)
     images, labels = (read_idx(p) for p in pair)
     if images.ndim != 3 or labels.shape != (images.shape[0],):
-        raise ValueError(f"{pair[0]} and {pair[1]} do not match: images {images.shape}, labels {labels.shape}")
+        raise DataError(f"{pair[0]} and {pair[1]} do not match: images {images.shape}, labels {labels.shape}")
     return InMemoryImageDataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 

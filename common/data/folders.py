@@ -10,6 +10,7 @@ import torch
 
 from common.data.config import DataConfig
 from common.data.datasets import ImageFileDataset
+from common.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
 IMAGENET100_CLASSES_FILE = Path(__file__).with_name("imagenet100_classes.txt")
@@ -33,14 +34,14 @@ def _image_folder_root(cfg: DataConfig, split: str) -> Path:
     train_split subfolder is itself the training folder."""
     root = Path(cfg.root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} not found for dataset '{cfg.name}'")
+        raise DataError(f"data folder {root} not found for dataset '{cfg.name}'")
     folder = root / (cfg.train_split if split == "train" else cfg.test_split)
     if folder.is_dir():
         return folder
     if cfg.name == "image_folder" and split == "train":
         return root
     expected = "one subfolder of images per class"
-    raise FileNotFoundError(f"{folder} not found: expected {expected} for the {split} split of '{cfg.name}'")
+    raise DataError(f"{folder} not found: expected {expected} for the {split} split of '{cfg.name}'")
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -58,7 +59,7 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageFileDataset:
         wanted = imagenet100_classes()
         missing = [c for c in wanted if c not in classes]
         if missing:
-            raise FileNotFoundError(
+            raise DataError(
                 f"{folder} lacks {len(missing)} of the 100 imagenet100 class folders, e.g. {', '.join(missing[:3])}"
             )
         classes = wanted
@@ -72,15 +73,8 @@ def load_image_folder(cfg: DataConfig, split: str) -> ImageFileDataset:
         files = sorted(folder / e.name for e in os.scandir(folder) if e.is_file() and _is_image(e.name))
         labels = [-1] * len(files)
     if not files:
-        raise FileNotFoundError(
+        raise DataError(
             f"no images found in {folder}: expected class subfolders of images or a flat folder of "
             f"{'/'.join(IMAGE_EXTENSIONS)} files"
         )
     return ImageFileDataset(files, torch.tensor(labels, dtype=torch.int64), classes, cfg.skip_corrupt)
-
-
-
-
-def image_folder_num_classes(cfg: DataConfig) -> int:
-    """The number of class subfolders of the training folder (0 for a flat folder of images)."""
-    return len(_class_folders(_image_folder_root(cfg, "train")))

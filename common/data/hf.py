@@ -8,6 +8,7 @@ import torch
 
 from common.data.config import DataConfig
 from common.data.datasets import HFImageDataset
+from common.errors import ConfigError, DataError
 
 
 def _read_hf_splits(path: Path):
@@ -27,20 +28,20 @@ def load_hf(cfg: DataConfig, split: str) -> HFImageDataset:
 
     path = Path(cfg.root)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: expected a saved Hugging Face dataset, parquet or image folder")
+        raise DataError(f"{path} not found: expected a saved Hugging Face dataset, parquet or image folder")
     splits = _read_hf_splits(path)
     split_name = cfg.train_split if split == "train" else cfg.test_split
     if split_name not in splits:
         key = "data.train_split" if split == "train" else "data.test_split"
-        raise ValueError(f"hf dataset at {path} has no split '{split_name}' (splits: {', '.join(splits)}); set {key}")
+        raise ConfigError(f"hf dataset at {path} has no split '{split_name}' (splits: {', '.join(splits)}); set {key}")
     table = splits[split_name]
     for key, column in (("data.image_column", cfg.image_column), ("data.label_column", cfg.label_column)):
         if column and column not in table.column_names:
-            raise ValueError(
+            raise ConfigError(
                 f"{key}='{column}' is not a column of the hf dataset at {path} (columns: {', '.join(table.column_names)})"
             )
     if not isinstance(table.features[cfg.image_column], datasets.Image):
-        raise TypeError(
+        raise ConfigError(
             f"data.image_column='{cfg.image_column}' of the hf dataset at {path} holds "
             f"{table.features[cfg.image_column]}, not images"
         )
