@@ -60,7 +60,8 @@ class VCRegRun:
         layer = cfg.vcreg
         if layer.enabled:
             apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
-                        delta=layer.delta, all_reduce=layer.all_reduce, overrides=layer.overrides)
+                        delta=layer.delta, all_reduce=layer.all_reduce, normalization=layer.normalization,
+                        overrides=layer.overrides)
         self.method = build_vcreg_method(cfg.method, backbone, feature_dim, dataset_info(cfg.data).num_classes)
         return self.method
 
