@@ -12,7 +12,7 @@ from common.backbones import SmallConvNet
 from stochcon.losses import info_nce
 from vcreg.analysis.collapse import cdnv, mine_bits, ncc_accuracy
 from vcreg.analysis.two_moons import TwoMoonsConfig, boundary_margin, train_run
-from vcreg.losses import decov_loss, vicreg_loss
+from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 from vcreg.method import JointEmbedding, SupervisedClassifier, VCRegMethodConfig, build_vcreg_method
 from vcreg.train import main as train_main
 
@@ -51,12 +51,17 @@ def test_supervised_and_decov_losses():
     out = plain([images], labels)
     logits = plain.classifier(backbone(images))
     assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item(), rel=1e-5)
-    decov = SupervisedClassifier(backbone, backbone.num_features, 3, decov_weight=0.5)
-    decov.classifier = plain.classifier
-    out = decov([images], labels)
     features = backbone(images)
-    expected = F.cross_entropy(plain.classifier(features), labels) + 0.5 * decov_loss(features)
-    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    for name, weight, penalty in (("decov", 0.5, decov_loss(features)),
+                                  ("wldreg", 0.01, wldreg_loss(features, gamma=2.0, variant="logdet"))):
+        cfg = VCRegMethodConfig(name=name, decov_weight=weight, wldreg_weight=weight, wldreg_gamma=2.0,
+                                wldreg_variant="logdet")
+        regularised = build_vcreg_method(cfg, backbone, backbone.num_features, 3)
+        regularised.classifier = plain.classifier
+        out = regularised([images], labels)
+        expected = F.cross_entropy(plain.classifier(features), labels) + weight * penalty
+        assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+        assert out[name].item() == pytest.approx(penalty.item(), rel=1e-5)
     with pytest.raises(ValueError, match="unlabelled"):
         plain([images], torch.full((8,), -1))
 
@@ -66,9 +71,14 @@ def test_joint_embedding_objectives():
     backbone = SmallConvNet(1, width=4)
     views = [torch.randn(6, 1, 16, 16), torch.randn(6, 1, 16, 16)]
     vicreg = JointEmbedding(backbone, backbone.num_features, VCRegMethodConfig(name="vicreg", vicreg_projector=[16, 8]))
+    # Appendix C.4 by default: two linear layers, BatchNorm after each
+    assert [type(m).__name__ for m in vicreg.projector] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
     out = vicreg(views, torch.full((6,), -1))
     z1, z2 = vicreg.projector(backbone(torch.cat(views))).chunk(2)
     assert out["loss"].item() == pytest.approx(vicreg_loss(z1, z2)["loss"].item(), rel=1e-5)
+    released = JointEmbedding(backbone, backbone.num_features, VCRegMethodConfig(
+        name="vicreg", vicreg_projector=[16, 16, 8], vicreg_projector_last_norm=False))
+    assert isinstance(released.projector[-1], nn.Linear) and released.projector[-1].bias is None
     simclr = JointEmbedding(backbone, backbone.num_features,
                             VCRegMethodConfig(name="simclr", simclr_projector=[16, 8], temperature=0.5))
     out = simclr(views, torch.full((6,), -1))

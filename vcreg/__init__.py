@@ -1,6 +1,7 @@
-"""VCReg: variance-covariance regularisation of intermediate representations (/work/shared/papers/vcreg.md)."""
+"""VCReg: variance-covariance regularisation of intermediate representations ("Variance-Covariance
+Regularization Improves Representation Learning")."""
 
-from vcreg.layer import VCReg, attach_grad_scaler
+from vcreg.layer import NORMALIZATIONS, VCReg
 from vcreg.placement import PLACEMENTS, apply_vcreg, remove_layers
 
-__all__ = ["PLACEMENTS", "VCReg", "apply_vcreg", "attach_grad_scaler", "remove_layers"]
+__all__ = ["NORMALIZATIONS", "PLACEMENTS", "VCReg", "apply_vcreg", "remove_layers"]

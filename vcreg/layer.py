@@ -4,39 +4,65 @@ Features are rows of ``d`` channels: a ``[N, C, H, W]`` map gives ``n = N*H*W`` 
 (every spatial location is a sample, Section 3.2) and a ``[N, L, C]`` token sequence gives ``n = N*L`` rows.
 With ``X`` the rows centred over the samples and ``C = X^T X / (n - 1)``, backward returns
 
-    grad_output - alpha / (d (n - 1)) * X * w  +  4 beta / (d (d - 1)) * X offdiag(C),
+    grad_output + s * ( -a / (d (n - 1)) * X * w  +  b * 4 / (d (d - 1)) * X offdiag(C) ),
 
-where ``w_i = rsqrt(C_ii + eps)`` if that exceeds 1 and 0 otherwise (Algorithm 1's ``F.threshold``).
-The first term is exactly ``alpha * grad(l_var)`` (eq. 3). The second is ``beta * (n - 1) * grad(l_cov)``
-(eq. 4): Algorithm 1 leaves out the ``1/(n - 1)`` of ``dC/dX``, and the paper's alpha and beta were tuned
-with that scaling, so we keep it (``vcreg.naive`` spells out the equivalent loss). With ``delta`` set, the
-covariance penalty is the smooth-L1 of eq. 7, whose gradient clamps ``offdiag(C)`` to ``[-delta, delta]``.
+where ``w_i = rsqrt(C_ii + eps)`` if that exceeds 1 and 0 otherwise (Algorithm 1's ``F.threshold``) and
+``s`` is the fp16 loss scale (1 without one). With ``a = alpha`` the first term is ``alpha * grad(l_var)``
+(eq. 3); the second is ``b (n - 1) * grad(l_cov)`` (eq. 4). With ``delta`` set, the covariance penalty is
+the smooth-L1 of eq. 7, whose gradient clamps ``offdiag(C)`` to ``[-delta, delta]``.
+
+How the strength depends on the batch. Let ``n`` be the rows of one micro-batch on one device, ``K`` the
+gradient-accumulation micro-batches of an optimiser step and ``W`` the data-parallel processes. The trainer
+back-propagates ``loss / K`` and DDP averages the gradients over ``W``, so a mean-type loss (cross-entropy,
+``l_var``) pulls equally hard at any ``n``, ``K`` and ``W``. The layer takes ``K`` and ``W`` from the
+``common.backward_scale.BackwardScale`` the trainer attaches (none attached: ``K = W = 1``, scale 1):
+
+- ``normalization="algorithm1"`` (default, the paper's scaling, the one its alpha and beta were tuned in):
+  ``a = alpha / K`` and ``b = beta``. The variance term is the gradient of ``alpha * l_var`` averaged over
+  the micro-batches like the task loss, so alpha means the same at any ``n``, ``K`` and ``W``. The
+  covariance term is Algorithm 1's, which leaves out the ``1/(n - 1)`` of ``dC/dX``: each row's gradient
+  is of order one, so the term is a sum over rows. The K micro-batches' rows add up to the ``K n`` rows one
+  device sees per optimiser step (images per device per step times locations), DDP averages the devices'
+  sums, and the strength is ``beta`` times those rows: it does not depend on ``W``, but the same beta is
+  twice as strong at twice the per-device batch (or twice the resolution of a feature map); to keep a
+  tuned strength at another per-device batch, scale beta by the ratio of the per-device rows.
+- ``normalization="batch_mean"``: ``a = alpha / K`` and ``b = beta / (K (n - 1))``: both terms are the
+  gradient of eq. 2's ``alpha l_var + beta l_cov`` of each micro-batch, averaged over the micro-batches and
+  the devices like the task loss, so alpha and beta mean the same at any per-device batch, accumulation and
+  world size (the statistics themselves, estimated from ``n`` rows, still get less noisy as ``n`` grows).
+  Algorithm 1's beta at ``n`` rows per micro-batch equals batch_mean's ``beta * K (n - 1)``.
+
+In both, K micro-batches give one batch's update up to the micro-batch statistics: each micro-batch's
+rows get their gradient from that micro-batch's mean and covariance.
+
+Statistics are per device by default: every process regularises the covariance of its own micro-batch
+and DDP averages the per-device gradients. ``all_reduce=True`` sums the mean and covariance over the
+processes, so ``C`` (and ``n``) are those of the global micro-batch; it changes only the statistics, never
+the strength: the mean-type terms (every ``a`` term, and batch_mean's covariance term) are then the
+gradient of the global batch's loss and are multiplied by ``W``, because DDP divides the summed gradients
+by ``W`` and a loss of the global batch must not be divided; Algorithm 1's covariance term stays a sum over
+each device's rows, as without ``all_reduce``.
 
 Centring happens inside backward instead of in a forward "mean removal" layer (Appendix A): the gradient
 of the regulariser of centred features already has zero mean over the samples, so it is the same gradient
 with respect to the uncentred input, and the forward pass stays an exact identity.
 
-Statistics are per rank: under data parallelism every process regularises the covariance of its own
-shard (``n`` counts local rows), and DDP averages the per-rank gradients. ``all_reduce=True`` sums the
-mean and covariance over ranks, so the regulariser is that of the global batch; the added gradient is
-then multiplied by the world size, because DDP divides the summed gradients by it and the global-batch
-regulariser (unlike a per-rank mean of losses) must not be divided.
-
-Mixed precision: statistics are computed in at least float32 whatever the input dtype. Under fp16 with a gradient
-scaler, ``grad_output`` arrives multiplied by the loss scale, so the added gradient must be too: attach
-the scaler with :func:`attach_grad_scaler` (the layer then reads its current scale on the device, without
-a host sync). bf16 needs no scaler and nothing to attach.
+Mixed precision: statistics are computed in at least float32 whatever the input dtype. Under fp16 with a
+gradient scaler, ``grad_output`` arrives multiplied by the loss scale ``s``, so the added gradient is too:
+the layer reads the current scale from its ``backward_scale`` on the device, without a host sync. A layer
+with no ``backward_scale`` refuses fp16 autocast, where it cannot know the scale. bf16 needs no scaler.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from common import distributed
+from common.backward_scale import BackwardScale
+
+NORMALIZATIONS = ("algorithm1", "batch_mean")
 
 
 def channels_last_view(x: Tensor) -> Tensor:
@@ -49,18 +75,18 @@ def statistics_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _centred(features: Tensor, sample_dims: tuple[int, ...], all_reduce: bool) -> tuple[Tensor, int, int]:
-    """``features`` minus its mean over ``sample_dims`` (over all ranks with ``all_reduce``); n and world size."""
+def _centred(features: Tensor, sample_dims: tuple[int, ...], all_reduce: bool) -> tuple[Tensor, int, bool]:
+    """``features`` minus its mean over ``sample_dims`` (over all ranks with ``all_reduce``), the number of
+    rows the statistics cover, and whether they were summed over ranks."""
     d = features.shape[1]
     n_local = features.numel() // d
     if all_reduce and distributed.is_distributed():
-        world = distributed.world_size()
         stats = torch.cat([features.sum(sample_dims), features.new_tensor([n_local])])
         dist.all_reduce(stats)
         n = int(stats[-1].item())
         shape = [d if i == 1 else 1 for i in range(features.dim())]
-        return features - (stats[:-1] / n).view(shape), n, world
-    return features - features.mean(sample_dims, keepdim=True), n_local, 1
+        return features - (stats[:-1] / n).view(shape), n, True
+    return features - features.mean(sample_dims, keepdim=True), n_local, False
 
 
 class VCRegFunction(torch.autograd.Function):
@@ -73,15 +99,15 @@ class VCRegFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: float, beta: float, eps: float, delta: float | None,
-                all_reduce: bool, loss_scale: Callable[[], Tensor | float]) -> Tensor:
+                all_reduce: bool, normalization: str, scale: BackwardScale | None) -> Tensor:
         ctx.save_for_backward(x)
-        ctx.hyper = (alpha, beta, eps, delta, all_reduce, loss_scale)
+        ctx.hyper = (alpha, beta, eps, delta, all_reduce, normalization, scale)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (x,) = ctx.saved_tensors
-        alpha, beta, eps, delta, all_reduce, loss_scale = ctx.hyper
+        alpha, beta, eps, delta, all_reduce, normalization, scale = ctx.hyper
         channel_first = x.dim() == 4 and x.is_contiguous()
         dtype = statistics_dtype(x)
         if channel_first:
@@ -89,21 +115,26 @@ class VCRegFunction(torch.autograd.Function):
         else:
             rows = channels_last_view(x)                                            # a view when channels last
             features, sample_dims = rows.reshape(-1, rows.shape[-1]).to(dtype), (0,)  # [n, C]
-        centred, n, world = _centred(features, sample_dims, all_reduce)
+        centred, n, reduced = _centred(features, sample_dims, all_reduce)
         d = centred.shape[1]
         if n < 2 or d < 2:
             raise ValueError(f"VCReg needs at least 2 samples and 2 channels, got n={n}, d={d}")
         gram = (centred @ centred.mT).sum(0) if channel_first else centred.T @ centred
         cov = gram / (n - 1)
-        if all_reduce and world > 1:
+        if reduced:
             dist.all_reduce(cov)  # local sums over (n_global - 1) add up to the global covariance
+        scale = scale or BackwardScale()
+        # a mean-type loss's gradient: divided by K like the task loss, and by nothing over the ranks
+        # (DDP averages), unless it is the global batch's loss, which DDP's average must not divide
+        mean_type = (scale.world_size if reduced else 1) / scale.accumulation_steps
         variance_weight = torch.rsqrt(cov.diagonal() + eps)
         variance_weight = torch.where(variance_weight > 1.0, variance_weight, torch.zeros_like(variance_weight))
         off_diagonal = cov if delta is None else cov.clamp(-delta, delta)
+        covariance_factor = 1.0 if normalization == "algorithm1" else mean_type / (n - 1)
         # One (d, d) matrix carries both terms, so the added gradient costs a single n x d x d product.
-        mixing = off_diagonal * (4.0 * beta / (d * (d - 1)))
-        mixing.diagonal().copy_(variance_weight * (-alpha / (d * (n - 1))))
-        mixing = mixing * (world * loss_scale())
+        mixing = off_diagonal * (4.0 * beta * covariance_factor / (d * (d - 1)))
+        mixing.diagonal().copy_(variance_weight * (-alpha * mean_type / (d * (n - 1))))
+        mixing = mixing * scale.loss_scale()
         if channel_first:  # grad[k] + M^T X[k] for every image k, one fused kernel when the dtypes agree
             grad = grad_output.flatten(2)
             if grad.dtype == dtype:
@@ -116,7 +147,7 @@ class VCRegFunction(torch.autograd.Function):
             grad_input = grad_rows + (centred @ mixing).view(grad_rows.shape).to(grad_output.dtype)
             if x.dim() == 4:
                 grad_input = grad_input.movedim(-1, 1)
-        return grad_input, None, None, None, None, None, None
+        return grad_input, None, None, None, None, None, None, None
 
 
 class VCReg(nn.Module):
@@ -124,55 +155,44 @@ class VCReg(nn.Module):
 
     Args:
         alpha: weight of the variance hinge (eq. 3).
-        beta: weight of the covariance penalty, in Algorithm 1's scaling (see the module docstring).
+        beta: weight of the covariance penalty, in the scaling ``normalization`` names (module docstring).
         eps: added to the variances before the square root.
         delta: smooth-L1 threshold of eq. 7 for the covariance penalty; ``None`` is the squared penalty.
         all_reduce: compute the statistics over all ranks instead of per rank.
+        normalization: ``"algorithm1"`` (the paper's: beta's strength grows with the rows per device) or
+            ``"batch_mean"`` (alpha and beta mean the same at any batch, accumulation and world size).
+
+    ``backward_scale`` is the trainer's ``BackwardScale`` (loss scale, accumulation steps, world size),
+    set by ``common.backward_scale.attach_backward_scale``; ``None`` means scale 1, one step, one process.
     """
 
     def __init__(self, alpha: float, beta: float, eps: float = 1e-5, delta: float | None = None,
-                 all_reduce: bool = False) -> None:
+                 all_reduce: bool = False, normalization: str = "algorithm1") -> None:
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f"VCReg alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
         if delta is not None and delta <= 0:
             raise ValueError(f"VCReg delta must be > 0 or None, got {delta}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"VCReg normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                             f"not {normalization!r}")
         self.alpha, self.beta, self.eps, self.delta, self.all_reduce = alpha, beta, eps, delta, all_reduce
-        self.grad_scaler: torch.amp.GradScaler | None = None
-
-    def loss_scale(self) -> Tensor | float:
-        """The scale the current backward's ``grad_output`` carries (1 without an enabled fp16 scaler).
-
-        Read during backward, after ``scaler.scale(loss)`` has created the scale tensor.
-        """
-        if self.grad_scaler is None or not self.grad_scaler.is_enabled():
-            return 1.0
-        scale = self.grad_scaler._get_scale_async()  # device tensor: reading it does not sync the host
-        return self.grad_scaler.get_scale() if scale is None else scale
+        self.normalization = normalization
+        self.backward_scale: BackwardScale | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and torch.is_grad_enabled() and x.requires_grad):
             return x
         if x.dim() not in (2, 3, 4):
             raise ValueError(f"VCReg expects [N, C], [N, L, C] or [N, C, H, W] features, got shape {tuple(x.shape)}")
-        if (self.grad_scaler is None and torch.is_autocast_enabled(x.device.type)
+        if (self.backward_scale is None and torch.is_autocast_enabled(x.device.type)
                 and torch.get_autocast_dtype(x.device.type) == torch.float16):
-            raise ValueError("VCReg under fp16 autocast needs the loss scale: call "
-                             "vcreg.attach_grad_scaler(model, accelerator.scaler) (a disabled GradScaler if unscaled)")
+            raise ValueError("VCReg under fp16 autocast needs the loss scale: call common.backward_scale."
+                             "attach_backward_scale(model, BackwardScale(grad_scaler, ...)) first "
+                             "(grad_scaler=None if the loss is not scaled)")
         return VCRegFunction.apply(x, self.alpha, self.beta, self.eps, self.delta, self.all_reduce,
-                                   self.loss_scale)
+                                   self.normalization, self.backward_scale)
 
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, beta={self.beta}, eps={self.eps}, delta={self.delta}, "
-                f"all_reduce={self.all_reduce}")
-
-
-def attach_grad_scaler(model: nn.Module, scaler: torch.amp.GradScaler | None) -> int:
-    """Give every VCReg layer in ``model`` the fp16 gradient scaler (``accelerator.scaler``); returns the count.
-
-    Call once after the scaler exists; the layers read its current scale at every backward. ``None`` detaches.
-    """
-    layers = [m for m in model.modules() if isinstance(m, VCReg)]
-    for layer in layers:
-        layer.grad_scaler = scaler
-    return len(layers)
+                f"all_reduce={self.all_reduce}, normalization={self.normalization}")

@@ -1,4 +1,4 @@
-"""Methods trained with VCReg layers in their backbone: supervised (plain or DeCov), SimCLR and VICReg.
+"""Methods trained with VCReg layers in the backbone: supervised (plain, DeCov, WLD-Reg), SimCLR and VICReg.
 
 The VCReg layers themselves live in the backbone (``vcreg.placement.apply_vcreg``) and act in backward,
 so the methods below only compute their own objective; with ``vcreg.enabled=false`` the same methods are
@@ -7,20 +7,22 @@ the baselines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.distributed import gather_with_grad
+from common.errors import ConfigError
 from common.heads import mlp
 from common.method import Method
 from stochcon.losses import info_nce
-from vcreg.layer import attach_grad_scaler
-from vcreg.losses import decov_loss, vicreg_loss
+from vcreg.losses import VARIANCE_COMBINES, WLDREG_VARIANTS, decov_loss, vicreg_loss, wldreg_loss
 
-METHODS = ("supervised", "decov", "simclr", "vicreg")
+METHODS = ("supervised", "decov", "wldreg", "simclr", "vicreg")
 
 
 @dataclass
@@ -30,46 +32,46 @@ class VCRegLayerConfig:
     the defaults are the grid's mildest corner."""
 
     enabled: bool = True
-    placement: str = "blocks"          # final | blocks (the paper's choice) | blocks+downsample
+    placement: str = "blocks"          # final | blocks (the paper's) | downsample | blocks+downsample (App. A)
     alpha: float = 0.16
     beta: float = 0.01
     eps: float = 1e-5
     delta: float | None = None      # smooth-L1 covariance threshold (eq. 7); None: squared, as Algorithm 1
-    all_reduce: bool = False           # statistics over all ranks instead of per rank
+    all_reduce: bool = False           # statistics over all ranks instead of per rank (strength unchanged)
+    normalization: str = "algorithm1"  # algorithm1 (paper's; beta grows with rows/device) | batch_mean
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # {"stages.3.*": {"alpha": 1.28}}
 
 
 @dataclass
 class VCRegMethodConfig:
-    name: str = "supervised"           # supervised | decov | simclr | vicreg
-    label_smoothing: float = 0.0       # supervised / decov cross-entropy
-    decov_weight: float = 0.1          # DeCov baseline: weight of Cogswell et al.'s loss on the pooled features
+    name: str = "supervised"           # supervised | decov | wldreg | simclr | vicreg
+    label_smoothing: float = 0.0       # supervised / decov / wldreg cross-entropy
+    decov_weight: float = 0.1          # DeCov baseline: weight of Cogswell et al.'s loss on pooled features
+    wldreg_weight: float = 1e-3        # WLD-Reg baseline (Laakom et al., 2023): weight on pooled features
+    wldreg_gamma: float = 10.0         # WLD-Reg's Gaussian-kernel width gamma
+    wldreg_variant: str = "direct"     # WLD-Reg's redundancy measure: direct | det | logdet
     temperature: float = 0.1           # SimCLR InfoNCE tau (Chen et al., 2020: 0.1 at batch 4096)
     simclr_projector: list[int] = field(default_factory=lambda: [2048, 256])  # hidden..., output (App. C.4)
-    vicreg_projector: list[int] = field(default_factory=lambda: [8192, 8192, 8192])  # Bardes et al.
+    vicreg_projector: list[int] = field(default_factory=lambda: [8192, 8192])  # C.4; Bardes et al.: 8192 x 3
+    vicreg_projector_last_norm: bool = True  # C.4: BatchNorm after every layer; false: Bardes et al.'s output
     vicreg_invariance: float = 25.0
     vicreg_variance: float = 25.0
     vicreg_covariance: float = 1.0
     vicreg_eps: float = 1e-4
+    vicreg_variance_combine: str = "mean"  # mean: (v(Z)+v(Z'))/2 as Bardes et al.'s code | sum: their eq. 6
 
 
-class VCRegMethod(Method):
-    """Base: lets the trainer hand over the fp16 gradient scaler, which the VCReg layers must read."""
-
-    def on_grad_scaler(self, scaler: torch.amp.GradScaler | None) -> None:
-        attach_grad_scaler(self, scaler)
-
-
-class SupervisedClassifier(VCRegMethod):
-    """Backbone + linear classifier with cross-entropy; ``decov_weight > 0`` adds DeCov on the features."""
+class SupervisedClassifier(Method):
+    """Backbone + linear classifier with cross-entropy. ``penalty = (name, weight, loss)`` adds
+    ``weight * loss(features)`` on the pooled features, logged under ``name`` (Table 2's DeCov, WLD-Reg)."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, label_smoothing: float = 0.0,
-                 decov_weight: float = 0.0):
+                 penalty: tuple[str, float, Callable[[torch.Tensor], torch.Tensor]] | None = None):
         super().__init__(backbone, feature_dim)
         if num_classes < 2:
             raise ValueError(f"supervised training needs a labelled dataset, got {num_classes} classes")
         self.classifier = nn.Linear(feature_dim, num_classes)
-        self.label_smoothing, self.decov_weight = label_smoothing, decov_weight
+        self.label_smoothing, self.penalty = label_smoothing, penalty
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if bool((labels < 0).any()):
@@ -80,15 +82,16 @@ class SupervisedClassifier(VCRegMethod):
         out = {"features": features.detach(), "cross_entropy": cross_entropy.detach(),
                "train_top1": (logits.argmax(1) == labels).float().mean()}
         loss = cross_entropy
-        if self.decov_weight > 0:
-            decov = decov_loss(features.float())
-            loss = loss + self.decov_weight * decov
-            out["decov"] = decov.detach()
+        if self.penalty is not None:
+            name, weight, penalty_loss = self.penalty
+            value = penalty_loss(features.float())
+            loss = loss + weight * value
+            out[name] = value.detach()
         out["loss"] = loss
         return out
 
 
-class JointEmbedding(VCRegMethod):
+class JointEmbedding(Method):
     """SimCLR (InfoNCE on a projector's outputs) or VICReg (Bardes et al.) between two views (App. C.4)."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: VCRegMethodConfig):
@@ -99,8 +102,16 @@ class JointEmbedding(VCRegMethod):
             *hidden, out = cfg.simclr_projector
             self.projector = mlp(feature_dim, hidden, out, norm="bn", last_norm=True)
         else:
+            if cfg.vicreg_variance_combine not in VARIANCE_COMBINES:
+                raise ConfigError(f"method.vicreg_variance_combine must be one of "
+                                  f"{', '.join(VARIANCE_COMBINES)}, not {cfg.vicreg_variance_combine!r}")
+            # No bias on the output layer: Bardes et al.'s has none, and a BatchNorm after it cancels one.
+            # That BatchNorm keeps its affine scale (C.4 says just "batch normalization"): without it every
+            # embedding dimension has unit variance and the variance hinge could never act.
             *hidden, out = cfg.vicreg_projector
-            self.projector = mlp(feature_dim, hidden, out, norm="bn")
+            self.projector = mlp(feature_dim, hidden, out, norm="bn", last_bias=False)
+            if cfg.vicreg_projector_last_norm:
+                self.projector.append(nn.BatchNorm1d(out))
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if len(views) != 2:
@@ -112,7 +123,7 @@ class JointEmbedding(VCRegMethod):
         # variance and covariance are statistics of the global batch: gather the embeddings of every rank
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
         terms = vicreg_loss(z1, z2, self.cfg.vicreg_invariance, self.cfg.vicreg_variance,
-                            self.cfg.vicreg_covariance, self.cfg.vicreg_eps)
+                            self.cfg.vicreg_covariance, self.cfg.vicreg_eps, self.cfg.vicreg_variance_combine)
         return {"loss": terms["loss"], "features": features.chunk(2)[0].detach(),
                 **{k: v.detach() for k, v in terms.items() if k != "loss"}}
 
@@ -121,7 +132,15 @@ def build_vcreg_method(cfg: VCRegMethodConfig, backbone: nn.Module, feature_dim:
     if cfg.name == "supervised":
         return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing)
     if cfg.name == "decov":
-        return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing, cfg.decov_weight)
+        return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing,
+                                    ("decov", cfg.decov_weight, decov_loss))
+    if cfg.name == "wldreg":
+        if cfg.wldreg_variant not in WLDREG_VARIANTS:
+            raise ConfigError(f"method.wldreg_variant must be one of {', '.join(WLDREG_VARIANTS)}, "
+                             f"not {cfg.wldreg_variant!r}")
+        wldreg = partial(wldreg_loss, gamma=cfg.wldreg_gamma, variant=cfg.wldreg_variant)
+        return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing,
+                                    ("wldreg", cfg.wldreg_weight, wldreg))
     if cfg.name in ("simclr", "vicreg"):
         return JointEmbedding(backbone, feature_dim, cfg)
-    raise ValueError(f"method.name must be one of {', '.join(METHODS)}, not '{cfg.name}'")
+    raise ConfigError(f"method.name must be one of {', '.join(METHODS)}, not '{cfg.name}'")

@@ -1,9 +1,10 @@
 """The naive VCReg layer: compute the regulariser as a loss in forward and let autograd differentiate it.
 
 It is the reference for the fast layer (``vcreg.layer``) and the "VCReg (Naive)" column of Table 1. The
-loss is eq. 2 on the centred rows (every spatial location or token a sample) with weights
-``alpha`` and ``beta * (n - 1)``: Algorithm 1's covariance gradient omits the ``1/(n - 1)`` of ``dC/dX``,
-so this is the loss whose gradient is the fast layer's, to rounding.
+loss is eq. 2 on the centred rows (every spatial location or token a sample) with weights ``alpha`` and
+``beta * (n - 1)`` under Algorithm 1's normalisation (its covariance gradient omits the ``1/(n - 1)`` of
+``dC/dX``) or ``alpha`` and ``beta`` under ``batch_mean``: the loss whose gradient is the fast layer's on one
+micro-batch of one process (no accumulation, scale 1), to rounding.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vcreg.layer import channels_last_view, statistics_dtype
+from vcreg.layer import NORMALIZATIONS, channels_last_view, statistics_dtype
 from vcreg.losses import vcreg_loss
 
 
-def naive_vcreg_loss(x: Tensor, alpha: float, beta: float, eps: float = 1e-5,
-                     delta: float | None = None) -> Tensor:
+def naive_vcreg_loss(x: Tensor, alpha: float, beta: float, eps: float = 1e-5, delta: float | None = None,
+                     normalization: str = "algorithm1") -> Tensor:
     """The loss whose gradient with respect to ``x`` equals the fast layer's added gradient."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, not {normalization!r}")
     rows = channels_last_view(x)
     rows = rows.reshape(-1, rows.shape[-1]).to(statistics_dtype(x))
-    return vcreg_loss(rows, alpha, beta * (rows.shape[0] - 1), eps, delta)
+    covariance_weight = beta * (rows.shape[0] - 1) if normalization == "algorithm1" else beta
+    return vcreg_loss(rows, alpha, covariance_weight, eps, delta)
 
 
 class NaiveVCReg(nn.Module):

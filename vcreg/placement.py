@@ -5,9 +5,13 @@ Placements:
   classifier's input, so it also works on a backbone whose classifier is ``nn.Identity``.
 - ``blocks``: the output of every residual block, after the residual addition (the paper's choice): the
   bottleneck/basic blocks of a ResNet, ``stages[i].blocks[j]`` of a ConvNeXt, ``blocks[i]`` of a ViT.
-- ``blocks+downsample``: ``blocks`` plus the output of every downsampling layer: a ConvNeXt's stem and
-  stage downsamplers; a ResNet's stem max-pool (when it has one) and the shortcut projections its
-  blocks call ``downsample``. A ViT has no downsampling layers, so this placement is refused for it.
+- ``downsample``: the output of every downsampling layer only (Appendix A's third setup, Table 7): a
+  ConvNeXt's stem and stage downsamplers; a ResNet's stem max-pool (when it has one) and the strided
+  shortcut projections its blocks call ``downsample`` (a bottleneck ResNet's first projection only widens
+  the channels at full resolution, so it is not one). A ViT has no downsampling layers (Appendix A), and
+  ``small_convnet`` and the CIFAR ResNet-32 downsample inside their blocks, so it is refused for them.
+- ``blocks+downsample``: ``blocks`` plus ``downsample`` (Appendix A's fourth setup), refused where
+  ``downsample`` is.
 
 ``common.backbones.SmallConvNet`` (the CPU quickstart net) is supported too: its blocks are its eight
 conv-BN-ReLU units and its final representation is its pooled output.
@@ -27,7 +31,7 @@ from torch import nn
 from common.backbones import SmallConvNet
 from vcreg.layer import VCReg
 
-PLACEMENTS = ("final", "blocks", "blocks+downsample")
+PLACEMENTS = ("final", "blocks", "downsample", "blocks+downsample")
 OVERRIDE_KEYS = ("alpha", "beta", "eps", "delta")
 
 
@@ -66,34 +70,43 @@ def _sites(network: nn.Module, family: str, placement: str) -> list[tuple[str, n
             return [("pool", network.pool, False)]
         head = {"resnet": "fc", "convnext": "head.fc", "vit": "head"}[family]
         return [(head, named[head], True)]
-    sites: list[tuple[str, nn.Module]] = []
-    downsample = placement == "blocks+downsample"
+    # every candidate position as (name, module, is a downsampling layer), in forward order
+    candidates: list[tuple[str, nn.Module, bool]] = []
     if family == "resnet":
-        if downsample and isinstance(getattr(network, "maxpool", None), nn.MaxPool2d):
-            sites.append(("maxpool", network.maxpool))
+        if isinstance(getattr(network, "maxpool", None), nn.MaxPool2d):
+            candidates.append(("maxpool", network.maxpool, True))
         for stage in ("layer1", "layer2", "layer3", "layer4"):
             for index, block in enumerate(getattr(network, stage, ())):
-                if downsample and getattr(block, "downsample", None) is not None:
-                    sites.append((f"{stage}.{index}.downsample", block.downsample))
-                sites.append((f"{stage}.{index}", block))
+                projection = getattr(block, "downsample", None)
+                if projection is not None and _is_strided(projection):
+                    candidates.append((f"{stage}.{index}.downsample", projection, True))
+                candidates.append((f"{stage}.{index}", block, False))
     elif family == "convnext":
-        if downsample:
-            sites.append(("stem", network.stem))
+        candidates.append(("stem", network.stem, True))
         for s, stage in enumerate(network.stages):
-            if downsample and not isinstance(stage.downsample, nn.Identity):
-                sites.append((f"stages.{s}.downsample", stage.downsample))
-            sites.extend((f"stages.{s}.blocks.{b}", block) for b, block in enumerate(stage.blocks))
+            if not isinstance(stage.downsample, nn.Identity):
+                candidates.append((f"stages.{s}.downsample", stage.downsample, True))
+            candidates.extend((f"stages.{s}.blocks.{b}", block, False) for b, block in enumerate(stage.blocks))
     elif family == "small_convnet":
-        if downsample:
-            raise ValueError("placement 'blocks+downsample': small_convnet downsamples inside its conv blocks; "
-                             "use 'blocks'")
-        sites.extend((f"features.{i}", m) for i, m in network.features.named_children() if isinstance(m, nn.ReLU))
+        candidates.extend((f"features.{i}", m, False) for i, m in network.features.named_children()
+                          if isinstance(m, nn.ReLU))
     else:
-        if downsample:
-            raise ValueError("placement 'blocks+downsample' needs downsampling layers and a ViT has none; "
-                             "use 'blocks'")
-        sites.extend((f"blocks.{b}", block) for b, block in enumerate(network.blocks))
-    return [(name, module, False) for name, module in sites]
+        candidates.extend((f"blocks.{b}", block, False) for b, block in enumerate(network.blocks))
+    if placement != "blocks" and not any(is_downsample for _, _, is_downsample in candidates):
+        what = "a ViT has none" if family == "vit" else f"{type(network).__name__} downsamples inside its blocks"
+        raise ValueError(f"placement {placement!r} needs downsampling layers and {what}; use 'blocks'")
+    wanted = {"blocks": (False,), "downsample": (True,), "blocks+downsample": (False, True)}[placement]
+    return [(name, module, False) for name, module, is_downsample in candidates if is_downsample in wanted]
+
+
+def _is_strided(module: nn.Module) -> bool:
+    """Whether a convolution or pooling inside ``module`` lowers the resolution."""
+    return any(isinstance(m, (nn.Conv2d, nn.AvgPool2d, nn.MaxPool2d)) and _stride_above_one(m.stride)
+               for m in module.modules())
+
+
+def _stride_above_one(stride) -> bool:
+    return any(s > 1 for s in (stride if isinstance(stride, tuple) else (stride,)))
 
 
 def _run_on_output(module: nn.Module, args, output):
@@ -136,8 +149,11 @@ def remove_layers(model: nn.Module) -> int:
 
 def apply_vcreg(model: nn.Module, placement: str = "blocks", *, alpha: float, beta: float,
                 eps: float = 1e-5, delta: float | None = None, all_reduce: bool = False,
+                normalization: str = "algorithm1",
                 overrides: Mapping[str, Mapping[str, float | None]] | None = None) -> list[str]:
     """Insert ``VCReg`` layers into ``model`` in place; returns the names of the regularised modules.
+
+    ``normalization`` is the layers' scaling of alpha and beta (``vcreg.layer``'s docstring).
 
     ``overrides`` maps shell-style patterns over those names (``"stages.3.*"``, ``"layer4.*"``) to any of
     ``alpha``, ``beta``, ``eps``, ``delta``; later patterns win. A pattern matching no layer is an error.
@@ -156,7 +172,7 @@ def apply_vcreg(model: nn.Module, placement: str = "blocks", *, alpha: float, be
             if fnmatch.fnmatchcase(name, pattern):
                 settings.update(values)
                 matched.add(pattern)
-        return VCReg(**settings, all_reduce=all_reduce)
+        return VCReg(**settings, all_reduce=all_reduce, normalization=normalization)
 
     names = insert_layers(model, placement, make_layer)
     unmatched = sorted(set(overrides) - matched)

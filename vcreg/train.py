@@ -55,7 +55,8 @@ def build_method(cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -
     layer = cfg.vcreg
     if layer.enabled:
         apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
-                    delta=layer.delta, all_reduce=layer.all_reduce, overrides=layer.overrides)
+                    delta=layer.delta, all_reduce=layer.all_reduce, normalization=layer.normalization,
+                    overrides=layer.overrides)
     return build_vcreg_method(cfg.method, backbone, feature_dim, dataset_info(cfg.data).num_classes)
 
 
