@@ -63,6 +63,7 @@ class Res5AvgPool6(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         feature_map = self.feature_map(images)
         if min(feature_map.shape[-2:]) < self.window:
-            raise ValueError(f"the feature map is {tuple(feature_map.shape[-2:])}, smaller than the {self.window} x "
-                             f"{self.window} window; use a larger image_size (224 for a ResNet-50)")
+            size = tuple(feature_map.shape[-2:])
+            raise ValueError(f"the feature map is {size}, smaller than the {self.window} x {self.window} window; "
+                             "use a larger image_size (224 for a ResNet-50)")
         return torch.flatten(F.avg_pool2d(feature_map, self.window, stride=1), 1)

@@ -10,7 +10,7 @@ Two protocols, one key apart (``protocol=wu2018|dino`` here, ``knn_protocol`` in
 evaluation through ``knn_settings``):
 
 - ``wu2018`` (the default): k = 200, T = 0.1, the weighted vote of Wu et al. 2018 ("Unsupervised Feature
-  Learning via Non-Parametric Instance Discrimination", Section 3.4) with k = 200 and the temperature of
+  Learning via Non-Parametric Instance Discrimination", its weighted k-NN) with k = 200 and the temperature of
   their CIFAR code (their ImageNet code uses 0.07); also reported at k = 20, since MSBReg's supplement
   (Section 2.3) gives 20- and 200-NN accuracies.
 - ``dino``: k = 20, T = 0.07, as DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision

@@ -48,4 +48,7 @@ def mean_per_class_accuracy(predictions: Tensor, labels: Tensor) -> float:
     return (correct / count).mean().item()
 
 
-METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {TOP1: top1_accuracy, MEAN_PER_CLASS: mean_per_class_accuracy}
+METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
+    TOP1: top1_accuracy,
+    MEAN_PER_CLASS: mean_per_class_accuracy,
+}

@@ -60,7 +60,8 @@ def mine_bits(x: Tensor, z: Tensor, steps: int = 2000, batch_size: int = 512, lr
     Section 3.2). Inputs and features are flattened and standardised per dimension first.
     """
     if len(x) != len(z) or len(x) < 10:
-        raise ValueError(f"MINE needs at least 10 (input, feature) pairs of equal count; got {len(x)} and {len(z)}")
+        raise ValueError(f"MINE needs at least 10 (input, feature) pairs of equal count; got {len(x)} inputs "
+                         f"and {len(z)} features")
     generator = torch.Generator().manual_seed(seed)
     x, z = _standardise(x).to(device), _standardise(z).to(device)
     order = torch.randperm(len(x), generator=generator)

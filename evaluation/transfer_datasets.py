@@ -129,7 +129,7 @@ def load_sun397(request: SplitRequest, partition: int = 1) -> Splits:
         try:
             labels = [full.class_to_idx["/".join(Path(line.lstrip("/")).parts[1:-1])] for line in lines]
         except KeyError as error:
-            raise DataError(f"{listing} names a class that is not in {folder / 'ClassName.txt'}: {error}") from None
+            raise DataError(f"{listing} names a class not in {folder / 'ClassName.txt'}: {error}") from None
         return ImageFileDataset(files, torch.tensor(labels), full.classes, skip_corrupt=False)
 
     return split("Training"), None, split("Testing")

@@ -220,8 +220,8 @@ def voc07_transform(resize: str, image_size: int, in_chans: int) -> v2.Compose:
         if in_chans != 3:
             raise ConfigError(f"resize=goyal feeds RGB images; the backbone takes {in_chans} channels")
         return v2.Compose([v2.ToImage(), v2.Resize(GOYAL_SHORT_SIDE, antialias=True),
-                           v2.Resize((image_size, image_size), antialias=True), v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                           v2.Resize((image_size, image_size), antialias=True),
+                           v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     raise ConfigError(f"resize must be center_crop or goyal, not '{resize}'")
 
 

@@ -81,6 +81,8 @@ def test_probe_progress_bar(capsys):
 
 
 def test_learning_rate_schedules():
+    # float64 arithmetic, exact up to a few roundings (1e-16 relative): approx's default (1e-6, 1e-12 absolute
+    # at 0) holds it.
     cosine = LinearProbeConfig(lr=0.2, schedule="cosine")
     assert _learning_rate(cosine, 0, 100, 10) == pytest.approx(0.2)
     assert _learning_rate(cosine, 50, 100, 10) == pytest.approx(0.1)
@@ -131,8 +133,8 @@ def test_feature_extraction_fast_path_equals_per_image_path(capsys):
     assert fast_x.shape == (37, 32)
     assert torch.equal(fast_y, slow_y) and torch.equal(fast_y, torch.arange(37) % 4)
     # The transform gives the same float32 pixels per image in a batch or alone; the float64 forward then
-    # differs only in summation order (batch 8 vs 5): relative 1e-15 per sum, far below rtol=1e-10. The
-    # returned features are float32, so compare within two float32 ulps (2 * 2^-24 relative) instead.
+    # differs only in summation order (batch 8 vs 5), about 1e-15 relatively. Rounded to the float32 the
+    # features are returned in, that is at most one float32 ulp apart: 2^-23 = 2 * 2^-24 relative.
     assert torch.allclose(fast_x, slow_x, rtol=2 * 2.0 ** -24, atol=0)
     subset_x, subset_y = extract_features(backbone, dataset, transform, batch_size=8,
                                           indices=torch.tensor([3, 30]))
@@ -294,8 +296,8 @@ def test_neural_collapse_and_mine_command_lines(fashion_root, saved_backbone):
     data = DataConfig(name="fashion_mnist", root=str(fashion_root))
     dataset = build_dataset(data, "train")
     indices = torch.tensor(stratified_subset(dataset.targets, 120))
-    inputs, features, _ = extract_inputs_and_features(backbone, dataset, build_eval_transform(dataset_info(data), 1, None),
-                                                      indices=indices)
+    transform = build_eval_transform(dataset_info(data), 1, None)
+    inputs, features, _ = extract_inputs_and_features(backbone, dataset, transform, indices=indices)
     inputs = torch.nn.functional.interpolate(inputs, size=(14, 14), mode="area")
     assert results["mutual_information_bits"] == mine_bits(inputs, features, steps=30, batch_size=32)
 

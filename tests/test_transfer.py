@@ -77,7 +77,8 @@ def test_lbfgs_probe_matches_sklearn(l2):
     difference = project @ (flat_ours - flat_theirs)
     assert difference.norm() <= bound
     # The predictions agree where no logit margin is within the logit change that difference allows.
-    change = difference[:classes * d].view(classes, d).norm(dim=1).max() * x.norm(dim=1) + difference[classes * d:].abs().max()
+    weight_change, bias_change = difference[:classes * d].view(classes, d), difference[classes * d:]
+    change = weight_change.norm(dim=1).max() * x.norm(dim=1) + bias_change.abs().max()
     top_two = ours.logits(x).topk(2, dim=1).values
     assert ((top_two[:, 0] - top_two[:, 1]) > 2 * change).all()
     assert torch.equal(ours.predict(x), torch.from_numpy(reference.predict(x.numpy())))
@@ -85,6 +86,7 @@ def test_lbfgs_probe_matches_sklearn(l2):
 
 def test_l2_selection_on_validation_then_refit(capsys):
     assert len(default_l2_grid()) == 45
+    # np.logspace computes 10 ** endpoint in float64: within a few ulps, well inside approx's 1e-6
     assert default_l2_grid()[0] == pytest.approx(1e-5) and default_l2_grid()[-1] == pytest.approx(1e5)
     x, y = logistic_problem(n=400)
     grid = [1e-4, 1e-2, 1.0, 100.0]
@@ -117,8 +119,8 @@ def test_mean_per_class_accuracy_on_a_planted_imbalanced_example():
     assert mean_per_class_accuracy(predictions, labels) == pytest.approx((1 + 1 / 3 + 0) / 3, rel=1e-15)
     # equal class sizes: the two metrics coincide; a class absent from the labels does not count
     balanced = torch.tensor([0, 0, 1, 1])
-    assert mean_per_class_accuracy(torch.tensor([0, 1, 1, 1]), balanced) == top1_accuracy(torch.tensor([0, 1, 1, 1]),
-                                                                                         balanced) == 0.75
+    guesses = torch.tensor([0, 1, 1, 1])
+    assert mean_per_class_accuracy(guesses, balanced) == top1_accuracy(guesses, balanced) == 0.75
     assert mean_per_class_accuracy(torch.tensor([5, 1]), torch.tensor([0, 1])) == 0.5
     with pytest.raises(ValueError, match="shape"):
         mean_per_class_accuracy(torch.tensor([0, 1]), torch.tensor([0]))
@@ -183,7 +185,8 @@ def test_transfer_reports_mean_per_class_accuracy_with_the_validation_split(tmp_
     results = json.loads((tmp_path / "f.json").read_text())["results"]
     assert results["metric"] == MEAN_PER_CLASS and (results["num_train"], results["num_val"]) == (18, 18)
     assert set(results["val_mean_per_class_accuracy_by_l2"]) == {"10.0", "0.1", "0.001"}
-    assert results["best_val_mean_per_class_accuracy"] == max(results["val_mean_per_class_accuracy_by_l2"].values())
+    by_l2 = results["val_mean_per_class_accuracy_by_l2"]
+    assert results["best_val_mean_per_class_accuracy"] == max(by_l2.values())
     assert 0 <= results[MEAN_PER_CLASS] <= 1 and 0 <= results[TOP1] <= 1
 
 
@@ -253,7 +256,8 @@ def test_sun397_first_published_partition_and_its_download(tmp_path, monkeypatch
     monkeypatch.setattr(transfer_datasets, "download_url", download_url)
     with pytest.raises(DataError, match="SHA-256"):
         load_sun397(SplitRequest(str(tmp_path), download=True))
-    monkeypatch.setattr(transfer_datasets, "SUN397_PARTITIONS_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(transfer_datasets, "SUN397_PARTITIONS_SHA256", digest)
     train, val, test = load_sun397(SplitRequest(str(tmp_path), download=True))
     assert val is None and train.targets.tolist() == [0, 0, 0, 1, 1, 1] == test.targets.tolist()
     assert [f"/{f.relative_to(tmp_path / 'SUN397').as_posix()}" for f in test.files] == listing["Testing"]
