@@ -8,16 +8,20 @@ import sys
 # module: one-line description. Every protocol takes --checkpoint (run folder, backbone.safetensors,
 # checkpoint folder or torchvision/timm model name) and writes a JSON result.
 PROTOCOLS = {
-    "evaluation.knn": "weighted k-NN (Wu et al.) top-1/top-5 of frozen features, k=200 and k=20, T=0.1",
+    "evaluation.knn": "weighted k-NN top-1/top-5 of frozen features: protocol=wu2018 (k=200 and 20, T=0.1, "
+                      "the default) or dino (k=20 and 200, T=0.07)",
     "evaluation.linear": "linear probe of a frozen backbone (cached features or augmented images): SGD or LARS, "
                          "cosine or step schedule, top-1/top-5",
     "evaluation.semi_supervised": "fine-tuning on 1%/10% labels (SimCLR ImageNet split files or a stratified "
                                   "fraction), separate classifier/encoder learning rates",
-    "evaluation.transfer": "Kornblith transfer probe (L-BFGS logistic regression, 45 L2 strengths) on "
-                           "Food-101, Cars, Aircraft, Pets, Flowers-102, DTD, folders; SGD protocol for "
-                           "Places205 / iNaturalist 2018",
-    "evaluation.voc07": "Pascal VOC07 classification: per-class linear SVMs, cost by 3-fold CV, test mAP "
-                        "(Goyal et al.)",
+    "evaluation.transfer": "Kornblith transfer probe (L-BFGS logistic regression, 45 L2 strengths) on Food-101, "
+                           "CIFAR-10/100, SUN397, Cars, Aircraft, DTD, Pets, Caltech-101, Flowers-102 (top-1 or "
+                           "mean per-class accuracy, as Kornblith et al.), folders; SGD protocol for Places205 / "
+                           "iNaturalist 2018",
+    "evaluation.voc07": "Pascal VOC07 classification: per-class linear SVMs, cost by 3-fold CV of the test AP, "
+                        "test mAP; Goyal et al.'s res5 6x6 feature and resize as options",
+    "evaluation.neural_collapse": "CDNV and nearest-class-centre accuracy of frozen features (VCReg Table 6)",
+    "evaluation.mine": "MINE estimate of I(input; feature) in bits on any data set (VCReg Table 6)",
     "evaluation.detection.convert": "convert a ResNet-50 backbone to a Detectron2 checkpoint (.pkl)",
     "evaluation.detection.train": "Detectron2 detection transfer: Faster R-CNN R50-C4 on VOC07+12, Mask R-CNN "
                                   "R50-FPN on COCO",

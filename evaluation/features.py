@@ -8,6 +8,10 @@ Fast path: an in-memory dataset (``.images`` uint8 ``[N, C, H, W]`` and ``.targe
 one call, instead of one transform call per image in DataLoader workers. ``transform`` must then be a
 deterministic tensor transform that accepts batches (``torchvision.transforms.v2`` resize, crop, dtype
 conversion and normalisation all do), which is what an evaluation transform is.
+
+``extract_inputs_and_features`` also returns the transformed images themselves (what the backbone saw),
+for estimates of the information the features keep about their input (``evaluation.mine``).
+``progress=True`` shows a bar of the batches (``evaluation.progress``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+from evaluation.progress import progress_bar
 
 
 class TransformedDataset(Dataset):
@@ -45,27 +51,28 @@ def _as_labels(targets) -> Tensor:
 
 
 @torch.no_grad()
-def _run(backbone: nn.Module, batches, device: torch.device) -> tuple[Tensor, Tensor]:
-    features, labels = [], []
+def _run(backbone: nn.Module, batches, device: torch.device, keep_inputs: bool) -> tuple[Tensor, ...]:
+    inputs, features, labels = [], [], []
     for images, targets in batches:
-        output = backbone(images.to(device, non_blocking=True))
+        images = images.to(device, non_blocking=True)
+        output = backbone(images)
         features.append(output.float().flatten(1).cpu())
         labels.append(_as_labels(targets))
+        if keep_inputs:
+            inputs.append(images.float().cpu())
     if not features:
         raise ValueError("cannot extract features from an empty dataset")
-    return torch.cat(features), torch.cat(labels)
+    result = (torch.cat(features), torch.cat(labels))
+    return (torch.cat(inputs), *result) if keep_inputs else result
 
 
-def extract_features(backbone: nn.Module, dataset, transform: Callable | None, batch_size: int = 256,
-                     device: torch.device | str = "cpu", num_workers: int = 0,
-                     indices: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Features and labels of the images of ``dataset`` at ``indices`` (all, in order, by default).
-
-    The backbone is put in eval mode for the extraction and its previous mode restored afterwards.
-    """
+def _extract(backbone: nn.Module, dataset, transform: Callable | None, batch_size: int, device, num_workers: int,
+             indices: Tensor | None, progress: bool, keep_inputs: bool) -> tuple[Tensor, ...]:
     device = torch.device(device)
     was_training = backbone.training
     backbone.eval()
+    count = len(dataset) if indices is None else len(indices)
+    bar = progress_bar(total=-(-count // batch_size), desc="features", enabled=progress)
     try:
         if is_in_memory(dataset):
             images, targets = dataset.images, _as_labels(dataset.targets)
@@ -76,13 +83,42 @@ def extract_features(backbone: nn.Module, dataset, transform: Callable | None, b
                     rows = order[start:start + batch_size]
                     batch = images[rows].to(device, non_blocking=True)
                     yield (transform(batch) if transform is not None else batch), targets[rows]
+                    bar.update(1)
 
-            return _run(backbone, batches(), device)
+            return _run(backbone, batches(), device, keep_inputs)
         source = TransformedDataset(dataset, transform)
         if indices is not None:
             source = torch.utils.data.Subset(source, torch.as_tensor(indices, dtype=torch.long).tolist())
         loader = DataLoader(source, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=device.type == "cuda", persistent_workers=False)
-        return _run(backbone, loader, device)
+        return _run(backbone, _counted(loader, bar), device, keep_inputs)
     finally:
+        bar.close()
         backbone.train(was_training)
+
+
+def _counted(iterable, bar):
+    """Yield from ``iterable``, advancing ``bar`` after each item."""
+    for item in iterable:
+        yield item
+        bar.update(1)
+
+
+def extract_features(backbone: nn.Module, dataset, transform: Callable | None, batch_size: int = 256,
+                     device: torch.device | str = "cpu", num_workers: int = 0,
+                     indices: Tensor | None = None, progress: bool = False) -> tuple[Tensor, Tensor]:
+    """Features and labels of the images of ``dataset`` at ``indices`` (all, in order, by default).
+
+    The backbone is put in eval mode for the extraction and its previous mode restored afterwards.
+    ``progress`` shows a bar of the batches (``evaluation.progress``).
+    """
+    return _extract(backbone, dataset, transform, batch_size, device, num_workers, indices, progress, False)
+
+
+def extract_inputs_and_features(backbone: nn.Module, dataset, transform: Callable | None, batch_size: int = 256,
+                                device: torch.device | str = "cpu", num_workers: int = 0,
+                                indices: Tensor | None = None,
+                                progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``(inputs [N, C, H, W] float32, features, labels)``: ``extract_features`` that also keeps the
+    transformed images the backbone saw (on the CPU), for estimates of I(input; feature) such as MINE."""
+    return _extract(backbone, dataset, transform, batch_size, device, num_workers, indices, progress, True)

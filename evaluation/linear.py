@@ -39,6 +39,7 @@ from evaluation.cli import (
 )
 from evaluation.features import TransformedDataset, extract_features
 from evaluation.knn import top_k_accuracy
+from evaluation.progress import progress_bar
 
 
 @dataclass
@@ -95,13 +96,15 @@ def probe_optimizer(classifier: nn.Module, cfg: LinearProbeConfig) -> torch.opti
 
 def train_on_images(backbone: nn.Module, classifier: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     epochs: int, lr_factor: Callable[[int, int], float], train_encoder: bool,
-                    device: torch.device) -> None:
+                    device: torch.device, progress: bool = False) -> None:
     """Cross-entropy training of ``classifier(backbone(images))`` for ``epochs`` passes over ``loader``.
 
     At step s of T, each parameter group's lr is ``group["base_lr"] * lr_factor(s, T)``. A frozen encoder
     (``train_encoder=False``) runs in eval mode without gradients: its BatchNorm statistics stay fixed.
+    ``progress`` shows a bar of the steps.
     """
     total_steps, step = epochs * len(loader), 0
+    bar = progress_bar(total=total_steps, desc="fine-tune" if train_encoder else "probe", enabled=progress)
     for _ in range(epochs):
         backbone.train(train_encoder)
         for images, labels in loader:
@@ -115,12 +118,15 @@ def train_on_images(backbone: nn.Module, classifier: nn.Module, loader, optimize
             loss.backward()
             optimizer.step()
             step += 1
+            bar.update(1)
+    bar.close()
 
 
 def train_linear_classifier(train_features: Tensor, train_labels: Tensor, num_classes: int,
                             cfg: LinearProbeConfig, device: torch.device | str = "cpu",
-                            seed: int = 0) -> nn.Linear:
-    """A linear classifier ``[D] -> [num_classes]`` trained with cross-entropy on frozen features."""
+                            seed: int = 0, progress: bool = False) -> nn.Linear:
+    """A linear classifier ``[D] -> [num_classes]`` trained with cross-entropy on frozen features
+    (``progress``: a bar of the steps)."""
     if train_features.ndim != 2 or train_labels.shape != (train_features.shape[0],):
         raise ValueError(f"linear probe needs features [N, D] and labels [N]; got {tuple(train_features.shape)} "
                          f"and {tuple(train_labels.shape)}")
@@ -136,6 +142,7 @@ def train_linear_classifier(train_features: Tensor, train_labels: Tensor, num_cl
     steps_per_epoch = max(1, math.ceil(x.shape[0] / cfg.batch_size))
     total_steps = cfg.epochs * steps_per_epoch
     step = 0
+    bar = progress_bar(total=total_steps, desc="linear probe", enabled=progress)
     for _ in range(cfg.epochs):
         order = torch.randperm(x.shape[0], generator=generator).to(device)
         for start in range(0, x.shape[0], cfg.batch_size):
@@ -148,6 +155,8 @@ def train_linear_classifier(train_features: Tensor, train_labels: Tensor, num_cl
             loss.backward()
             optimizer.step()
             step += 1
+            bar.update(1)
+    bar.close()
     return _fold_standardization(classifier, mean, std)
 
 
@@ -164,11 +173,11 @@ def classifier_accuracy(classifier: nn.Module, features: Tensor, labels: Tensor,
 
 def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
                  cfg: LinearProbeConfig, num_classes: int | None = None, device: torch.device | str = "cpu",
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, progress: bool = False) -> dict[str, float]:
     """Train on the train features, report top-1 / top-5 on the test features."""
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    classifier = train_linear_classifier(train_features, train_labels, num_classes, cfg, device, seed)
+    classifier = train_linear_classifier(train_features, train_labels, num_classes, cfg, device, seed, progress)
     return classifier_accuracy(classifier, test_features, test_labels)
 
 
@@ -189,6 +198,7 @@ class LinearEvalConfig:
     device: str = "auto"
     output: str | None = None
     overwrite: bool = False
+    progress_bar: bool = True          # tqdm bars for the extraction and the probe (like the trainer's)
 
 
 def probe_with_augmentation(cfg: LinearEvalConfig) -> dict[str, float]:
@@ -213,9 +223,10 @@ def probe_with_augmentation(cfg: LinearEvalConfig) -> dict[str, float]:
     def lr_factor(step: int, total_steps: int) -> float:
         return _learning_rate(cfg.probe, step, total_steps, steps_per_epoch) / cfg.probe.lr
 
-    train_on_images(backbone, classifier, loader, optimizer, cfg.probe.epochs, lr_factor, False, device)
+    train_on_images(backbone, classifier, loader, optimizer, cfg.probe.epochs, lr_factor, False, device,
+                    cfg.progress_bar)
     test_x, test_y = extract_features(backbone, build_dataset(cfg.data, "test"), dataset_transform(cfg, in_chans),
-                                      cfg.batch_size, device, cfg.num_workers)
+                                      cfg.batch_size, device, cfg.num_workers, progress=cfg.progress_bar)
     return classifier_accuracy(classifier, test_x, test_y)
 
 
@@ -225,7 +236,7 @@ def _evaluate_cli(cfg: LinearEvalConfig) -> dict:
         return {"linear_top1": accuracy["top1"], "linear_top5": accuracy["top5"]}
     train_x, train_y, test_x, test_y = labelled_features(cfg)
     accuracy = linear_probe(train_x, train_y, test_x, test_y, cfg.probe, device=resolve_device(cfg.device),
-                            seed=cfg.seed)
+                            seed=cfg.seed, progress=cfg.progress_bar)
     return {"linear_top1": accuracy["top1"], "linear_top5": accuracy["top5"]}
 
 

@@ -66,6 +66,7 @@ class SemiSupervisedConfig:
     device: str = "auto"
     output: str | None = None
     overwrite: bool = False
+    progress_bar: bool = True            # tqdm bars for the fine-tuning and the extraction (like the trainer's)
 
 
 def learning_rates(cfg: SemiSupervisedConfig) -> tuple[float, float]:
@@ -122,10 +123,11 @@ def fine_tune(cfg: SemiSupervisedConfig) -> dict:
     def cosine(step: int, total_steps: int) -> float:
         return warmup_cosine(step, total_steps, 0, 1.0)
 
-    train_on_images(backbone, classifier, loader, optimizer, cfg.epochs, cosine, train_encoder, device)
+    train_on_images(backbone, classifier, loader, optimizer, cfg.epochs, cosine, train_encoder, device,
+                    cfg.progress_bar)
     test_set = build_dataset(cfg.data, "test")
     test_x, test_y = extract_features(backbone, test_set, build_eval_transform(info, in_chans, cfg.image_size),
-                                      cfg.batch_size, device, cfg.num_workers)
+                                      cfg.batch_size, device, cfg.num_workers, progress=cfg.progress_bar)
     accuracy = classifier_accuracy(classifier, test_x, test_y)
     return {"top1": accuracy["top1"], "top5": accuracy["top5"], "num_labelled": len(indices),
             "subset": source, "classifier_lr": classifier_lr, "encoder_lr": encoder_lr}

@@ -10,6 +10,23 @@ of the class is present, 0 when only "difficult" ones are, -1 when absent. Train
 the test AP ignores images labelled 0 for that class. AP is the area under the precision-recall curve
 with precision made monotone (the all-points VOC AP).
 
+Cross-validation scores each held-out fold with that same AP, difficult images ignored as in the test.
+The benchmark code (Goyal et al.'s ``train_svm_kfold.py``, VISSL's ``SVMTrainer``) instead scores the folds
+with scikit-learn's ``average_precision`` (no monotone envelope, difficult images counted as negatives),
+so it can choose a different cost than the test metric would.
+
+Features and image handling, two settings (``feature``, ``resize``):
+
+- ours (the default, ``feature=pooled resize=center_crop``): the backbone's own output (global average
+  pooling: 2048 dimensions for a ResNet-50), images resized on the short side to ``image_size / 0.875``
+  (256 for 224) and centre-cropped to ``image_size`` (``common.augment``'s evaluation transform). Any
+  backbone works.
+- the benchmark's (``feature=res5_6x6 resize=goyal``), Goyal et al. 2019 as VISSL's
+  ``eval_resnet_8gpu_transfer_voc07_svm`` config runs it: images resized (bilinear) on the short side to
+  256, then to ``image_size`` x ``image_size`` (224 x 224: the whole image, aspect ratio not kept, no
+  crop); the feature is res5 averaged over 6 x 6 windows with stride 1, 2048 x 2 x 2 = 8192 dimensions for
+  a ResNet-50 at 224 px (``evaluation.feature_maps``). Their cost grid is ``default_costs``.
+
 VOC-format folder: ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml`` (``<object><name>``,
 ``<difficult>``), ``ImageSets/Main/<split>.txt`` (one id per line).
 
@@ -26,17 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import LinearSVC
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
 
 from common.augment import build_eval_transform
 from common.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from common.errors import ConfigError
 from common.plots import new_figure, save_figure
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
+from evaluation.feature_maps import Res5AvgPool6
 from evaluation.features import extract_features
+from evaluation.progress import progress_bar
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -115,12 +137,21 @@ def _fit(cost: float, x: np.ndarray, y: np.ndarray, seed: int) -> LinearSVC:
         return _svm(cost, seed).fit(x, y)
 
 
-def cross_validated_ap(cost: float, x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> float:
+def class_ap(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The VOC AP of one class from labels in {1, 0, -1}: images labelled 0 (only difficult) are ignored."""
+    evaluated = labels != 0
+    return average_precision(scores[evaluated], labels[evaluated] == 1)
+
+
+def cross_validated_ap(cost: float, x: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> float:
+    """Mean over ``folds`` unshuffled stratified folds of the held-out ``class_ap`` (the test score) of an SVM
+    trained on the other folds with difficult images as negatives."""
+    y = np.where(labels == 1, 1, -1)
     splitter = StratifiedKFold(n_splits=folds)  # unshuffled, as scikit-learn's cross_val_score(cv=3)
     scores = []
     for train, held_out in splitter.split(x, y):
         model = _fit(cost, x[train], y[train], seed)
-        scores.append(average_precision(model.decision_function(x[held_out]), y[held_out] == 1))
+        scores.append(class_ap(model.decision_function(x[held_out]), labels[held_out]))
     return float(np.mean(scores))
 
 
@@ -130,22 +161,28 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
 
 def svm_mean_ap(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarray, test_labels: np.ndarray,
                 costs: Sequence[float] | None = None, folds: int = 3, seed: int = 0,
-                class_names: Sequence[str] = VOC_CLASSES) -> dict:
-    """Per-class SVMs with the cost chosen by cross-validated AP; test mAP (see the module docstring)."""
+                class_names: Sequence[str] = VOC_CLASSES, progress: bool = False) -> dict:
+    """Per-class SVMs with the cost chosen by cross-validated AP; test mAP (see the module docstring).
+
+    ``progress`` shows a bar of the (class, cost) cross-validations.
+    """
     costs = list(costs) if costs is not None else default_costs()
     train_x, test_x = l2_normalize(np.asarray(train_x, np.float64)), l2_normalize(np.asarray(test_x, np.float64))
     per_class, chosen = {}, {}
+    bar = progress_bar(total=len(class_names) * len(costs), desc="VOC07 SVMs", enabled=progress)
     for c, name in enumerate(class_names):
-        y = np.where(train_labels[:, c] == 1, 1, -1)
-        if (y == 1).sum() < folds:
-            raise ValueError(f"class '{name}' has {(y == 1).sum()} positive training images; "
+        labels = train_labels[:, c]
+        if (labels == 1).sum() < folds:
+            raise ValueError(f"class '{name}' has {(labels == 1).sum()} positive training images; "
                              f"{folds}-fold cross-validation needs at least {folds}")
-        cv_ap = [cross_validated_ap(cost, train_x, y, folds, seed) for cost in costs]
+        cv_ap = []
+        for cost in costs:
+            cv_ap.append(cross_validated_ap(cost, train_x, labels, folds, seed))
+            bar.update(1)
         chosen[name] = costs[int(np.argmax(cv_ap))]
-        model = _fit(chosen[name], train_x, y, seed)
-        evaluated = test_labels[:, c] != 0
-        per_class[name] = average_precision(model.decision_function(test_x[evaluated]),
-                                            test_labels[evaluated, c] == 1)
+        model = _fit(chosen[name], train_x, np.where(labels == 1, 1, -1), seed)
+        per_class[name] = class_ap(model.decision_function(test_x), test_labels[:, c])
+    bar.close()
     return {"mAP": float(np.mean(list(per_class.values()))), "ap": per_class, "cost": chosen}
 
 
@@ -155,7 +192,11 @@ class VOC07Config:
     root: str = "data/VOCdevkit/VOC2007"
     train_split: str = "trainval"
     test_split: str = "test"
-    image_size: int = 224            # resize the short side to image_size / 0.875, centre crop
+    image_size: int = 224            # input side (see resize)
+    resize: str = "center_crop"      # center_crop: short side to image_size/0.875, centre crop | goyal: short
+                                     # side to 256, then squashed to image_size x image_size (Goyal et al.)
+    feature: str = "pooled"          # pooled: the backbone's output | res5_6x6: last map, 6x6 stride-1 average
+                                     # pooling, flattened (Goyal et al.; 8192-d for ResNet-50 at 224)
     costs: list[float] | None = None  # None: Goyal et al.'s 26 costs
     folds: int = 3
     batch_size: int = 256
@@ -164,18 +205,40 @@ class VOC07Config:
     device: str = "auto"
     output: str | None = None
     overwrite: bool = False
+    progress_bar: bool = True        # tqdm bars for the extraction and the SVMs (like the trainer's)
+
+
+GOYAL_SHORT_SIDE = 256
+
+
+def voc07_transform(resize: str, image_size: int, in_chans: int) -> v2.Compose:
+    """The image handling ``resize`` names (module docstring), to normalised float tensors."""
+    if resize == "center_crop":
+        return build_eval_transform(DatasetInfo(3, 224, len(VOC_CLASSES), IMAGENET_MEAN, IMAGENET_STD), in_chans,
+                                    image_size)
+    if resize == "goyal":
+        if in_chans != 3:
+            raise ConfigError(f"resize=goyal feeds RGB images; the backbone takes {in_chans} channels")
+        return v2.Compose([v2.ToImage(), v2.Resize(GOYAL_SHORT_SIDE, antialias=True),
+                           v2.Resize((image_size, image_size), antialias=True),
+                           v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    raise ConfigError(f"resize must be center_crop or goyal, not '{resize}'")
 
 
 def evaluate_voc07(cfg: VOC07Config) -> dict:
+    if cfg.feature not in ("pooled", "res5_6x6"):
+        raise ConfigError(f"feature must be pooled or res5_6x6, not '{cfg.feature}'")
     device = resolve_device(cfg.device)
     backbone, _, in_chans = load_eval_backbone(cfg.checkpoint)
-    backbone.to(device)
-    transform = build_eval_transform(DatasetInfo(3, 224, len(VOC_CLASSES), IMAGENET_MEAN, IMAGENET_STD), in_chans,
-                                     cfg.image_size)
+    transform = voc07_transform(cfg.resize, cfg.image_size, in_chans)
+    encoder = Res5AvgPool6(backbone) if cfg.feature == "res5_6x6" else backbone
+    encoder.to(device)
     splits = [VOCClassification(cfg.root, split) for split in (cfg.train_split, cfg.test_split)]
-    features = [extract_features(backbone, s, transform, cfg.batch_size, device, cfg.num_workers)[0].numpy()
-                for s in splits]
-    return svm_mean_ap(features[0], splits[0].labels, features[1], splits[1].labels, cfg.costs, cfg.folds, cfg.seed)
+    features = [extract_features(encoder, s, transform, cfg.batch_size, device, cfg.num_workers,
+                                 progress=cfg.progress_bar)[0].numpy() for s in splits]
+    results = svm_mean_ap(features[0], splits[0].labels, features[1], splits[1].labels, cfg.costs, cfg.folds,
+                          cfg.seed, progress=cfg.progress_bar)
+    return {**results, "feature_dim": features[0].shape[1]}
 
 
 def plot_class_ap(results: dict, path: Path) -> None:

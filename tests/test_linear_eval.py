@@ -1,4 +1,5 @@
-"""Linear probe, feature extraction and the k-NN / linear command lines on Fashion-MNIST IDX files."""
+"""Linear probe, feature extraction and the k-NN / linear / neural-collapse / MINE command lines on
+Fashion-MNIST IDX files."""
 
 import gzip
 import json
@@ -7,15 +8,32 @@ import struct
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from common.augment import build_eval_transform
-from common.backbones import BackboneConfig, build_backbone, save_backbone
-from common.data import DatasetInfo, InMemoryImageDataset
+from common.backbones import BackboneConfig, build_backbone, load_backbone, save_backbone
+from common.data import (
+    DataConfig,
+    DatasetInfo,
+    InMemoryImageDataset,
+    build_dataset,
+    dataset_info,
+    stratified_subset,
+)
 from evaluation import knn as knn_cli
 from evaluation import linear as linear_cli
-from evaluation.features import extract_features
+from evaluation import mine as mine_cli
+from evaluation import neural_collapse as collapse_cli
+from evaluation.features import extract_features, extract_inputs_and_features
 from evaluation.linear import LinearProbeConfig, _learning_rate, linear_probe, train_linear_classifier
+from evaluation.mine import mine_bits
+from evaluation.neural_collapse import collapse_metrics
+from tests.chance import accuracy_beyond_chance
+
+# Fashion-MNIST-format test split of the fixture below: 100 images, 10 classes. An accuracy of at least this
+# much is reached by guessing with probability < 1e-6 (binomial tail), so asserting it shows learning.
+ABOVE_CHANCE = accuracy_beyond_chance(100, 10)
 
 
 def separable_problem(n, d=32, classes=5, seed=0):
@@ -32,8 +50,10 @@ def test_linear_probe_learns_separable_problem(optimizer):
     lr = 0.5 if optimizer == "sgd" else 20.0  # LARS steps are lr * eta * |w| / |g|
     cfg = LinearProbeConfig(epochs=30, batch_size=128, optimizer=optimizer, lr=lr)
     accuracy = linear_probe(x[:3000], y[:3000], x[3000:], y[3000:], cfg)
+    # The labels are the argmax of a linear map of x, so a linear classifier can score 1.0; the requirement
+    # is that the probe gets within 5 points of that (chance is 0.2).
     assert accuracy["top1"] > 0.95
-    assert accuracy["top5"] == 1.0
+    assert accuracy["top5"] == 1.0  # five classes
 
 
 def test_standardisation_is_folded_into_the_classifier():
@@ -43,10 +63,26 @@ def test_standardisation_is_folded_into_the_classifier():
     unfolded_cfg = LinearProbeConfig(epochs=2, batch_size=100, lr=0.1, standardize=False)
     mean, std = x.mean(0), x.std(0)
     plain = train_linear_classifier((x - mean) / std, y, 5, unfolded_cfg, seed=3)
-    assert torch.allclose(folded(x), plain((x - mean) / std), atol=1e-4)
+    # Both trainings see bit-identical standardised features, so the two layers differ only by the folding's
+    # float32 rounding: W/std, the new bias and the dot products of D=32 terms each lose at most about
+    # (D + 2) u of the sum of the absolute terms (u = 2^-24); allow twice that bound.
+    weight = plain.weight.detach() / std
+    magnitude = x.abs() @ weight.abs().T + (weight.abs() @ mean.abs()) + plain.bias.detach().abs()
+    bound = 2 * (x.shape[1] + 2) * 2.0 ** -24 * magnitude
+    assert ((folded(x) - plain((x - mean) / std)).abs() <= bound).all()
+
+
+def test_probe_progress_bar(capsys):
+    x, y = separable_problem(100)
+    train_linear_classifier(x, y, 5, LinearProbeConfig(epochs=2, batch_size=50), progress=True)
+    assert "linear probe" in capsys.readouterr().err
+    train_linear_classifier(x, y, 5, LinearProbeConfig(epochs=2, batch_size=50))
+    assert capsys.readouterr().err == ""
 
 
 def test_learning_rate_schedules():
+    # float64 arithmetic, exact up to a few roundings (1e-16 relative): approx's default (1e-6, 1e-12 absolute
+    # at 0) holds it.
     cosine = LinearProbeConfig(lr=0.2, schedule="cosine")
     assert _learning_rate(cosine, 0, 100, 10) == pytest.approx(0.2)
     assert _learning_rate(cosine, 50, 100, 10) == pytest.approx(0.1)
@@ -72,11 +108,23 @@ class PerImage(Dataset):
         return self.dataset[index]
 
 
-def test_feature_extraction_fast_path_equals_per_image_path():
+class InFloat64(nn.Module):
+    """The backbone in float64: only summation order can then tell two extraction paths apart."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone.double()
+
+    def forward(self, images):
+        return self.backbone(images.double())
+
+
+def test_feature_extraction_fast_path_equals_per_image_path(capsys):
     torch.manual_seed(0)
     images = torch.randint(0, 256, (37, 1, 20, 20), dtype=torch.uint8)
     dataset = InMemoryImageDataset(images, torch.arange(37) % 4)
     backbone, _ = build_backbone(BackboneConfig(name="small_convnet", width=4), in_chans=3)
+    backbone = InFloat64(backbone)
     transform = build_eval_transform(DatasetInfo(1, 20, 4, (0.3,), (0.4,)), 3, image_size=16)
     backbone.train()
     fast_x, fast_y = extract_features(backbone, dataset, transform, batch_size=8)
@@ -84,10 +132,19 @@ def test_feature_extraction_fast_path_equals_per_image_path():
     assert backbone.training  # mode restored
     assert fast_x.shape == (37, 32)
     assert torch.equal(fast_y, slow_y) and torch.equal(fast_y, torch.arange(37) % 4)
-    assert torch.allclose(fast_x, slow_x, atol=1e-5)
+    # The transform gives the same float32 pixels per image in a batch or alone; the float64 forward then
+    # differs only in summation order (batch 8 vs 5), about 1e-15 relatively. Rounded to the float32 the
+    # features are returned in, that is at most one float32 ulp apart: 2^-23 = 2 * 2^-24 relative.
+    assert torch.allclose(fast_x, slow_x, rtol=2 * 2.0 ** -24, atol=0)
     subset_x, subset_y = extract_features(backbone, dataset, transform, batch_size=8,
                                           indices=torch.tensor([3, 30]))
-    assert torch.allclose(subset_x, fast_x[[3, 30]], atol=1e-5) and subset_y.tolist() == [3, 2]
+    assert torch.allclose(subset_x, fast_x[[3, 30]], rtol=2 * 2.0 ** -24, atol=0) and subset_y.tolist() == [3, 2]
+    inputs, kept_x, kept_y = extract_inputs_and_features(backbone, dataset, transform, batch_size=8)
+    assert torch.equal(kept_x, fast_x) and torch.equal(kept_y, fast_y)
+    assert torch.equal(inputs, transform(images).float())  # what the backbone saw
+    assert capsys.readouterr().err == ""
+    extract_features(backbone, PerImage(dataset), transform, batch_size=5, progress=True)
+    assert "features" in capsys.readouterr().err
 
 
 def write_idx(path, array):
@@ -126,25 +183,46 @@ def saved_backbone(tmp_path):
     return run
 
 
+def knn_features(fashion_root, saved_backbone):
+    """Train and test features of the fixture as the command lines extract them (native size, no crop)."""
+    backbone, _ = load_backbone(saved_backbone)
+    data = DataConfig(name="fashion_mnist", root=str(fashion_root))
+    transform = build_eval_transform(dataset_info(data), 1, None)
+    train = extract_features(backbone, build_dataset(data, "train"), transform)
+    test = extract_features(backbone, build_dataset(data, "test"), transform)
+    return (*train, *test)
+
+
 def test_knn_and_linear_cli_write_json_and_refuse_to_overwrite(fashion_root, saved_backbone, capsys):
     data_args = ["data.name=fashion_mnist", f"data.root={fashion_root}", "device=cpu", "num_workers=0"]
     assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args, "k=[20,5]"]) == 0
     output = saved_backbone / "eval_knn_fashion_mnist.json"
     record = json.loads(output.read_text())
     assert record["protocol"] == "knn" and record["config"]["k"] == [20, 5]
-    # A random convnet separates these brightness patterns far above chance (0.1).
-    assert record["results"]["knn_top1_k20"] > 0.5 and record["results"]["knn_top1_k5"] > 0.5
+    # A random convnet separates these brightness patterns: far above chance (0.1).
+    assert record["results"]["knn_top1_k20"] >= ABOVE_CHANCE and record["results"]["knn_top1_k5"] >= ABOVE_CHANCE
+    assert record["results"]["temperature"] == 0.1  # the default protocol, wu2018
     before = output.read_text()
     assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args]) == 2
     assert "exists" in capsys.readouterr().err and output.read_text() == before
     assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args, "overwrite=true", "k=[1]"]) == 0
-    assert set(json.loads(output.read_text())["results"]) == {"knn_top1_k1", "knn_top5_k1"}
+    assert set(json.loads(output.read_text())["results"]) == {"temperature", "knn_top1_k1", "knn_top5_k1"}
+    capsys.readouterr()
+    # DINO's protocol, one key away: k=20 (and 200, here clipped to the 300-image bank), T=0.07
+    assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args, "overwrite=true", "protocol=dino",
+                         "progress_bar=false"]) == 0
+    dino = json.loads(output.read_text())["results"]
+    assert set(dino) == {"temperature", "knn_top1_k20", "knn_top5_k20", "knn_top1_k200", "knn_top5_k200"}
+    assert dino["temperature"] == 0.07 and "k-NN" not in capsys.readouterr().err
+    train_x, train_y, test_x, test_y = knn_features(fashion_root, saved_backbone)
+    assert dino["knn_top1_k20"] == knn_cli.knn_accuracy(train_x, train_y, test_x, test_y, 20, 0.07)["top1"]
+    assert knn_cli.main(["--checkpoint", str(saved_backbone), *data_args, "protocol=wu"]) == 2
 
     linear_output = saved_backbone.parent / "linear.json"
     assert linear_cli.main(["--checkpoint", str(saved_backbone / "backbone.safetensors"), *data_args,
                             "probe.epochs=20", "probe.batch_size=64", "--output", str(linear_output)]) == 0
     results = json.loads(linear_output.read_text())["results"]
-    assert results["linear_top1"] > 0.5 and results["linear_top5"] >= results["linear_top1"]
+    assert results["linear_top1"] >= ABOVE_CHANCE and results["linear_top5"] >= results["linear_top1"]
 
 
 def test_linear_cli_with_augmentation_keeps_the_backbone_frozen(fashion_root, saved_backbone, monkeypatch):
@@ -159,7 +237,7 @@ def test_linear_cli_with_augmentation_keeps_the_backbone_frozen(fashion_root, sa
                             "train_augment.crop_scale=[0.6,1.0]", "probe.epochs=8", "probe.batch_size=32",
                             "probe.lr=1.0", f"output={output}"]) == 0
     results = json.loads(output.read_text())["results"]
-    assert results["linear_top1"] > 0.3  # ten classes: chance is 0.1
+    assert results["linear_top1"] >= ABOVE_CHANCE
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
@@ -189,13 +267,51 @@ def test_final_evaluation_callback(fashion_root, saved_backbone):
                           eval=FinalEvalConfig(knn_k=50, linear_epochs=10, batch_size=64), seed=0)
     accelerator = Accelerator(cpu=True)
     init = evaluate_backbone(backbone, cfg, accelerator, "init")
-    assert set(init) == {"knn_top1_at_init"} and init["knn_top1_at_init"] > 0.5
+    assert set(init) == {"knn_top1_at_init"} and init["knn_top1_at_init"] >= ABOVE_CHANCE
     final = evaluate_backbone(backbone, cfg, accelerator, "final")
     assert set(final) == {"knn_top1", "knn_top1_k20", "linear_top1", "linear_top5"}
     assert final["knn_top1"] == init["knn_top1_at_init"]  # same weights, same bank
-    assert final["linear_top1"] > 0.5
+    assert final["linear_top1"] >= ABOVE_CHANCE
     cfg.eval = FinalEvalConfig(knn_at_init=False, linear=False, max_train_images=50)
     assert evaluate_backbone(backbone, cfg, accelerator, "init") == {}
     assert set(evaluate_backbone(backbone, cfg, accelerator, "final")) == {"knn_top1", "knn_top1_k20"}
     with pytest.raises(ValueError, match="stage"):
         evaluate_backbone(backbone, cfg, accelerator, "middle")
+
+
+def test_neural_collapse_and_mine_command_lines(fashion_root, saved_backbone):
+    data_args = ["--checkpoint", str(saved_backbone), "data.name=fashion_mnist", f"data.root={fashion_root}",
+                 "device=cpu", "num_workers=0", "progress_bar=false"]
+    assert collapse_cli.main(data_args) == 0
+    record = json.loads((saved_backbone / "eval_neural_collapse_fashion_mnist.json").read_text())
+    train_x, train_y, test_x, test_y = knn_features(fashion_root, saved_backbone)
+    # the same extraction and the same float64 formulas: equal, not close
+    assert record["results"] == collapse_metrics((train_x, train_y), (test_x, test_y))
+
+    assert mine_cli.main([*data_args, "images=120", "steps=30", "mine_batch_size=32", "input_size=14"]) == 0
+    results = json.loads((saved_backbone / "eval_mine_fashion_mnist.json").read_text())["results"]
+    assert (results["images"], results["input_dim"], results["feature_dim"]) == (120, 14 * 14, 64)
+    # MINE sees the (input, feature) pairs of the shared extraction: the same estimate from them directly
+    backbone, _ = load_backbone(saved_backbone)
+    data = DataConfig(name="fashion_mnist", root=str(fashion_root))
+    dataset = build_dataset(data, "train")
+    indices = torch.tensor(stratified_subset(dataset.targets, 120))
+    transform = build_eval_transform(dataset_info(data), 1, None)
+    inputs, features, _ = extract_inputs_and_features(backbone, dataset, transform, indices=indices)
+    inputs = torch.nn.functional.interpolate(inputs, size=(14, 14), mode="area")
+    assert results["mutual_information_bits"] == mine_bits(inputs, features, steps=30, batch_size=32)
+
+
+def test_vcreg_collapse_analysis_of_a_run_folder(fashion_root, saved_backbone, tmp_path):
+    from vcreg.analysis import collapse
+
+    (saved_backbone / "config.yaml").write_text(
+        f"data:\n  name: fashion_mnist\n  root: {fashion_root}\n  num_workers: 0\nprogress_bar: false\n")
+    output = tmp_path / "collapse.json"
+    assert collapse.main(["--runs", str(saved_backbone), "--mine-images", "60", "--mine-steps", "5",
+                          "--output", str(output)]) == 0
+    (result,) = json.loads(output.read_text())
+    train_x, train_y, test_x, test_y = knn_features(fashion_root, saved_backbone)
+    assert {k: result[k] for k in ("cdnv", "ncc_top1", "ncc_top1_test")} == collapse_metrics(
+        (train_x, train_y), (test_x, test_y))
+    assert result["mutual_information_bits"] >= 0 and output.with_suffix(".png").stat().st_size > 0

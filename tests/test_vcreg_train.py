@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import SmallConvNet
+from evaluation.mine import mine_bits
+from evaluation.neural_collapse import cdnv, ncc_accuracy
 from stochcon.losses import info_nce
-from vcreg.analysis.collapse import cdnv, mine_bits, ncc_accuracy
 from vcreg.analysis.two_moons import TwoMoonsConfig, boundary_margin, train_run
 from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 from vcreg.method import JointEmbedding, SupervisedClassifier, VCRegMethodConfig, build_vcreg_method

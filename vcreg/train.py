@@ -27,8 +27,8 @@ from common.method import Method
 from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from evaluation.labelled import train_test_features
+from evaluation.neural_collapse import collapse_metrics
 from evaluation.linear import LinearProbeConfig, linear_probe
-from vcreg.analysis.collapse import collapse_metrics
 from vcreg.method import SupervisedClassifier, VCRegLayerConfig, VCRegMethodConfig, build_vcreg_method
 from vcreg.placement import apply_vcreg
 
