@@ -86,7 +86,7 @@ def trainer_module(trainer: str):
         return train.MSBRegTrainConfig, train.build_method
     if trainer == "vcreg":
         from vcreg import train
-        return train.VCRegTrainConfig, train.VCRegRun().build_method
+        return train.VCRegTrainConfig, train.build_method
     raise ValueError(trainer)
 
 

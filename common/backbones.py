@@ -19,7 +19,7 @@ import torchvision
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from common.errors import ConfigError, DataError
+from common.errors import ConfigError, DataError, RunFolderError
 
 
 @dataclass
@@ -192,7 +192,7 @@ def _resolve_file(spec: Path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no {BACKBONE_FILE} in '{spec}' (expected a run folder, a checkpoint folder or the file)")
+    raise RunFolderError(f"no {BACKBONE_FILE} in '{spec}' (expected a run folder, a checkpoint folder or the file)")
 
 
 def read_backbone_config(spec: str | Path) -> tuple[BackboneConfig, int, Path]:
@@ -229,7 +229,7 @@ def load_backbone(spec: str | Path, pretrained: bool = True) -> tuple[nn.Module,
     if is_model_name(spec):
         return build_backbone(BackboneConfig(name=str(spec), pretrained=pretrained), 3)
     if not Path(spec).exists():
-        raise FileNotFoundError(f"checkpoint not found: {spec}")
+        raise RunFolderError(f"checkpoint not found: {spec}")
     cfg, in_chans, file = read_backbone_config(spec)
     backbone, dim = build_backbone(cfg, in_chans)
     state = load_file(str(file))

@@ -9,25 +9,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from common.config_types import NonNegativeFloat
+
 
 @dataclass
 class OptimConfig:
-    name: str = "lars"                 # sgd | lars | adam | adamw
-    lr: float = 0.3                    # base learning rate, before scaling with the batch size
-    lr_scaling: str = "linear"         # linear: lr * batch/256 | linear_views: also * augment.num_views (MSBReg) | sqrt | none
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
+    name: Literal["lars", "sgd", "adam", "adamw"] = "lars"  # the optimiser
+    lr: NonNegativeFloat = 0.3         # base learning rate, before scaling with the batch size
+    # linear: lr * batch/256 | linear_views: also * augment.num_views (MSBReg) | sqrt: lr * sqrt(batch) | none
+    lr_scaling: Literal["linear", "linear_views", "sqrt", "none"] = "linear"
+    weight_decay: NonNegativeFloat = 1e-6
+    momentum: NonNegativeFloat = 0.9   # SGD/LARS momentum
     nesterov: bool = False
     eta: float = 1e-3                  # LARS trust coefficient
     exclude_bias_and_norm: bool = True  # no weight decay and no LARS adaptation for parameters with ndim <= 1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 10.0
     final_lr: float = 0.0              # learning rate at the end of the cosine, as a fraction of the peak
-    schedule: str = "warmup_cosine"    # warmup_cosine | step | constant
+    schedule: Literal["warmup_cosine", "step", "constant"] = "warmup_cosine"  # the learning rate per step
     milestones: list[float] = field(default_factory=lambda: [0.8])  # step schedule: fractions of training
     gamma: float = 0.1
     foreach: bool = True               # multi-tensor (foreach) update where the optimiser has one

@@ -17,7 +17,7 @@ class OnlineProbe(nn.Module):
         self.classifier = nn.Linear(feature_dim, num_classes)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = self.classifier(features.detach().float())
+        logits = self.classifier(features.detach().to(self.classifier.weight.dtype))
         labelled = labels >= 0
         if not bool(labelled.any()):
             zero = logits.sum() * 0.0  # keeps every parameter in the graph for DDP

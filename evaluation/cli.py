@@ -49,7 +49,8 @@ def labelled_features(cfg) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     device = resolve_device(cfg.device)
     backbone.to(device)
     return tuple(train_test_features(backbone, replace(cfg.data, num_workers=cfg.num_workers), in_chans,
-                                     cfg.image_size, cfg.batch_size, cfg.max_train_images, device))
+                                     cfg.image_size, cfg.batch_size, cfg.max_train_images, device,
+                                     getattr(cfg, "progress_bar", False)))
 
 
 def default_output(checkpoint: str, protocol: str, dataset: str | None) -> Path:

@@ -9,8 +9,9 @@ split (the queries) are extracted once per stage, without augmentation; the line
 cached features, and ``method.evaluate_features`` computes the method's own figures (a classifier's test
 top-1, a latent's code, neural collapse) from the same features.
 
-Results keys (``results.json``): ``knn_top1_k<k>`` for every k of ``eval.knn_k`` (and ``..._at_init`` before
-training), ``linear_top1``, ``linear_top5``, then whatever the method adds.
+Results keys (``results.json``): ``knn_top1_k<k>`` for every k of the k-NN protocol (``eval.knn_protocol``,
+or ``eval.knn_k``; ``..._at_init`` before training), ``linear_top1``, ``linear_top5``, then whatever the method
+adds (``docs/design.md`` lists them).
 
 Only the main process evaluates, on ``accelerator.device``, with the unwrapped method; the other processes
 return ``{}`` at once (no collective operation happens inside, so nothing waits on them).
@@ -18,21 +19,24 @@ return ``{}`` at once (no collective operation happens inside, so nothing waits 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from common.config_types import PositiveInt
+from common.config_types import PositiveFloat, PositiveInt
 from common.method import FeatureSplits, Method
-from evaluation.knn import knn_accuracy
+from evaluation.knn import knn_accuracy, knn_settings
 from evaluation.labelled import train_test_features
 from evaluation.linear import LinearProbeConfig, linear_probe
 
 
 @dataclass
 class FinalEvalConfig:
-    knn_k: list[int] = field(default_factory=lambda: [200, 20])  # k of each weighted k-NN vote (Wu et al.: 200)
-    knn_temperature: float = 0.1       # T of the vote's weights exp(sim / T) (Wu et al.: 0.1)
+    # wu2018: k = 200 and 20, T = 0.1 (Wu et al. 2018) | dino: k = 20 and 200, T = 0.07 (DINO, solo-learn)
+    knn_protocol: Literal["wu2018", "dino"] = "wu2018"
+    knn_k: list[int] | None = None     # the k of each weighted vote (key knn_top1_k<k>); None: the protocol's
+    knn_temperature: PositiveFloat | None = None  # T of the vote's weights exp(sim / T); None: the protocol's
     knn_at_init: bool = True           # also evaluate k-NN before training (keys knn_top1_k<k>_at_init)
     linear: bool = True                # linear probe on cached frozen features after training
     linear_epochs: PositiveInt = 30    # the probe's epochs over the cached features
@@ -43,12 +47,16 @@ class FinalEvalConfig:
     max_train_images: PositiveInt | None = None  # k-NN bank / probe training set: this many train images, stratified
 
 
-def knn_figures(features: FeatureSplits, ks: list[int], temperature: float, device: torch.device,
+def knn_figures(features: FeatureSplits, ecfg: FinalEvalConfig, device: torch.device, progress: bool,
                 suffix: str = "") -> dict[str, float]:
-    """``knn_top1_k<k><suffix>`` for every k: the weighted k-NN vote of each test feature over the train bank."""
+    """``knn_top1_k<k><suffix>`` for every k of the protocol: the weighted k-NN vote of each test feature over
+    the train bank."""
+    settings = knn_settings(ecfg.knn_protocol, temperature=ecfg.knn_temperature)
+    ks = ecfg.knn_k if ecfg.knn_k is not None else [settings.k, settings.k_also]
     bank = features.train_x.to(device)
     return {f"knn_top1_k{k}{suffix}": knn_accuracy(bank, features.train_y, features.test_x, features.test_y, k=k,
-                                                   temperature=temperature)["top1"] for k in ks}
+                                                   temperature=settings.temperature, progress=progress)["top1"]
+            for k in ks}
 
 
 def evaluate_method(method: Method, cfg, accelerator, stage: str) -> dict:
@@ -60,14 +68,15 @@ def evaluate_method(method: Method, cfg, accelerator, stage: str) -> dict:
         return {}
     device = accelerator.device
     method = accelerator.unwrap_model(method)
+    progress = cfg.progress_bar
     features = train_test_features(method.backbone, cfg.data, cfg.backbone.in_chans, cfg.augment.image_size,
-                                   ecfg.batch_size, ecfg.max_train_images, device)
+                                   ecfg.batch_size, ecfg.max_train_images, device, progress)
     if stage == "init":
-        return knn_figures(features, ecfg.knn_k, ecfg.knn_temperature, device, suffix="_at_init")
-    results = knn_figures(features, ecfg.knn_k, ecfg.knn_temperature, device)
+        return knn_figures(features, ecfg, device, progress, suffix="_at_init")
+    results = knn_figures(features, ecfg, device, progress)
     if ecfg.linear:
         probe = LinearProbeConfig(epochs=ecfg.linear_epochs, batch_size=ecfg.linear_batch_size, lr=ecfg.linear_lr,
                                   weight_decay=ecfg.linear_weight_decay)
-        accuracy = linear_probe(*features, probe, device=device, seed=cfg.seed)
+        accuracy = linear_probe(*features, probe, device=device, seed=cfg.seed, progress=progress)
         results |= {"linear_top1": accuracy["top1"], "linear_top5": accuracy["top5"]}
     return results | method.evaluate_features(features)

@@ -26,7 +26,8 @@ class _CastInputs(nn.Module):
 
 
 def train_test_features(backbone: nn.Module, data: DataConfig, in_chans: int | None, image_size: int | None,
-                        batch_size: int, max_train_images: int | None, device: torch.device) -> FeatureSplits:
+                        batch_size: int, max_train_images: int | None, device: torch.device,
+                        progress: bool = False) -> FeatureSplits:
     """Frozen features of ``data``'s train split (``max_train_images`` of it, stratified, if set) and test
     split, through the dataset's evaluation transform; every image must be labelled."""
     info = dataset_info(data)
@@ -36,8 +37,10 @@ def train_test_features(backbone: nn.Module, data: DataConfig, in_chans: int | N
     if max_train_images is not None and max_train_images < len(train_set):
         indices = torch.tensor(stratified_subset(train_set.targets, max_train_images))
     model = _CastInputs(backbone)
-    train_x, train_y = extract_features(model, train_set, transform, batch_size, device, data.num_workers, indices)
-    test_x, test_y = extract_features(model, test_set, transform, batch_size, device, data.num_workers)
+    train_x, train_y = extract_features(model, train_set, transform, batch_size, device, data.num_workers, indices,
+                                        progress)
+    test_x, test_y = extract_features(model, test_set, transform, batch_size, device, data.num_workers,
+                                      progress=progress)
     if (train_y < 0).any() or (test_y < 0).any():
         raise DataError(f"dataset '{data.name}' has unlabelled train or test images: the evaluation needs labels "
                         "(set eval.knn_at_init=false and eval.linear=false, and evaluate with python -m evaluation "

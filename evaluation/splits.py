@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from common.errors import DataError
+
 SIMCLR_SUBSET_URLS = {
     1: "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/1percent.txt",
     10: "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/10percent.txt",
@@ -33,7 +35,7 @@ def simclr_subset_file(percent: float, subset_file: str | None = None) -> Path:
     if subset_file:
         path = Path(subset_file)
         if not path.is_file():
-            raise FileNotFoundError(f"subset_file not found: {path}")
+            raise DataError(f"subset_file not found: {path}")
         return path
     if percent not in SIMCLR_SUBSET_URLS:
         raise ValueError(f"SimCLR publishes 1% and 10% ImageNet subsets, not {percent}%; pass subset_file")
@@ -45,7 +47,7 @@ def simclr_subset_file(percent: float, subset_file: str | None = None) -> Path:
         try:
             urllib.request.urlretrieve(SIMCLR_SUBSET_URLS[percent], tmp)
         except OSError as error:
-            raise FileNotFoundError(f"could not download the SimCLR {percent}% subset from "
+            raise DataError(f"could not download the SimCLR {percent}% subset from "
                                     f"{SIMCLR_SUBSET_URLS[percent]} ({error}); pass subset_file=PATH") from None
         tmp.replace(path)
     return path

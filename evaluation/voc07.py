@@ -53,7 +53,7 @@ from torchvision.transforms import v2
 
 from common.augment import build_eval_transform
 from common.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from common.plots import new_figure, save_figure
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.feature_maps import Res5AvgPool6
@@ -73,7 +73,7 @@ def default_costs() -> list[float]:
 def read_image_ids(root: Path, split: str) -> list[str]:
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: expected a VOC-format folder (ImageSets/Main/{split}.txt)")
+        raise DataError(f"{path} not found: expected a VOC-format folder (ImageSets/Main/{split}.txt)")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -81,7 +81,7 @@ def read_labels(root: Path, image_id: str) -> np.ndarray:
     """[20] in {1 present, 0 only difficult, -1 absent} from ``Annotations/<id>.xml``."""
     path = root / "Annotations" / f"{image_id}.xml"
     if not path.is_file():
-        raise FileNotFoundError(f"annotation {path} not found")
+        raise DataError(f"annotation {path} not found")
     labels = np.full(len(VOC_CLASSES), -1, dtype=np.int64)
     for obj in ET.parse(path).getroot().iter("object"):
         name = obj.findtext("name", "").strip()

@@ -44,7 +44,8 @@ class FinetuneConfig(TrainConfig):
     online_probe: bool = False
     save_every_epochs: PositiveInt = 100
     # after fine-tuning: the classifier's test_top1, and a 20-NN of the fine-tuned backbone's features
-    eval: FinalEvalConfig = field(default_factory=lambda: FinalEvalConfig(knn_k=[20], knn_at_init=False, linear=False))
+    eval: FinalEvalConfig = field(
+        default_factory=lambda: FinalEvalConfig(knn_k=[20], knn_at_init=False, linear=False))
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(name="supervised", num_views=1))
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(

@@ -259,24 +259,38 @@ def test_final_evaluation_callback(fashion_root, saved_backbone):
 
     from common.backbones import load_backbone
     from common.data import DataConfig
-    from evaluation.final import FinalEvalConfig, evaluate_backbone
+    from common.method import Method
+    from evaluation.final import FinalEvalConfig, evaluate_method
 
-    backbone, _ = load_backbone(saved_backbone)
+    class Reporting(Method):
+        """A method that reports one figure of its own from the features it is handed."""
+
+        def forward(self, views, labels):
+            raise AssertionError("not trained here")
+
+        def evaluate_features(self, features):
+            return {"test_images": float(len(features.test_x))}
+
+    backbone, feature_dim = load_backbone(saved_backbone)
+    method = Reporting(backbone, feature_dim)
     cfg = SimpleNamespace(data=DataConfig(name="fashion_mnist", root=str(fashion_root), num_workers=0),
                           augment=SimpleNamespace(image_size=28), backbone=BackboneConfig(in_chans=None),
-                          eval=FinalEvalConfig(knn_k=50, linear_epochs=10, batch_size=64), seed=0)
+                          eval=FinalEvalConfig(knn_k=[50, 20], linear_epochs=10, batch_size=64), seed=0,
+                          progress_bar=False)
     accelerator = Accelerator(cpu=True)
-    init = evaluate_backbone(backbone, cfg, accelerator, "init")
-    assert set(init) == {"knn_top1_at_init"} and init["knn_top1_at_init"] >= ABOVE_CHANCE
-    final = evaluate_backbone(backbone, cfg, accelerator, "final")
-    assert set(final) == {"knn_top1", "knn_top1_k20", "linear_top1", "linear_top5"}
-    assert final["knn_top1"] == init["knn_top1_at_init"]  # same weights, same bank
-    assert final["linear_top1"] >= ABOVE_CHANCE
-    cfg.eval = FinalEvalConfig(knn_at_init=False, linear=False, max_train_images=50)
-    assert evaluate_backbone(backbone, cfg, accelerator, "init") == {}
-    assert set(evaluate_backbone(backbone, cfg, accelerator, "final")) == {"knn_top1", "knn_top1_k20"}
+    init = evaluate_method(method, cfg, accelerator, "init")
+    assert set(init) == {"knn_top1_k50_at_init", "knn_top1_k20_at_init"}
+    assert init["knn_top1_k50_at_init"] >= ABOVE_CHANCE
+    final = evaluate_method(method, cfg, accelerator, "final")
+    assert set(final) == {"knn_top1_k50", "knn_top1_k20", "linear_top1", "linear_top5", "test_images"}
+    assert final["knn_top1_k50"] == init["knn_top1_k50_at_init"]  # same weights, same bank
+    assert final["linear_top1"] >= ABOVE_CHANCE and final["test_images"] > 0
+    cfg.eval = FinalEvalConfig(knn_at_init=False, linear=False, max_train_images=50, knn_protocol="dino")
+    assert evaluate_method(method, cfg, accelerator, "init") == {}
+    assert set(evaluate_method(method, cfg, accelerator, "final")) == {"knn_top1_k20", "knn_top1_k200",
+                                                                        "test_images"}
     with pytest.raises(ValueError, match="stage"):
-        evaluate_backbone(backbone, cfg, accelerator, "middle")
+        evaluate_method(method, cfg, accelerator, "middle")
 
 
 def test_neural_collapse_and_mine_command_lines(fashion_root, saved_backbone):

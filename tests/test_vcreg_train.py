@@ -14,7 +14,16 @@ from evaluation.neural_collapse import cdnv, ncc_accuracy
 from stochcon.losses import info_nce
 from vcreg.analysis.two_moons import TwoMoonsConfig, boundary_margin, train_run
 from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
-from vcreg.method import JointEmbedding, SupervisedClassifier, VCRegMethodConfig, build_vcreg_method
+from vcreg.method import (
+    DeCovConfig,
+    SimCLRBaseline,
+    SimCLRConfig,
+    SupervisedClassifier,
+    VICRegBaseline,
+    VICRegConfig,
+    WLDRegConfig,
+    build_vcreg_method,
+)
 from vcreg.train import main as train_main
 
 
@@ -53,10 +62,10 @@ def test_supervised_and_decov_losses():
     logits = plain.classifier(backbone(images))
     assert out["loss"].item() == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.1).item(), rel=1e-5)
     features = backbone(images)
-    for name, weight, penalty in (("decov", 0.5, decov_loss(features)),
-                                  ("wldreg", 0.01, wldreg_loss(features, gamma=2.0, variant="logdet"))):
-        cfg = VCRegMethodConfig(name=name, decov_weight=weight, wldreg_weight=weight, wldreg_gamma=2.0,
-                                wldreg_variant="logdet")
+    for name, weight, penalty, cfg in (
+            ("decov", 0.5, decov_loss(features), DeCovConfig(weight=0.5)),
+            ("wldreg", 0.01, wldreg_loss(features, gamma=2.0, variant="logdet"),
+             WLDRegConfig(weight=0.01, gamma=2.0, variant="logdet"))):
         regularised = build_vcreg_method(cfg, backbone, backbone.num_features, 3)
         regularised.classifier = plain.classifier
         out = regularised([images], labels)
@@ -71,22 +80,19 @@ def test_joint_embedding_objectives():
     torch.manual_seed(0)
     backbone = SmallConvNet(1, width=4)
     views = [torch.randn(6, 1, 16, 16), torch.randn(6, 1, 16, 16)]
-    vicreg = JointEmbedding(backbone, backbone.num_features, VCRegMethodConfig(name="vicreg", vicreg_projector=[16, 8]))
+    vicreg = VICRegBaseline(backbone, backbone.num_features, VICRegConfig(projector=[16, 8]))
     # Appendix C.4 by default: two linear layers, BatchNorm after each
     assert [type(m).__name__ for m in vicreg.projector] == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
     out = vicreg(views, torch.full((6,), -1))
     z1, z2 = vicreg.projector(backbone(torch.cat(views))).chunk(2)
     assert out["loss"].item() == pytest.approx(vicreg_loss(z1, z2)["loss"].item(), rel=1e-5)
-    released = JointEmbedding(backbone, backbone.num_features, VCRegMethodConfig(
-        name="vicreg", vicreg_projector=[16, 16, 8], vicreg_projector_last_norm=False))
+    released = VICRegBaseline(backbone, backbone.num_features, VICRegConfig(projector=[16, 16, 8],
+                                                                            projector_last_norm=False))
     assert isinstance(released.projector[-1], nn.Linear) and released.projector[-1].bias is None
-    simclr = JointEmbedding(backbone, backbone.num_features,
-                            VCRegMethodConfig(name="simclr", simclr_projector=[16, 8], temperature=0.5))
+    simclr = SimCLRBaseline(backbone, backbone.num_features, SimCLRConfig(projector=[16, 8], temperature=0.5))
     out = simclr(views, torch.full((6,), -1))
     z1, z2 = simclr.projector(backbone(torch.cat(views))).chunk(2)
     assert out["loss"].item() == pytest.approx(info_nce(z1, z2, 0.5).item(), rel=1e-5)
-    with pytest.raises(ValueError, match="method.name"):
-        build_vcreg_method(VCRegMethodConfig(name="barlow"), backbone, backbone.num_features, 10)
 
 
 def test_two_moons_run_and_margin():

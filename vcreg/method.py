@@ -10,20 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config_types import NonNegativeFloat, PositiveFloat
 from common.distributed import gather_with_grad
-from common.errors import ConfigError
+from common.dtypes import at_least_float32
 from common.heads import mlp
-from common.method import Method
+from common.method import FeatureSplits, Method
+from evaluation.neural_collapse import collapse_metrics
 from stochcon.losses import info_nce
-from vcreg.losses import VARIANCE_COMBINES, WLDREG_VARIANTS, decov_loss, vicreg_loss, wldreg_loss
-
-METHODS = ("supervised", "decov", "wldreg", "simclr", "vicreg")
-
+from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 
 @dataclass
 class VCRegLayerConfig:
@@ -31,34 +31,67 @@ class VCRegLayerConfig:
     {1.28, 0.64, 0.32, 0.16}, beta in {0.16, 0.08, 0.04, 0.02, 0.01} (sweep files in vcreg/configs/);
     the defaults are the grid's mildest corner."""
 
-    enabled: bool = True
-    placement: str = "blocks"          # final | blocks (the paper's) | downsample | blocks+downsample (App. A)
-    alpha: float = 0.16
-    beta: float = 0.01
-    eps: float = 1e-5
+    enabled: bool = True  # false: the same recipe without VCReg layers (the baseline)
+    # final | blocks (the paper's) | downsample (Table 7) | blocks+downsample (Appendix A)
+    placement: Literal["final", "blocks", "downsample", "blocks+downsample"] = "blocks"
+    alpha: NonNegativeFloat = 0.16  # variance term's weight (Algorithm 1)
+    beta: NonNegativeFloat = 0.01  # covariance term's weight (Algorithm 1)
+    eps: PositiveFloat = 1e-5  # inside the variance term's square root
     delta: float | None = None      # smooth-L1 covariance threshold (eq. 7); None: squared, as Algorithm 1
     all_reduce: bool = False           # statistics over all ranks instead of per rank (strength unchanged)
-    normalization: str = "algorithm1"  # algorithm1 (paper's; beta grows with rows/device) | batch_mean
+    # algorithm1 (the paper's: beta's strength grows with the rows per device) | batch_mean (alpha and beta mean
+    # the same at any per-device batch, accumulation and number of processes)
+    normalization: Literal["algorithm1", "batch_mean"] = "algorithm1"
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # {"stages.3.*": {"alpha": 1.28}}
 
 
 @dataclass
-class VCRegMethodConfig:
-    name: str = "supervised"           # supervised | decov | wldreg | simclr | vicreg
-    label_smoothing: float = 0.0       # supervised / decov / wldreg cross-entropy
-    decov_weight: float = 0.1          # DeCov baseline: weight of Cogswell et al.'s loss on pooled features
-    wldreg_weight: float = 1e-3        # WLD-Reg baseline (Laakom et al., 2023): weight on pooled features
-    wldreg_gamma: float = 10.0         # WLD-Reg's Gaussian-kernel width gamma
-    wldreg_variant: str = "direct"     # WLD-Reg's redundancy measure: direct | det | logdet
-    temperature: float = 0.1           # SimCLR InfoNCE tau (Chen et al., 2020: 0.1 at batch 4096)
-    simclr_projector: list[int] = field(default_factory=lambda: [2048, 256])  # hidden..., output (App. C.4)
-    vicreg_projector: list[int] = field(default_factory=lambda: [8192, 8192])  # C.4; Bardes et al.: 8192 x 3
-    vicreg_projector_last_norm: bool = True  # C.4: BatchNorm after every layer; false: Bardes et al.'s output
-    vicreg_invariance: float = 25.0
-    vicreg_variance: float = 25.0
-    vicreg_covariance: float = 1.0
-    vicreg_eps: float = 1e-4
-    vicreg_variance_combine: str = "mean"  # mean: (v(Z)+v(Z'))/2 as Bardes et al.'s code | sum: their eq. 6
+class SupervisedConfig:
+    name: Literal["supervised"] = "supervised"  # cross-entropy on a linear classifier over the pooled features
+    label_smoothing: NonNegativeFloat = 0.0  # torchvision's recipes: 0.1 for ConvNeXt and ViT, 0 for ResNet-50
+
+
+@dataclass
+class DeCovConfig:
+    name: Literal["decov"] = "decov"  # Table 2 baseline: supervised + DeCov (Cogswell et al. 2016) on pooled features
+    label_smoothing: NonNegativeFloat = 0.0
+    weight: NonNegativeFloat = 0.1  # DeCov's weight on the pooled features (see the configs for its source)
+
+
+@dataclass
+class WLDRegConfig:
+    name: Literal["wldreg"] = "wldreg"  # Table 2 baseline: supervised + WLD-Reg (Laakom et al. 2023)
+    label_smoothing: NonNegativeFloat = 0.0
+    weight: NonNegativeFloat = 1e-3  # WLD-Reg's weight on the pooled features (not checked against the paper)
+    gamma: PositiveFloat = 10.0  # the Gaussian kernel's width gamma
+    variant: Literal["direct", "det", "logdet"] = "direct"  # WLD-Reg's redundancy measure
+
+
+@dataclass
+class SimCLRConfig:
+    name: Literal["simclr"] = "simclr"  # Table 4: SimCLR (Chen et al. 2020) as Appendix C.4 sets it up
+    temperature: PositiveFloat = 0.1  # InfoNCE tau (Chen et al.: 0.1 at batch 4096)
+    projector: list[int] = field(default_factory=lambda: [2048, 256])  # hidden..., output (App. C.4)
+
+
+@dataclass
+class VICRegConfig:
+    name: Literal["vicreg"] = "vicreg"  # Table 4: VICReg (Bardes et al. 2022) as Appendix C.4 sets it up
+    projector: list[int] = field(default_factory=lambda: [8192, 8192])  # C.4; Bardes et al.'s code: 8192 x 3
+    projector_last_norm: bool = True  # C.4: batch norm after every layer; false: Bardes et al.'s plain output
+    invariance: NonNegativeFloat = 25.0  # lambda (Bardes et al.)
+    variance: NonNegativeFloat = 25.0  # mu
+    covariance: NonNegativeFloat = 1.0  # nu
+    eps: PositiveFloat = 1e-4  # inside the variance term's square root
+    variance_combine: Literal["mean", "sum"] = "mean"  # mean: (v(Z)+v(Z'))/2 as Bardes et al.'s code | sum: eq. 6
+
+
+VCRegMethodConfig = SupervisedConfig | DeCovConfig | WLDRegConfig | SimCLRConfig | VICRegConfig
+
+
+def collapse_figures(features: FeatureSplits) -> dict[str, float]:
+    """Table 6's neural-collapse measures of the final features: CDNV and NCC accuracy (train and test)."""
+    return collapse_metrics((features.train_x, features.train_y), (features.test_x, features.test_y))
 
 
 class SupervisedClassifier(Method):
@@ -84,63 +117,87 @@ class SupervisedClassifier(Method):
         loss = cross_entropy
         if self.penalty is not None:
             name, weight, penalty_loss = self.penalty
-            value = penalty_loss(features.float())
+            value = penalty_loss(at_least_float32(features))
             loss = loss + weight * value
             out[name] = value.detach()
         out["loss"] = loss
         return out
 
+    def evaluate_features(self, features: FeatureSplits) -> dict[str, float]:
+        """``test_top1`` of the run's own classifier (Table 1's figure) and the neural-collapse measures."""
+        weight = self.classifier.weight
+        logits = self.classifier(features.test_x.to(weight.device, weight.dtype))
+        test_top1 = float((logits.argmax(1).cpu() == features.test_y).float().mean())
+        return {"test_top1": test_top1, **collapse_figures(features)}
+
 
 class JointEmbedding(Method):
-    """SimCLR (InfoNCE on a projector's outputs) or VICReg (Bardes et al.) between two views (App. C.4)."""
+    """Two views through the backbone and a projector (Appendix C.4); subclasses give the loss."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: VCRegMethodConfig):
+    def __init__(self, backbone: nn.Module, feature_dim: int, projector: nn.Module):
         super().__init__(backbone, feature_dim)
+        self.projector = projector
+
+    def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embeddings of view 0, of view 1, detached backbone features of view 0)."""
+        if len(views) != 2:
+            raise ValueError(f"{type(self).__name__} takes exactly 2 views (augment.num_views=2), got {len(views)}")
+        features = self.backbone(torch.cat(views))
+        z1, z2 = at_least_float32(self.projector(features)).chunk(2)
+        return z1, z2, features.chunk(2)[0].detach()
+
+    def evaluate_features(self, features: FeatureSplits) -> dict[str, float]:
+        return collapse_figures(features)
+
+
+class SimCLRBaseline(JointEmbedding):
+    """SimCLR's InfoNCE on the projections; BatchNorm after every projector layer, the output one too (C.4)."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: SimCLRConfig):
+        *hidden, out = cfg.projector
+        super().__init__(backbone, feature_dim, mlp(feature_dim, hidden, out, norm="bn", last_norm=True))
         self.cfg = cfg
-        if cfg.name == "simclr":
-            # SimCLR per Appendix C.4: BatchNorm after every layer, so the output layer gets one too
-            *hidden, out = cfg.simclr_projector
-            self.projector = mlp(feature_dim, hidden, out, norm="bn", last_norm=True)
-        else:
-            if cfg.vicreg_variance_combine not in VARIANCE_COMBINES:
-                raise ConfigError(f"method.vicreg_variance_combine must be one of "
-                                  f"{', '.join(VARIANCE_COMBINES)}, not {cfg.vicreg_variance_combine!r}")
-            # No bias on the output layer: Bardes et al.'s has none, and a BatchNorm after it cancels one.
-            # That BatchNorm keeps its affine scale (C.4 says just "batch normalization"): without it every
-            # embedding dimension has unit variance and the variance hinge could never act.
-            *hidden, out = cfg.vicreg_projector
-            self.projector = mlp(feature_dim, hidden, out, norm="bn", last_bias=False)
-            if cfg.vicreg_projector_last_norm:
-                self.projector.append(nn.BatchNorm1d(out))
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        if len(views) != 2:
-            raise ValueError(f"{self.cfg.name} takes exactly 2 views (augment.num_views=2), got {len(views)}")
-        features = self.backbone(torch.cat(views))
-        z1, z2 = self.projector(features).float().chunk(2)
-        if self.cfg.name == "simclr":
-            return {"loss": info_nce(z1, z2, self.cfg.temperature), "features": features.chunk(2)[0].detach()}
+        z1, z2, features = self.embed(views)
+        return {"loss": info_nce(z1, z2, self.cfg.temperature), "features": features}
+
+
+class VICRegBaseline(JointEmbedding):
+    """VICReg's invariance, variance and covariance terms on the projections of the global batch."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: VICRegConfig):
+        # No bias on the output layer: Bardes et al.'s has none, and a BatchNorm after it cancels one.
+        # That BatchNorm keeps its affine scale (C.4 says just "batch normalization"): without it every
+        # embedding dimension has unit variance and the variance hinge could never act.
+        *hidden, out = cfg.projector
+        projector = mlp(feature_dim, hidden, out, norm="bn", last_bias=False)
+        if cfg.projector_last_norm:
+            projector.append(nn.BatchNorm1d(out))
+        super().__init__(backbone, feature_dim, projector)
+        self.cfg = cfg
+
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        z1, z2, features = self.embed(views)
         # variance and covariance are statistics of the global batch: gather the embeddings of every rank
         z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
-        terms = vicreg_loss(z1, z2, self.cfg.vicreg_invariance, self.cfg.vicreg_variance,
-                            self.cfg.vicreg_covariance, self.cfg.vicreg_eps, self.cfg.vicreg_variance_combine)
-        return {"loss": terms["loss"], "features": features.chunk(2)[0].detach(),
+        cfg = self.cfg
+        terms = vicreg_loss(z1, z2, cfg.invariance, cfg.variance, cfg.covariance, cfg.eps, cfg.variance_combine)
+        return {"loss": terms["loss"], "features": features,
                 **{k: v.detach() for k, v in terms.items() if k != "loss"}}
 
 
 def build_vcreg_method(cfg: VCRegMethodConfig, backbone: nn.Module, feature_dim: int, num_classes: int) -> Method:
-    if cfg.name == "supervised":
+    """The method ``cfg`` (its dataclass) describes."""
+    if isinstance(cfg, SupervisedConfig):
         return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing)
-    if cfg.name == "decov":
+    if isinstance(cfg, DeCovConfig):
         return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing,
-                                    ("decov", cfg.decov_weight, decov_loss))
-    if cfg.name == "wldreg":
-        if cfg.wldreg_variant not in WLDREG_VARIANTS:
-            raise ConfigError(f"method.wldreg_variant must be one of {', '.join(WLDREG_VARIANTS)}, "
-                             f"not {cfg.wldreg_variant!r}")
-        wldreg = partial(wldreg_loss, gamma=cfg.wldreg_gamma, variant=cfg.wldreg_variant)
+                                    ("decov", cfg.weight, decov_loss))
+    if isinstance(cfg, WLDRegConfig):
+        wldreg = partial(wldreg_loss, gamma=cfg.gamma, variant=cfg.variant)
         return SupervisedClassifier(backbone, feature_dim, num_classes, cfg.label_smoothing,
-                                    ("wldreg", cfg.wldreg_weight, wldreg))
-    if cfg.name in ("simclr", "vicreg"):
-        return JointEmbedding(backbone, feature_dim, cfg)
-    raise ConfigError(f"method.name must be one of {', '.join(METHODS)}, not '{cfg.name}'")
+                                    ("wldreg", cfg.weight, wldreg))
+    if isinstance(cfg, SimCLRConfig):
+        return SimCLRBaseline(backbone, feature_dim, cfg)
+    return VICRegBaseline(backbone, feature_dim, cfg)

@@ -17,7 +17,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import the repository's packages, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import torch
 from torch import nn
 
 from common.data import dataset_info
@@ -27,9 +26,8 @@ from common.method import Method
 from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from evaluation.labelled import train_test_features
-from evaluation.neural_collapse import collapse_metrics
 from evaluation.linear import LinearProbeConfig, linear_probe
-from vcreg.method import SupervisedClassifier, VCRegLayerConfig, VCRegMethodConfig, build_vcreg_method
+from vcreg.method import SupervisedConfig, VCRegLayerConfig, VCRegMethodConfig, build_vcreg_method
 from vcreg.placement import apply_vcreg
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_vcreg.yaml"
@@ -37,7 +35,7 @@ QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_vcreg.
 
 @dataclass
 class VCRegTrainConfig(TrainConfig):
-    method: VCRegMethodConfig = field(default_factory=VCRegMethodConfig)
+    method: VCRegMethodConfig = field(default_factory=SupervisedConfig)
     vcreg: VCRegLayerConfig = field(default_factory=VCRegLayerConfig)
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
     # Table 5: after training on CIFAR-100's 20 superclasses (data.labels=coarse), linear-probe the 100
@@ -61,23 +59,19 @@ def build_method(cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -
 
 
 def evaluate(method: Method, cfg: VCRegTrainConfig, accelerator, stage: str) -> dict:
+    """The final evaluation (with the method's test top-1 and neural collapse) and, for Table 5, a linear probe
+    of the subclasses on the features of the superclass-trained backbone."""
     results = evaluate_method(method, cfg, accelerator, stage)
-    if stage != "final" or not accelerator.is_main_process:
+    if stage != "final" or not cfg.subclass_probe or not accelerator.is_main_process:
         return results
     device = accelerator.device
-    features = train_test_features(method.backbone, cfg.data, cfg.backbone.in_chans, cfg.augment.image_size,
-                                   cfg.eval.batch_size, cfg.eval.max_train_images, device)
-    results |= collapse_metrics((features.train_x, features.train_y), (features.test_x, features.test_y))
-    if isinstance(method, SupervisedClassifier):
-        with torch.no_grad():
-            logits = method.classifier(features.test_x.to(device))
-        results["test_top1"] = float((logits.argmax(1).cpu() == features.test_y).float().mean())
-    if cfg.subclass_probe:
-        fine = train_test_features(method.backbone, replace(cfg.data, labels="fine"), cfg.backbone.in_chans,
-                                   cfg.augment.image_size, cfg.eval.batch_size, cfg.eval.max_train_images, device)
-        probe = LinearProbeConfig(epochs=cfg.eval.linear_epochs, batch_size=cfg.eval.linear_batch_size,
-                                  lr=cfg.eval.linear_lr, weight_decay=cfg.eval.linear_weight_decay)
-        results["subclass_linear_top1"] = linear_probe(*fine, probe, device=device, seed=cfg.seed)["top1"]
+    fine = train_test_features(method.backbone, replace(cfg.data, labels="fine"), cfg.backbone.in_chans,
+                               cfg.augment.image_size, cfg.eval.batch_size, cfg.eval.max_train_images, device,
+                               cfg.progress_bar)
+    probe = LinearProbeConfig(epochs=cfg.eval.linear_epochs, batch_size=cfg.eval.linear_batch_size,
+                              lr=cfg.eval.linear_lr, weight_decay=cfg.eval.linear_weight_decay)
+    results["subclass_linear_top1"] = linear_probe(*fine, probe, device=device, seed=cfg.seed,
+                                                   progress=cfg.progress_bar)["top1"]
     return results
 
 

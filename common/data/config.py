@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from common.config_types import NonNegativeInt, PositiveInt
 from common.errors import DataError
 
 SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
@@ -19,15 +21,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DataConfig:
     name: str = "fashion_mnist"  # cifar10|cifar100|stl10|imagenet|imagenet100|image_folder|hf|webdataset|fashion_mnist
     root: str = "data"  # where the files are / where torchvision downloads (webdataset: folder or URL of shards.json)
-    subset: int | None = None  # use only the first N training images, stratified by class
+    subset: PositiveInt | None = None  # use only the first N training images, stratified by class
     download: bool = True  # allow torchvision downloads when the files are missing
-    num_workers: int = 2
+    num_workers: NonNegativeInt = 2  # DataLoader worker processes (per training process)
     skip_corrupt: bool = False  # corrupt image files: False -> error naming the file; True -> skip and count
-    labels: str = "fine"  # cifar100: fine (100 classes) | coarse (20 superclasses)
+    labels: Literal["fine", "coarse"] = "fine"  # cifar100: fine (100 classes) | coarse (20 superclasses)
     image_column: str = "image"  # hf datasets
     label_column: str = "label"  # hf datasets; "" means unlabelled (label -1)
     train_split: str = "train"  # folder / hf split names for image_folder, hf, imagenet
-    test_split: str = "val"
+    test_split: str = "val"  # the evaluation split's folder / hf split name
     image_size: int | None = None  # image_folder/hf: the images' size; None = read from the files (imagenet*: 224)
 
 

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.entry import run_command
+from common.errors import RunFolderError
+
 AUTHOR = "ssl-repro"
 # torchvision BatchNorm buffers/parameters Detectron2's norms hold; num_batches_tracked has no counterpart.
 _NORM_FIELDS = ("weight", "bias", "running_mean", "running_var")
@@ -34,7 +37,7 @@ def _strip_wrapper_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
             prefix = key[: -len("layer1.0.conv1.weight")]
             if f"{prefix}conv1.weight" in state_dict:
                 return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    raise ValueError("state dict is not a torchvision ResNet: no 'conv1.weight' with a matching "
+    raise RunFolderError("state dict is not a torchvision ResNet: no 'conv1.weight' with a matching "
                      "'layer1.0.conv1.weight' key")
 
 
@@ -49,7 +52,7 @@ def _detectron2_name(key: str) -> str | None:
         return f"stem.conv1.norm.{field}"
     match = _BLOCK_KEY.fullmatch(key)
     if match is None:
-        raise ValueError(f"unexpected key '{key}' in a torchvision ResNet state dict")
+        raise RunFolderError(f"unexpected key '{key}' in a torchvision ResNet state dict")
     stage, block, module, field = match.groups()
     # torchvision's layer1..layer4 are Detectron2's res2..res5 (named by their stride exponent).
     prefix = f"res{int(stage) + 1}.{block}"
@@ -69,7 +72,7 @@ def torchvision_to_detectron2(state_dict: Mapping[str, torch.Tensor]) -> dict[st
     state = _strip_wrapper_prefix(state_dict)
     stem = state["conv1.weight"]
     if tuple(stem.shape[1:]) != (3, 7, 7):
-        raise ValueError(f"conv1.weight has shape {tuple(stem.shape)}: Detectron2's ResNet stem needs a 7x7 conv "
+        raise RunFolderError(f"conv1.weight has shape {tuple(stem.shape)}: Detectron2's ResNet stem needs a 7x7 conv "
                          "on 3 input channels (a CIFAR stem or a grayscale backbone cannot be transferred)")
     converted: dict[str, np.ndarray] = {}
     for key, value in state.items():
@@ -109,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.output.endswith(".pkl"):
         parser.error(f"--output '{args.output}' must end in .pkl: Detectron2 reads other suffixes as torch files")
-    try:
+
+    def body() -> int:
         weights = convert_checkpoint(args.checkpoint, args.output)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(weights)} tensors to {args.output}")
-    return 0
+        print(f"wrote {len(weights)} tensors to {args.output}")
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

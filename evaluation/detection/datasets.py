@@ -16,6 +16,8 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
+from common.errors import DataError
+
 # name: (folder under the root, image-set split, year)
 VOC_SPLITS = {
     "voc_2007_trainval": ("VOC2007", "trainval", 2007),
@@ -46,7 +48,7 @@ def _register_voc(name: str, root: Path) -> None:
     dirname = root / folder
     image_set = dirname / "ImageSets" / "Main" / f"{split}.txt"
     if not image_set.is_file():
-        raise FileNotFoundError(f"dataset '{name}': {image_set} not found (set DETECTRON2_DATASETS to the folder "
+        raise DataError(f"dataset '{name}': {image_set} not found (set DETECTRON2_DATASETS to the folder "
                                 f"holding {folder}/)")
     register_pascal_voc(name, str(dirname), split, year)
     MetadataCatalog.get(name).evaluator_type = "pascal_voc"
@@ -55,7 +57,7 @@ def _register_voc(name: str, root: Path) -> None:
 def _register_coco(name: str, root: Path) -> None:
     image_root, json_file = (root / part for part in COCO_SPLITS[name])
     if not json_file.is_file():
-        raise FileNotFoundError(f"dataset '{name}': {json_file} not found (set DETECTRON2_DATASETS to the folder "
+        raise DataError(f"dataset '{name}': {json_file} not found (set DETECTRON2_DATASETS to the folder "
                                 "holding coco/)")
     # No preset metadata: class names and the category-id map are read from the json, which for COCO gives
     # Detectron2's built-in ones and for any other COCO-format file its own categories.

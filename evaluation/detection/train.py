@@ -26,6 +26,9 @@ from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from detectron2.utils import comm
 
+from common.entry import run_command
+from common.errors import ConfigError, RunFolderError
+
 from evaluation.detection.datasets import register_datasets
 
 # Detectron2's evaluator task names -> the names in our results JSON.
@@ -87,12 +90,15 @@ def summarise(results: Mapping, test_datasets: tuple[str, ...]) -> dict[str, dic
 
 def setup(args) -> CfgNode:
     cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    if args.weights:
-        if not Path(args.weights).is_file():
-            raise FileNotFoundError(f"--weights: {args.weights} not found")
-        cfg.MODEL.WEIGHTS = args.weights
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg.merge_from_file(args.config_file)
+        if args.weights:
+            if not Path(args.weights).is_file():
+                raise RunFolderError(f"--weights: {args.weights} not found")
+            cfg.MODEL.WEIGHTS = args.weights
+        cfg.merge_from_list(args.opts)
+    except KeyError as error:  # yacs reports an unknown config key as KeyError
+        raise ConfigError(f"Detectron2 config: {str(error).strip(chr(39))}") from None
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
@@ -113,12 +119,11 @@ def run(args) -> dict:
     if not comm.is_main_process():  # evaluators gather to the main process; the others hold no results
         return {}
     summary = summarise(results, tuple(cfg.DATASETS.TEST))
-    if True:
-        path = Path(args.results or Path(cfg.OUTPUT_DIR) / "results.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS, "max_iter": cfg.SOLVER.MAX_ITER,
-                  "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "base_lr": cfg.SOLVER.BASE_LR, "results": summary}
-        path.write_text(json.dumps(record, indent=2) + "\n")
+    path = Path(args.results or Path(cfg.OUTPUT_DIR) / "results.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"config_file": args.config_file, "weights": cfg.MODEL.WEIGHTS, "max_iter": cfg.SOLVER.MAX_ITER,
+              "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "base_lr": cfg.SOLVER.BASE_LR, "results": summary}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return summary
 
 
@@ -138,13 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config-file is required (see evaluation/detection/configs/)")
     if not Path(args.config_file).is_file():
         parser.error(f"--config-file: {args.config_file} not found")
-    try:
-        launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except (ValueError, FileNotFoundError, KeyError) as error:  # yacs reports an unknown config key as KeyError
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: launch(run, args.num_gpus, num_machines=args.num_machines,
+                                      machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,)))
 
 
 if __name__ == "__main__":
