@@ -55,15 +55,6 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(tensor)
 
 
-def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
-    """All-gather without gradient (features for evaluation, metrics)."""
-    if not is_distributed() or dist.get_world_size() == 1:
-        return tensor
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, tensor.contiguous())
-    return torch.cat(gathered, dim=0)
-
-
 def per_sample_rand(local_batch: int, *shape: int, device=None, dtype=None, normal: bool = False,
                     groups: int = 1) -> torch.Tensor:
     """Random numbers for this rank's rows of the global batch: ``[groups * local_batch, *shape]``.

@@ -33,9 +33,11 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, norm: str = "bn",
         weight_standardization: bool = False, last_bias: bool = True) -> nn.Sequential:
     """``in_dim -> [Linear, norm, ReLU] x len(hidden_dims) -> Linear -> out_dim`` (+ optional final norm).
 
-    SimCLR's projector: ``mlp(2048, [2048], 128)``; BYOL's: ``mlp(2048, [4096], 256)``; SimCLR v2 and the
-    StochCon recipe use ``last_norm=True`` (a BatchNorm without affine on the output). Hidden layers drop
-    their bias when followed by a normalisation, which would cancel it.
+    SimCLR's projector: ``mlp(2048, [2048], 128)``; BYOL's: ``mlp(2048, [4096], 256)``. ``last_norm=True`` adds a
+    normalisation on the output (a BatchNorm without affine for ``norm="bn"``), as SimCLR v2's projector and the
+    VCReg paper's Appendix C.4 SimCLR projector have; StochCon's paper does not describe its projector, and ours
+    follows SimCLR v1 (no output norm). Hidden layers drop their bias when followed by a normalisation, which
+    would cancel it; ``last_bias=False`` drops the output layer's too (VICReg's projector has none).
     """
     linear = WSLinear if weight_standardization else nn.Linear
     layers: list[nn.Module] = []

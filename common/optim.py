@@ -96,7 +96,7 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def is_excluded(name: str, parameter: torch.Tensor) -> bool:
+def is_excluded(parameter: torch.Tensor) -> bool:
     """Biases and normalisation weights: every parameter with at most one dimension."""
     return parameter.ndim <= 1
 
@@ -105,10 +105,10 @@ def param_groups(model: nn.Module, base_lr: float, weight_decay: float, exclude_
                  ) -> list[dict]:
     """Two groups: regular weights, and biases/norm parameters without weight decay or LARS adaptation."""
     regular, excluded = [], []
-    for name, parameter in model.named_parameters():
+    for parameter in model.parameters():
         if not parameter.requires_grad:
             continue
-        (excluded if exclude_bias_and_norm and is_excluded(name, parameter) else regular).append(parameter)
+        (excluded if exclude_bias_and_norm and is_excluded(parameter) else regular).append(parameter)
     groups = [{"params": regular, "weight_decay": weight_decay, "lars_exclude": False, "base_lr": base_lr}]
     if excluded:
         groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True, "base_lr": base_lr})

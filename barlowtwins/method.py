@@ -1,0 +1,38 @@
+"""Barlow Twins: backbone, projector, and the loss of the two views' cross-correlation over the global batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import Tensor, nn
+
+from barlowtwins.losses import barlow_twins_loss
+from common.config_types import PositiveFloat
+from common.distributed import gather_with_grad
+from common.dtypes import at_least_float32
+from common.heads import mlp
+from common.method import Method
+from common.views import encode_views, project
+
+
+@dataclass
+class BarlowTwinsConfig:
+    name: Literal["barlow_twins"] = "barlow_twins"  # the method
+    projector: list[int] = field(default_factory=lambda: [8192, 8192, 8192])  # hidden..., output (Section 4)
+    lambda_offdiag: PositiveFloat = 5e-3  # weight of the redundancy-reduction term (Eq. 1; Section 4)
+
+
+class BarlowTwins(Method):
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: BarlowTwinsConfig):
+        super().__init__(backbone, feature_dim)
+        *hidden, out = cfg.projector
+        self.projector = mlp(feature_dim, hidden, out, norm="bn")
+        self.cfg = cfg
+
+    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+        if len(views) != 2:
+            raise ValueError(f"Barlow Twins takes 2 views (augment.num_views=2), got {len(views)}")
+        features = encode_views(self.backbone, views)
+        z1, z2 = (gather_with_grad(at_least_float32(z)) for z in project(self.projector, features))
+        return {"loss": barlow_twins_loss(z1, z2, self.cfg.lambda_offdiag), "features": features[0].detach()}
