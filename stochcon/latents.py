@@ -164,7 +164,11 @@ class StochConConfig:
     """
 
     latent: str = "bernoulli"  # bernoulli (Gumbel-Bernoulli) | gaussian (isotropic Gaussian)
-    latent_dim: int | None = None  # bottleneck width; None or the backbone width turns pi and rho off
+    latent_dim: int | None = None  # the latent's width (D_Latent); None: the backbone width (D_Backbone)
+    # Algorithm 1's "{pi_theta, rho_theta}: projectors", Linear layers D_Backbone -> D_Latent -> D_Backbone. false
+    # feeds h to the latent as it is: only at the backbone width, and for a Bernoulli only over features that
+    # can be negative (a ReLU before pooling makes every logit >= 0, so every bit P(1) >= 1/2 and the code all 1).
+    projectors: bool = True  # pi and rho on (Algorithm 1) | false: the latent straight on h (the paper's "optional")
     variates: str = "hard"  # hard (straight-through 0/1, Appendix A.1) | soft (relaxed variates), Figure 4
     placement: str = "top"  # top: global views through the latent | bottom: the local views (Figure 4)
     # Not in the paper: a pair whose two views are both placed on the latent is contrasted both ways (each
