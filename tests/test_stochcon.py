@@ -53,7 +53,8 @@ def views(n_global=2, n_local=0, batch=6):
 
 def test_projectors_are_on_at_any_width_unless_switched_off():
     full = StochasticBranch(WIDTH, "bernoulli", None, "hard", 1.0)  # latent_dim null: the backbone width
-    assert full.latent_dim == WIDTH and full.pi.weight.shape == (WIDTH, WIDTH) and full.rho.weight.shape == (WIDTH, WIDTH)
+    assert full.latent_dim == WIDTH
+    assert full.pi.weight.shape == (WIDTH, WIDTH) and full.rho.weight.shape == (WIDTH, WIDTH)
     off = StochasticBranch(WIDTH, "gaussian", None, "hard", 1.0, projectors=False)
     assert isinstance(off.pi, nn.Identity) and isinstance(off.rho, nn.Identity) and off.latent_dim == WIDTH
     narrow = StochasticBranch(WIDTH, "gaussian", 4, "hard", 1.0)
