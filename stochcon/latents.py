@@ -22,44 +22,62 @@ from torch import Tensor, nn
 from common.distributed import per_sample_rand
 
 
+def sample_dtype(like: Tensor) -> torch.dtype:
+    """The dtype the latents draw their noise and form their samples in: at least float32 (float64 stays
+    float64). Under bf16 autocast the logits are bf16, whose 8-bit significand would cap Logistic noise at +4.84
+    and turn 0.2% of the draws into -87.5 (u rounded to 0), biasing every hard bit."""
+    return torch.promote_types(like.dtype, torch.float32)
+
+
+def full_precision(like: Tensor) -> torch.autocast:
+    """A context in which no autocast of `like`'s device lowers the precision of the sampling arithmetic."""
+    return torch.autocast(like.device.type, enabled=False)
+
+
 def logistic_noise(
     shape: torch.Size, like: Tensor, generator: torch.Generator | None = None, groups: int = 1
 ) -> Tensor:
-    """Logistic(0, 1) noise log u - log(1 - u), u ~ U(0, 1), with u kept away from 0 and 1 so it stays finite.
+    """Logistic(0, 1) noise log u - log(1 - u), u ~ U(0, 1), in ``sample_dtype(like)``, with u kept away from
+    0 and 1 so it stays finite.
 
     Without a generator, u comes from the global RNG for the global batch (``per_sample_rand``): the rows are
     ``groups`` batches (views) of this rank's samples, and every sample draws the same noise whatever the
     number of processes.
     """
-    tiny = torch.finfo(like.dtype).tiny
+    dtype = sample_dtype(like)
     if generator is None:
-        u = per_sample_rand(shape[0] // groups, *shape[1:], dtype=like.dtype, device=like.device,
-                            groups=groups)
+        u = per_sample_rand(shape[0] // groups, *shape[1:], dtype=dtype, device=like.device, groups=groups)
     else:
-        u = torch.rand(shape, dtype=like.dtype, device=like.device, generator=generator)
-    return u.clamp_(min=tiny, max=1.0 - torch.finfo(like.dtype).eps).logit_()  # log(u / (1 - u))
+        u = torch.rand(shape, dtype=dtype, device=like.device, generator=generator)
+    info = torch.finfo(dtype)
+    with full_precision(like):
+        return u.clamp_(min=info.tiny, max=1.0 - info.eps).logit_()  # log(u / (1 - u))
 
 
 class _BinaryConcrete(torch.autograd.Function):
     """z = sigmoid((logits + noise) / T), returned as is (soft) or as 1[logits + noise >= 0] (hard, which is
-    1[z >= 0.5]); the backward is always the relaxed sample's dz/dlogits = z (1 - z) / T, Appendix A.1's
-    straight-through estimator for hard variates. One saved tensor and one fused backward instead of autograd's
-    chain through the sum, division, sigmoid and the (hard - z).detach() + z trick: on a 256 x 4096 latent the
-    sampler is a visible part of a small network's step."""
+    1[z >= 0.5]), in the noise's dtype (``sample_dtype``); the backward is always the relaxed sample's
+    dz/dlogits = z (1 - z) / T, Appendix A.1's straight-through estimator for hard variates. One saved tensor
+    and one fused backward instead of autograd's chain through the sum, division, sigmoid and the
+    (hard - z).detach() + z trick: on a 256 x 4096 latent the sampler is a visible part of a small network's
+    step."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, noise: Tensor, temperature: float, hard: bool) -> Tensor:
-        scaled = (logits + noise).div_(temperature)
-        relaxed = torch.sigmoid(scaled)
-        ctx.temperature = temperature
+        with full_precision(logits):
+            scaled = (logits.to(noise.dtype) + noise).div_(temperature)
+            relaxed = torch.sigmoid(scaled)
+        ctx.temperature, ctx.logits_dtype = temperature, logits.dtype
         ctx.save_for_backward(relaxed)
-        return (scaled >= 0).to(logits.dtype) if hard else relaxed
+        return (scaled >= 0).to(noise.dtype) if hard else relaxed
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:
         (relaxed,) = ctx.saved_tensors
-        return grad * relaxed * (1 - relaxed) / ctx.temperature, None, None, None
+        with full_precision(relaxed):
+            grad_logits = grad * relaxed * (1 - relaxed) / ctx.temperature
+        return grad_logits.to(ctx.logits_dtype), None, None, None
 
 
 def sample_gumbel_bernoulli(
@@ -71,6 +89,7 @@ def sample_gumbel_bernoulli(
     With `hard=True` the forward value is 1[z >= 0.5], which is exactly Bernoulli(sigmoid(logits)) because
     z >= 0.5  <=>  logits + Logistic noise >= 0, at any temperature; the gradient is that of the relaxed z
     (straight-through, Appendix A.1). ``groups``: the rows are that many batches (see ``logistic_noise``).
+    The noise and the sample are at least float32 (``sample_dtype``) under any autocast.
     """
     if temperature <= 0:
         raise ValueError(f"Gumbel-Bernoulli temperature must be > 0, got {temperature}")
@@ -95,8 +114,9 @@ class GumbelBernoulli(nn.Module):
         if self.training:
             return sample_gumbel_bernoulli(logits, self.temperature, self.hard, groups=groups)
         if self.hard:
-            return (logits >= 0).to(logits.dtype)
-        return torch.sigmoid(logits / self.temperature)
+            return (logits >= 0).to(sample_dtype(logits))
+        with full_precision(logits):
+            return torch.sigmoid(logits.to(sample_dtype(logits)) / self.temperature)
 
     def extra_repr(self) -> str:
         return f"hard={self.hard}, temperature={self.temperature}"
@@ -107,7 +127,8 @@ class IsotropicGaussian(nn.Module):
 
     `phi_var` is the projection of the view that sets the scale: the opposing view in StochCon (Section 4.2),
     or the same view for the own-variance ablation, whose scale the paper reports collapsing to 0.
-    Sampling is reparameterised (z = mu + sigma * eps), so gradients reach both mu and sigma.
+    Sampling is reparameterised (z = mu + sigma * eps), so gradients reach both mu and sigma; eps, sigma and
+    z are at least float32 (``sample_dtype``) under any autocast.
     """
 
     def __init__(self, latent_dim: int) -> None:
@@ -115,7 +136,9 @@ class IsotropicGaussian(nn.Module):
         self.scale = nn.Linear(latent_dim, latent_dim)
 
     def std(self, phi_var: Tensor) -> Tensor:
-        return F.softplus(self.scale(phi_var))
+        pre_activation = self.scale(phi_var)
+        with full_precision(pre_activation):
+            return F.softplus(pre_activation.to(sample_dtype(pre_activation)))
 
     def forward(self, phi: Tensor, phi_var: Tensor | None = None, groups: int = 1) -> Tensor:
         if not self.training:
@@ -124,9 +147,12 @@ class IsotropicGaussian(nn.Module):
             raise ValueError(
                 "IsotropicGaussian needs phi_var (the projection that sets the scale) in training"
             )
-        eps = per_sample_rand(phi.shape[0] // groups, *phi.shape[1:], dtype=phi.dtype, device=phi.device,
+        dtype = sample_dtype(phi)
+        eps = per_sample_rand(phi.shape[0] // groups, *phi.shape[1:], dtype=dtype, device=phi.device,
                               normal=True, groups=groups)
-        return phi + self.std(phi_var) * eps
+        sigma = self.std(phi_var)
+        with full_precision(phi):
+            return phi.to(dtype) + sigma.to(dtype) * eps
 
 
 @dataclass
@@ -138,7 +164,11 @@ class StochConConfig:
     """
 
     latent: str = "bernoulli"  # bernoulli (Gumbel-Bernoulli) | gaussian (isotropic Gaussian)
-    latent_dim: int | None = None  # bottleneck width; None or the backbone width turns pi and rho off
+    latent_dim: int | None = None  # the latent's width (D_Latent); None: the backbone width (D_Backbone)
+    # Algorithm 1's "{pi_theta, rho_theta}: projectors", Linear layers D_Backbone -> D_Latent -> D_Backbone. false
+    # feeds h to the latent as it is: only at the backbone width, and for a Bernoulli only over features that
+    # can be negative (a ReLU before pooling makes every logit >= 0, so every bit P(1) >= 1/2 and the code all 1).
+    projectors: bool = True  # pi and rho on (Algorithm 1) | false: the latent straight on h (the paper's "optional")
     variates: str = "hard"  # hard (straight-through 0/1, Appendix A.1) | soft (relaxed variates), Figure 4
     placement: str = "top"  # top: global views through the latent | bottom: the local views (Figure 4)
     # Not in the paper: a pair whose two views are both placed on the latent is contrasted both ways (each

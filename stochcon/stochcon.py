@@ -2,8 +2,8 @@
 
 h = f(x~), h' = f(x^'); phi' = pi(h'); z' ~ q(z | phi'); h'' = rho(z'); v = g(h), v' = g(h'');
 minimise InfoNCE(v, v'). The whole stochastic view batch goes through the latent, so the negatives of the
-stochastic branch are reparameterised the same way. pi and rho are Linear layers between the backbone width
-and `latent_dim`; with `latent_dim` equal to the backbone width both are off.
+stochastic branch are reparameterised the same way. pi and rho ("projectors" in Algorithm 1) are Linear layers
+between the backbone width and `latent_dim` (the backbone width when null); `projectors: false` turns both off.
 
 Multi-crop (2 global + 8 local views): every global view i is contrasted with every later view j. The
 `placement` picks the stochastic views: `top` the global views, `bottom` the local ones (Figure 4). In a
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from common.data import dataset_info
 from common.distributed import per_sample_rand
+from common.errors import ConfigError, DataError
 from common.method import Method
 from common.schedules import cosine_anneal
 from stochcon.latents import GumbelBernoulli, IsotropicGaussian, StochConConfig
@@ -35,11 +36,11 @@ LATENTS = ("bernoulli", "gaussian")
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"method.{key} must be one of {', '.join(choices)}, not '{value}'")
+        raise ConfigError(f"method.{key} must be one of {', '.join(choices)}, not '{value}'")
 
 
 class StochasticBranch(nn.Module):
-    """h' -> phi' = pi(h') -> z' ~ q(z | phi') -> h'' = rho(z'); the optional bottleneck and the latent."""
+    """h' -> phi' = pi(h') -> z' ~ q(z | phi') -> h'' = rho(z'); the projectors pi, rho and the latent."""
 
     def __init__(
         self,
@@ -49,24 +50,29 @@ class StochasticBranch(nn.Module):
         variates: str,
         temperature: float,
         pi_init_gain: float = 1.0,
+        projectors: bool = True,
     ) -> None:
         super().__init__()
         _check_choice("latent", latent, LATENTS)
         _check_choice("variates", variates, ("hard", "soft"))
-        self.latent_dim = latent_dim or feature_dim
+        self.latent_dim = feature_dim if latent_dim is None else latent_dim
         if self.latent_dim <= 0:
-            raise ValueError(f"method.latent_dim must be positive, got {latent_dim}")
-        bottleneck = self.latent_dim != feature_dim
-        self.pi = nn.Linear(feature_dim, self.latent_dim) if bottleneck else nn.Identity()
-        self.rho = nn.Linear(self.latent_dim, feature_dim) if bottleneck else nn.Identity()
+            raise ConfigError(f"method.stochcon.latent_dim must be positive, got {latent_dim}")
+        if not projectors and self.latent_dim != feature_dim:
+            raise ConfigError(
+                "method.stochcon.projectors=false feeds the backbone features to the latent as they are, so "
+                f"latent_dim must be null or the backbone width ({feature_dim}), not {latent_dim}"
+            )
+        self.pi = nn.Linear(feature_dim, self.latent_dim) if projectors else nn.Identity()
+        self.rho = nn.Linear(self.latent_dim, feature_dim) if projectors else nn.Identity()
         if pi_init_gain != 1.0:
-            if not bottleneck:
-                raise ValueError(
-                    "method.stochcon.pi_init_gain scales the bottleneck pi, which is off when latent_dim equals "
-                    f"the backbone width ({feature_dim}): set latent_dim or leave pi_init_gain at 1.0"
+            if not projectors:
+                raise ConfigError(
+                    "method.stochcon.pi_init_gain scales pi, which method.stochcon.projectors=false turns off: "
+                    "set projectors: true or leave pi_init_gain at 1.0"
                 )
             if pi_init_gain <= 0:
-                raise ValueError(f"method.stochcon.pi_init_gain must be positive, got {pi_init_gain}")
+                raise ConfigError(f"method.stochcon.pi_init_gain must be positive, got {pi_init_gain}")
             with torch.no_grad():
                 self.pi.weight.mul_(pi_init_gain)
                 self.pi.bias.mul_(pi_init_gain)
@@ -76,6 +82,19 @@ class StochasticBranch(nn.Module):
             if latent == "bernoulli"
             else IsotropicGaussian(self.latent_dim)
         )
+        # Bits straight on the features: checked once, on the first batch, that the features can be negative.
+        self.features_unchecked = latent == "bernoulli" and not projectors
+
+    def refuse_nonnegative_logits(self, h: Tensor) -> None:
+        """A Bernoulli without pi reads the features as logits: over features that are all >= 0 (a ReLU before
+        the pooling, as in every ResNet) each bit has P(1) >= 1/2 and the code 1[h >= 0] is all ones."""
+        if bool((h >= 0).all()):
+            raise ConfigError(
+                "method.stochcon.projectors=false puts the Bernoulli bits straight on the backbone features, "
+                "which are all >= 0 here (a ReLU before the pooling): the code 1[h >= 0] would be all ones; set "
+                "method.stochcon.projectors=true (Algorithm 1's pi and rho)"
+            )
+        self.features_unchecked = False
 
     def forward(
         self, h: Tensor, h_var: Tensor | None = None, groups: int = 1
@@ -85,6 +104,8 @@ class StochasticBranch(nn.Module):
         `groups`: the rows of `h` are that many views of this rank's batch, one after the other; the noise
         is drawn per sample of the global batch, so it does not depend on the number of processes.
         """
+        if self.features_unchecked:
+            self.refuse_nonnegative_logits(h)
         phi = self.pi(h)
         if self.kind == "bernoulli":
             z = self.latent(phi, groups)
@@ -102,6 +123,7 @@ class StochasticBranch(nn.Module):
             cfg.variates,
             cfg.gumbel_temperature_start,
             cfg.pi_init_gain,
+            cfg.projectors,
         )
 
     def code(self, h: Tensor) -> Tensor:
@@ -160,7 +182,7 @@ class StochCon(SimCLR):
         _check_choice("stochcon.placement", latent_cfg.placement, ("top", "bottom"))
         _check_choice("stochcon.gaussian_variance", latent_cfg.gaussian_variance, ("opposing", "own"))
         if num_global_views < 1:
-            raise ValueError(f"StochCon needs at least one global view, got {num_global_views}")
+            raise ConfigError(f"StochCon needs at least one global view, got {num_global_views}")
         self.latent_cfg = latent_cfg
         self.branch = StochasticBranch.from_config(feature_dim, latent_cfg)
 
@@ -168,7 +190,7 @@ class StochCon(SimCLR):
         if self.latent_cfg.placement == "top":
             return range(self.num_global_views)
         if num_views <= self.num_global_views:
-            raise ValueError(
+            raise ConfigError(
                 "method.stochcon.placement=bottom puts the local views through the latent, but there "
                 "are none: set augment.local_crops > 0 or use placement=top"
             )
@@ -180,7 +202,7 @@ class StochCon(SimCLR):
             return k
         g = self.num_global_views
         if g < 2 and k < g:
-            raise ValueError(
+            raise ConfigError(
                 "method.stochcon.gaussian_variance=opposing needs two global views (augment.num_views)"
             )
         return (k + 1) % g if k < g else (k - g) % g
@@ -200,7 +222,7 @@ class StochCon(SimCLR):
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if len(views) < 2 or len(views) < self.num_global_views:
-            raise ValueError(
+            raise ConfigError(
                 f"StochCon needs at least 2 views and {self.num_global_views} global ones, got {len(views)}"
             )
         h = encode_views(self.backbone, views, self.cfg.views_together)
@@ -244,16 +266,16 @@ class SupervisedBernoulli(Method):
     def __init__(self, backbone: nn.Module, feature_dim: int, latent_cfg: StochConConfig, num_classes: int):
         super().__init__(backbone, feature_dim)
         if not 0.0 <= latent_cfg.supervised_bypass_prob <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 "method.stochcon.supervised_bypass_prob must lie in [0, 1], got "
                 f"{latent_cfg.supervised_bypass_prob}"
             )
         if latent_cfg.latent != "bernoulli":
-            raise ValueError(
+            raise ConfigError(
                 "the supervised control uses a Gumbel-Bernoulli latent: set method.stochcon.latent=bernoulli"
             )
         if num_classes < 2:
-            raise ValueError(f"the supervised method needs a labelled dataset, got {num_classes} classes")
+            raise ConfigError(f"the supervised method needs a labelled dataset, got {num_classes} classes")
         self.latent_cfg = latent_cfg
         self.branch = StochasticBranch.from_config(feature_dim, latent_cfg)
         self.classifier = nn.Linear(feature_dim, num_classes)
@@ -271,7 +293,7 @@ class SupervisedBernoulli(Method):
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if bool((labels < 0).any()):
-            raise ValueError("the supervised method needs labels for every training image (got label -1)")
+            raise DataError("the supervised method needs labels for every training image (got label -1)")
         logits, h, z, phi = self.logits(views[0])
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(1) == labels).float().mean()

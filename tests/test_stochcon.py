@@ -4,32 +4,40 @@ import pytest
 import torch
 from torch import nn
 
+from common.errors import ConfigError
 from stochcon.latents import StochConConfig, sample_gumbel_bernoulli
 from stochcon.losses import info_nce, multicrop_info_nce
 from stochcon.simclr import SimCLRConfig
 from stochcon.stochcon import StochasticBranch, StochCon, SupervisedBernoulli
 
 WIDTH = 16
+# The tests that compare the method with its formula run in float64: the two sides differ only in the order of
+# sums and products (batched against per-view calls), ~1e-15 relative, far inside assert_close's float64
+# tolerance (1e-7) and far below any difference of formula.
+F64 = torch.float64
 
 
 class TinyBackbone(nn.Module):
     """Pooled features of any image size: mean over space of a 1x1 convolution (no batch-norm, so a view's
-    features do not depend on which other views share its forward pass)."""
+    features do not depend on which other views share its forward pass). With `relu`, a ReLU before the pooling
+    as in a ResNet: every feature is >= 0."""
 
-    def __init__(self):
+    def __init__(self, relu: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(3, WIDTH, 1)
+        self.relu = relu
 
     def forward(self, x):
-        return self.conv(x).mean((2, 3))
+        y = self.conv(x)
+        return (y.relu() if self.relu else y).mean((2, 3))
 
 
 SIMCLR = SimCLRConfig(proj_hidden_dim=32, proj_output_dim=8, proj_norm="none")
 
 
-def make(cfg: StochConConfig, num_global_views: int = 2) -> StochCon:
+def make(cfg: StochConConfig, num_global_views: int = 2, relu: bool = False) -> StochCon:
     torch.manual_seed(0)
-    return StochCon(TinyBackbone(), WIDTH, SIMCLR, cfg, num_global_views)
+    return StochCon(TinyBackbone(relu), WIDTH, SIMCLR, cfg, num_global_views).to(F64)
 
 
 def small_cfg(**overrides) -> StochConConfig:
@@ -38,19 +46,62 @@ def small_cfg(**overrides) -> StochConConfig:
 
 def views(n_global=2, n_local=0, batch=6):
     gen = torch.Generator().manual_seed(1)
-    return [torch.randn(batch, 3, 8, 8, generator=gen) for _ in range(n_global)] + [
-        torch.randn(batch, 3, 4, 4, generator=gen) for _ in range(n_local)
+    return [torch.randn(batch, 3, 8, 8, generator=gen, dtype=F64) for _ in range(n_global)] + [
+        torch.randn(batch, 3, 4, 4, generator=gen, dtype=F64) for _ in range(n_local)
     ]
 
 
-def test_full_width_latent_turns_projections_off():
-    full = StochasticBranch(WIDTH, "bernoulli", None, "hard", 1.0)
-    assert isinstance(full.pi, nn.Identity) and isinstance(full.rho, nn.Identity)
-    assert isinstance(StochasticBranch(WIDTH, "bernoulli", WIDTH, "hard", 1.0).pi, nn.Identity)
+def test_projectors_are_on_at_any_width_unless_switched_off():
+    full = StochasticBranch(WIDTH, "bernoulli", None, "hard", 1.0)  # latent_dim null: the backbone width
+    assert full.latent_dim == WIDTH
+    assert full.pi.weight.shape == (WIDTH, WIDTH) and full.rho.weight.shape == (WIDTH, WIDTH)
+    off = StochasticBranch(WIDTH, "gaussian", None, "hard", 1.0, projectors=False)
+    assert isinstance(off.pi, nn.Identity) and isinstance(off.rho, nn.Identity) and off.latent_dim == WIDTH
     narrow = StochasticBranch(WIDTH, "gaussian", 4, "hard", 1.0)
     assert narrow.pi.weight.shape == (4, WIDTH) and narrow.rho.weight.shape == (WIDTH, 4)
-    with pytest.raises(ValueError, match="method.latent "):
+    with pytest.raises(ConfigError, match="projectors=false .* latent_dim must be null or the backbone width"):
+        StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0, projectors=False)
+    with pytest.raises(ConfigError, match="latent_dim must be positive"):
+        StochasticBranch(WIDTH, "bernoulli", 0, "hard", 1.0)
+    with pytest.raises(ConfigError, match="method.latent "):
         StochasticBranch(WIDTH, "beta", 4, "hard", 1.0)
+
+
+def test_full_width_bernoulli_over_relu_features_has_bits_that_vary_across_images():
+    """Pooled ReLU features are >= 0: with pi and rho at the backbone width (latent_dim null) the code
+    1[pi(h) >= 0] has bits that are 0 for some images and 1 for others, in evaluation and in the samples."""
+    method = make(small_cfg(), relu=True)
+    x = views(2, 0, batch=32)
+    with torch.no_grad():
+        h = method.backbone(x[0])
+        assert (h >= 0).all()
+        code = method.branch.code(h)
+    varying = (code.min(0).values == 0) & (code.max(0).values == 1)
+    assert varying.any()
+    captured = []
+    method.branch.latent.register_forward_hook(lambda module, args, out: captured.append(out))
+    method(x, torch.full((32,), -1))
+    sampled = captured[0]
+    assert ((sampled.min(0).values == 0) & (sampled.max(0).values == 1)).any()
+
+
+def test_bernoulli_without_projectors_refuses_nonnegative_features():
+    """projectors=false reads h as the logits: over ReLU features every bit would have P(1) >= 1/2 and the code
+    would be all ones, so the first batch stops the run with a ConfigError; features that can be negative are
+    accepted (the code then varies)."""
+    relu = make(small_cfg(projectors=False), relu=True)
+    with pytest.raises(ConfigError, match="projectors=false .* all >= 0"):
+        relu(views(), torch.full((6,), -1))
+    supervised = SupervisedBernoulli(
+        TinyBackbone(relu=True), WIDTH, StochConConfig(projectors=False, supervised_bypass_prob=0.5), 3
+    ).to(F64)
+    with pytest.raises(ConfigError, match="all >= 0"):
+        supervised(views(1, 0, batch=8), torch.arange(8) % 3)
+    signed = make(small_cfg(projectors=False))
+    signed(views(), torch.full((6,), -1))
+    assert not signed.branch.features_unchecked  # checked once, on the first batch
+    code = signed.branch.code(signed.backbone(views(1, 0, batch=32)[0]))
+    assert ((code.min(0).values == 0) & (code.max(0).values == 1)).any()
 
 
 def test_pi_init_gain_scales_the_bottleneck_and_the_logits():
@@ -58,15 +109,21 @@ def test_pi_init_gain_scales_the_bottleneck_and_the_logits():
     default = StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0)
     torch.manual_seed(0)
     scaled = StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0, pi_init_gain=3.0)
-    torch.testing.assert_close(scaled.pi.weight, 3.0 * default.pi.weight)
-    torch.testing.assert_close(scaled.pi.bias, 3.0 * default.pi.bias)
-    torch.testing.assert_close(scaled.rho.weight, default.rho.weight)  # the decoder keeps its initialisation
-    h = torch.randn(5, WIDTH)
-    torch.testing.assert_close(scaled.pi(h), 3.0 * default.pi(h))
+    # The same float32 product 3 w on both sides: equal to the bit.
+    assert torch.equal(scaled.pi.weight, 3.0 * default.pi.weight)
+    assert torch.equal(scaled.pi.bias, 3.0 * default.pi.bias)
+    assert torch.equal(scaled.rho.weight, default.rho.weight)  # the decoder keeps its initialisation
+    # The logits, in float64 against the exact 3 (w h + b): scaled's entries are 3w rounded to float32, off by at
+    # most 2^-24 of their size, so each logit is off by at most 2^-24 (|3w| |h| + |3b|) (float64 adds ~1e-16).
+    h = torch.randn(5, WIDTH, dtype=F64)
+    w, b = default.pi.weight.to(F64), default.pi.bias.to(F64)
+    bound = 2.0**-24 * 3 * (h.abs() @ w.abs().T + b.abs()) + 1e-12
+    assert ((scaled.pi.to(F64)(h) - 3 * (h @ w.T + b)).abs() <= bound).all()
     method_pi = make(small_cfg(latent_dim=4, pi_init_gain=3.0)).branch.pi
-    torch.testing.assert_close(method_pi.weight, 3.0 * make(small_cfg(latent_dim=4)).branch.pi.weight)
-    with pytest.raises(ValueError, match="pi_init_gain scales the bottleneck pi, which is off"):
-        StochasticBranch(WIDTH, "bernoulli", None, "hard", 1.0, pi_init_gain=3.0)
+    default_weight = make(small_cfg(latent_dim=4)).branch.pi.weight.float()  # make() widens float32 to float64
+    assert torch.equal(method_pi.weight, (3.0 * default_weight).to(F64))
+    with pytest.raises(ConfigError, match="pi_init_gain scales pi, which method.stochcon.projectors=false turns off"):
+        StochasticBranch(WIDTH, "bernoulli", None, "hard", 1.0, pi_init_gain=3.0, projectors=False)
     with pytest.raises(ValueError, match="pi_init_gain must be positive"):
         StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0, pi_init_gain=0.0)
 
@@ -122,8 +179,9 @@ def test_hard_bits_are_exactly_binary_and_gradients_reach_every_part():
 
 
 def test_identity_latent_reduces_to_simclr_multicrop_loss():
-    """A Gaussian whose scale is zero is the identity: the loss is exactly SimCLR's multi-crop InfoNCE."""
-    method = make(small_cfg(latent="gaussian"), num_global_views=2)
+    """A Gaussian whose scale is zero, without pi and rho, is the identity: the loss is SimCLR's multi-crop
+    InfoNCE."""
+    method = make(small_cfg(latent="gaussian", projectors=False), num_global_views=2)
     with torch.no_grad():
         method.branch.latent.scale.weight.zero_()
         method.branch.latent.scale.bias.fill_(-1e4)  # softplus -> 0
@@ -143,7 +201,8 @@ def test_placement_selects_global_or_local_views(placement, stochastic):
     with torch.no_grad():
         features = [method.backbone(v) for v in x]
     chunks = inputs[0].chunk(len(stochastic))
-    sampled = [k for h in chunks for k, f in enumerate(features) if torch.allclose(h, f, atol=1e-6)]
+    # Which view each chunk is: float64 features agree to ~1e-15 with themselves and differ by O(0.1) between views.
+    sampled = [k for h in chunks for k, f in enumerate(features) if torch.allclose(h, f, rtol=0, atol=1e-9)]
     assert sorted(sampled) == sorted(stochastic)  # each stochastic view sampled exactly once
 
 
@@ -206,12 +265,12 @@ def test_supervised_bernoulli_bypass_probability():
     labels = torch.arange(8) % 3
     always_bypass = SupervisedBernoulli(
         TinyBackbone(), WIDTH, StochConConfig(latent_dim=4, supervised_bypass_prob=1.0), 3
-    )
+    ).to(F64)
     logits, h, _, _ = always_bypass.logits(x[0])
     torch.testing.assert_close(logits, always_bypass.classifier(h))
     never = SupervisedBernoulli(
         TinyBackbone(), WIDTH, StochConConfig(latent_dim=4, supervised_bypass_prob=0.0), 3
-    )
+    ).to(F64)
     captured = []
     never.branch.register_forward_hook(lambda module, args, out: captured.append(out[0]))
     logits, _, _, _ = never.logits(x[0])
@@ -228,6 +287,7 @@ def test_bernoulli_metrics_hand_checked():
     phi = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])  # sigmoid: 0.5 and 0.75
     z = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     metrics = branch.metrics([z], [phi], [None])
+    # Exact sums of 0/1 and float32 sigmoids (~1e-7 relative), inside pytest.approx's 1e-6.
     assert metrics["active_bits"] == pytest.approx(1.5)
     assert metrics["active_fraction"] == pytest.approx(0.75)
     assert metrics["bit_probability"] == pytest.approx(0.625)
@@ -248,8 +308,8 @@ def test_views_together_switch_sets_batch_norm_statistics_per_call(method_name):
         torch.manual_seed(0)
         backbone = nn.Sequential(nn.Conv2d(3, WIDTH, 1), nn.BatchNorm2d(WIDTH), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         if method_name == "simclr":
-            return SimCLR(backbone, WIDTH, cfg, 2)
-        return StochCon(backbone, WIDTH, cfg, small_cfg(latent_dim=4), 2)
+            return SimCLR(backbone, WIDTH, cfg, 2).to(F64)
+        return StochCon(backbone, WIDTH, cfg, small_cfg(latent_dim=4), 2).to(F64)
 
     x = views()
     together, separate = build(True), build(False)
@@ -260,6 +320,6 @@ def test_views_together_switch_sets_batch_norm_statistics_per_call(method_name):
     assert not torch.allclose(loss_together, loss_separate)  # different batch statistics
     if method_name == "simclr":
         by_view = [separate.projector(separate.backbone(v)) for v in x]
-        assert torch.allclose(loss_separate, info_nce(by_view[0], by_view[1], SIMCLR.temperature), atol=1e-6)
+        torch.testing.assert_close(loss_separate, info_nce(by_view[0], by_view[1], SIMCLR.temperature))
     together, separate = build(True).eval(), build(False).eval()  # fresh running statistics
-    assert torch.allclose(together(x, torch.zeros(6))["loss"], separate(x, torch.zeros(6))["loss"], atol=1e-6)
+    torch.testing.assert_close(together(x, torch.zeros(6))["loss"], separate(x, torch.zeros(6))["loss"])

@@ -10,9 +10,15 @@ from safetensors.torch import load_file
 
 from common.config import load_config
 from stochcon.analysis.__main__ import main as analysis_main
+from stochcon.analysis.runs import initial_method, load_trained_method
 from stochcon.finetune import main as finetune_main
+from stochcon.stochcon import StochasticBranch
 from stochcon.train import StochConTrainConfig
 from tests.trainer_runs import ROOT, run, write_idx_fashion_mnist
+
+# 300 training images in batches of 64: 4 steps an epoch (the trainer drops the last 44 images), so an epoch
+# ends at step 4, not at 300 / 64 = 4.7 steps.
+N_TRAIN, BATCH = 300, 64
 
 CONFIGS = sorted((ROOT / "stochcon" / "configs").glob("*.yaml"))
 
@@ -37,6 +43,7 @@ def test_paper_configs_say_what_they_reproduce():
         8,
     )
     assert table1.method.stochcon.latent_dim is None and table1.method.stochcon.variates == "hard"
+    assert table1.method.stochcon.projectors  # pi and rho 2048 -> 2048
     assert load("cifar10_resnet50_gaussian").method.stochcon.gaussian_variance == "opposing"
     for variates in ("hard", "soft"):
         for placement in ("top", "bottom"):
@@ -55,8 +62,24 @@ def test_paper_configs_say_what_they_reproduce():
     ]
 
 
-def pretrain(tmp_path: Path, latent: str) -> Path:
-    data = write_idx_fashion_mnist(tmp_path / "data", n_train=256, n_test=128)
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_bernoulli_config_has_bits_that_vary_over_relu_features(path):
+    """Each config's latent (as built for the ResNets' 2048 pooled ReLU features, all >= 0) gives a code with
+    bits that are 0 for some inputs and 1 for others, and accepts such features (no ConfigError)."""
+    method_cfg = load_config(StochConTrainConfig, ["--config", str(path)]).method
+    latent_cfg = method_cfg.stochcon
+    if method_cfg.name == "simclr" or latent_cfg.latent != "bernoulli":
+        pytest.skip("no Bernoulli latent")
+    torch.manual_seed(0)
+    branch = StochasticBranch.from_config(2048, latent_cfg)
+    h = torch.randn(64, 2048, generator=torch.Generator().manual_seed(1)).relu()
+    branch.train()(h)  # the first batch is where a Bernoulli without pi would be refused
+    code = branch.code(h)
+    assert ((code.min(0).values == 0) & (code.max(0).values == 1)).any()
+
+
+def pretrain(tmp_path: Path, latent: str, latent_dim: str, *overrides: str) -> Path:
+    data = write_idx_fashion_mnist(tmp_path / "data", n_train=N_TRAIN, n_test=128)
     out = tmp_path / f"run_{latent}"
     result = run(
         "stochcon/train.py",
@@ -67,13 +90,14 @@ def pretrain(tmp_path: Path, latent: str) -> Path:
             f"data.root={data}",
             "data.download=false",
             "epochs=2",
-            "batch_size=64",
+            f"batch_size={BATCH}",
             "eval.linear=false",
             "eval.knn_at_init=false",
             "progress_bar=false",
             "backbone.width=8",
             "method.proj_hidden_dim=64",
-            "method.stochcon.latent_dim=16",
+            f"method.stochcon.latent_dim={latent_dim}",
+            *overrides,
         ],
         timeout=300,
     )
@@ -82,15 +106,21 @@ def pretrain(tmp_path: Path, latent: str) -> Path:
 
 
 def test_bernoulli_run_bit_counts_units_and_frozen_finetune(tmp_path):
-    run_dir = pretrain(tmp_path, "bernoulli")
+    # latent_dim null: 64 bits with pi and rho 64 -> 64 over the small_convnet's pooled ReLU features.
+    run_dir = pretrain(tmp_path, "bernoulli", "null")
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(0 <= r["active_bits"] <= 16 and r["gumbel_temperature"] < 1.0 for r in logged)
+    assert all(0 <= r["active_bits"] <= 64 and r["gumbel_temperature"] < 1.0 for r in logged)
 
     out = tmp_path / "analysis"
     assert analysis_main(["bits", str(run_dir), "--out", str(out)]) == 0
     curve = json.loads((out / "bit_counts.json").read_text())[run_dir.name]
-    assert curve["epochs"] == [1.0, 2.0]  # one checkpoint per epoch; bit_stats refuses anything but 0/1
-    assert all(s["latent_dim"] == 16 for s in curve["train"] + curve["test"])
+    # Initialisation (rebuilt from the seed), then one checkpoint per epoch; bit_stats refuses anything but 0/1.
+    assert curve["steps"] == [0, 4, 8] and curve["epochs"] == [0.0, 1.0, 2.0]
+    # Bits both on and off (pi at the backbone width); whether they also vary across images is tested on ReLU
+    # features in test_stochcon: eight steps on these synthetic squares leave the eval-mode features nearly
+    # constant across images.
+    for stats in curve["train"] + curve["test"]:
+        assert stats["latent_dim"] == 64 and 0 < stats["mean_active"] < 64
     assert (out / "bit_counts.png").stat().st_size > 0
 
     units = ["rf-units", str(run_dir), "--out", str(out), "--units", "1,4,16", "--trees", "5", "--folds", "2"]
@@ -98,7 +128,7 @@ def test_bernoulli_run_bit_counts_units_and_frozen_finetune(tmp_path):
     assert json.loads((out / "rf_units.json").read_text())
     assert analysis_main(["compression", str(run_dir), "--out", str(out)]) == 0
     ratios = json.loads((out / "compression.json").read_text())
-    assert ratios[run_dir.name]["ratio"] == 28 * 28 * 8 / 16
+    assert ratios[run_dir.name]["ratio"] == 28 * 28 * 8 / 64
     assert analysis_main(["variance", str(run_dir), "--out", str(out)]) == 2  # a Bernoulli has no variance
     assert analysis_main(["spectrum", str(run_dir), "--out", str(out), "--max-images", "100"]) == 0
     spectrum = json.loads((out / "spectrum.json").read_text())[run_dir.name]
@@ -133,7 +163,7 @@ def test_bernoulli_run_bit_counts_units_and_frozen_finetune(tmp_path):
 
 
 def test_gaussian_run_aggregate_variance_and_finetune(tmp_path):
-    run_dir = pretrain(tmp_path, "gaussian")
+    run_dir = pretrain(tmp_path, "gaussian", "16", "method.stochcon.projectors=true")
     out = tmp_path / "analysis"
     assert analysis_main(["variance", str(run_dir), "--out", str(out)]) == 0
     row = json.loads((out / "aggregate_variance.json").read_text())[run_dir.name]
@@ -164,3 +194,26 @@ def test_gaussian_run_aggregate_variance_and_finetune(tmp_path):
 def test_finetune_without_checkpoint_is_a_one_line_error(capsys):
     assert finetune_main(["--mode", "frozen"]) == 2
     assert "checkpoint is required" in capsys.readouterr().err
+
+
+def test_untrained_run_gives_the_initial_weights_and_a_run_without_latent_is_refused(tmp_path, capsys):
+    """A SimCLR run stopped before its first step (max_steps=0) saves step 0: `initial_method` rebuilds exactly
+    those weights from the run's config. Every command that needs a latent refuses the run in one line (exit 2)."""
+    data = write_idx_fashion_mnist(tmp_path / "data", n_train=N_TRAIN, n_test=128)
+    run_dir = tmp_path / "simclr"
+    overrides = [f"output_dir={run_dir}", f"data.root={data}", "data.download=false", f"batch_size={BATCH}",
+                 "max_steps=0", "eval.linear=false", "eval.knn_at_init=false", "progress_bar=false",
+                 "backbone.width=8", "method.proj_hidden_dim=64"]
+    result = run("stochcon/train.py", ["--config", "stochcon/configs/fashion_mnist_simclr.yaml", *overrides])
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved, cfg, state = load_trained_method(run_dir)
+    assert state["step"] == 0
+    rebuilt = initial_method(cfg).state_dict()
+    assert all(torch.equal(rebuilt[k], v) for k, v in saved.state_dict().items())
+
+    capsys.readouterr()
+    for command in ("bits", "rf-units", "variance", "compression"):
+        assert analysis_main([command, str(run_dir), "--out", str(tmp_path / "analysis")]) == 2
+        message = capsys.readouterr().err.strip()
+        assert "\n" not in message and str(run_dir) in message and "without a latent variable" in message
+        assert f"`{command}` needs a StochCon run" in message

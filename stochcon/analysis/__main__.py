@@ -1,47 +1,70 @@
 """`python -m stochcon.analysis <command> RUN [RUN ...] --out DIR`: the paper's analyses on trained runs.
 
-    bits         active-bit counts of the Bernoulli code on train and test, at every checkpoint (Figure 4)
+    bits         active-bit counts of the Bernoulli code on train and test, at initialisation and every
+                 checkpoint (Figure 4)
     rf-units     random-forest units vs mean F1, 5-fold stratified on the training set (Figure 2 right)
     variance     aggregate variance of the Gaussian latent on the test set vs bottleneck size (Figure 3)
     compression  compression ratio of each run's code against its input images, and the paper's 588x
     spectrum     eigenvalue spectrum and participation ratio of the backbone features on test (any run,
                  SimCLR too; not a paper figure)
 
-Each writes `<command>.json` and `<command>.png` under --out. Exit code 2 on a bad run folder or argument.
+Each writes `<command>.json` and `<command>.png` under --out. Exit code 2 on a bad run folder or argument, or a
+run without the latent the command needs (a SimCLR run for all but `spectrum`).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from common.config import ConfigError
 from common.data import build_dataset, dataset_info
+from common.method import Method
 from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
-from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, write_bit_count_report
+from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, epoch_of_step, write_bit_count_report
 from stochcon.analysis.compression import compression_ratio, write_compression_report
 from stochcon.analysis.feature_spectrum import feature_spectrum, write_feature_spectrum_report
 from stochcon.analysis.rf_units import random_forest_units, write_rf_units_report
-from stochcon.analysis.runs import checkpoints_of, encode_split, extract_split, load_trained_method
+from stochcon.analysis.runs import (
+    checkpoints_of,
+    encode_split,
+    extract_split,
+    initial_method,
+    load_trained_method,
+    require_latent,
+)
+from stochcon.latents import StochConConfig
 
 
 def _name(run: str) -> str:
     return Path(run).resolve().name
 
 
+def _training_points(run: str) -> Iterator[tuple[int, Method, Any]]:
+    """(step, method, train config) at initialisation and at every checkpoint of `run`, oldest first. The
+    step-0 weights are the run's own step-0 checkpoint when it has one, else rebuilt from its seed."""
+    for index, checkpoint in enumerate(checkpoints_of(run)):
+        method, cfg, state = load_trained_method(checkpoint)
+        if index == 0 and state["step"] > 0:
+            yield 0, initial_method(cfg), cfg
+        yield state["step"], method, cfg
+
+
 def bits(args: argparse.Namespace) -> Path:
     curves = {}
     for run in args.runs:
         curve = BitCountCurve()
-        for checkpoint in checkpoints_of(run):
-            method, cfg, state = load_trained_method(checkpoint)
-            if method.branch.kind != "bernoulli":
-                raise ValueError(
-                    f"run '{run}' has a {method.branch.kind} latent: bit counts need a Bernoulli one"
-                )
-            train_size = len(build_dataset(cfg.data, cfg.train_split))
-            curve.epochs.append(state["step"] * cfg.batch_size / train_size)
+        train_size = None
+        for step, method, cfg in _training_points(run):
+            require_latent(method, run, "bits", "bernoulli")
+            if train_size is None:
+                train_size = len(build_dataset(cfg.data, cfg.train_split))
+            curve.steps.append(step)
+            curve.epochs.append(epoch_of_step(step, train_size, cfg.batch_size))
             for split, stats in (("train", curve.train), ("test", curve.test)):
                 stats.append(bit_stats(encode_split(method, cfg, split, args.max_images).code))
         curves[_name(run)] = curve
@@ -52,25 +75,34 @@ def rf_units(args: argparse.Namespace) -> Path:
     curves = {}
     for run in args.runs:
         method, cfg, _ = load_trained_method(run)
+        branch = require_latent(method, run, "rf-units")
         encoded = encode_split(method, cfg, cfg.train_split, args.max_images)
         dim = encoded.code.shape[1]
         units = [k for k in args.units if k <= dim] or [dim]
-        curves[f"{_name(run)} ({method.branch.kind}, D={dim})"] = random_forest_units(
+        curves[f"{_name(run)} ({branch.kind}, D={dim})"] = random_forest_units(
             encoded.code, encoded.labels, units, folds=args.folds, n_estimators=args.trees, seed=args.seed
         )
     return write_rf_units_report(curves, args.out)
+
+
+def variance_setting(latent_cfg: StochConConfig) -> str:
+    """A Gaussian run's setting apart from its width: where its scale comes from, which views it samples, and
+    whether pi and rho are off (the `variance` figure draws one line per setting)."""
+    source = "opposing-view scale" if latent_cfg.gaussian_variance == "opposing" else "own-view scale (ablation)"
+    parts = [source, f"{latent_cfg.placement} views"]
+    if not latent_cfg.projectors:
+        parts.append("no pi/rho")
+    return ", ".join(parts)
 
 
 def variance(args: argparse.Namespace) -> Path:
     rows = {}
     for run in args.runs:
         method, cfg, _ = load_trained_method(run)
+        require_latent(method, run, "variance", "gaussian")
         encoded = encode_split(method, cfg, "test", args.max_images)
-        if encoded.sigma is None:
-            raise ValueError(
-                f"run '{run}' has a {method.branch.kind} latent: the aggregate variance needs a Gaussian"
-            )
-        rows[_name(run)] = aggregate_variance(encoded.code, encoded.sigma)
+        row = aggregate_variance(encoded.code, encoded.sigma)
+        rows[_name(run)] = replace(row, setting=variance_setting(cfg.method.stochcon))
     return write_aggregate_variance_report(rows, args.out)
 
 
@@ -78,11 +110,12 @@ def compression(args: argparse.Namespace) -> Path:
     rows = {"paper: 224x224x3 -> 2048 bits": compression_ratio(224, 224, 3, 2048)}
     for run in args.runs:
         method, cfg, _ = load_trained_method(run)
+        branch = require_latent(method, run, "compression")
         info = dataset_info(cfg.data)
         size = cfg.augment.image_size or info.image_size
-        bits_per_unit = 1 if method.branch.kind == "bernoulli" else 32
+        bits_per_unit = 1 if branch.kind == "bernoulli" else 32
         rows[_name(run)] = compression_ratio(
-            size, size, info.channels, method.branch.latent_dim, bits_per_unit=bits_per_unit
+            size, size, info.channels, branch.latent_dim, bits_per_unit=bits_per_unit
         )
     return write_compression_report(rows, args.out)
 

@@ -25,6 +25,7 @@ class AggregateVariance:
     variance_of_means: float  # Var_x[mu(x)], mean over units
     aggregate_variance: float  # the sum: variance of the aggregate posterior, mean over units
     noise_share: float  # posterior_variance / aggregate_variance
+    setting: str = ""  # what the run is apart from its width (e.g. where the scale comes from): one line each
 
 
 def aggregate_variance(mu: np.ndarray, sigma: np.ndarray) -> AggregateVariance:
@@ -41,22 +42,35 @@ def aggregate_variance(mu: np.ndarray, sigma: np.ndarray) -> AggregateVariance:
     return AggregateVariance(mu.shape[1], posterior, signal, total, posterior / total if total > 0 else 0.0)
 
 
-def write_aggregate_variance_report(rows: dict[str, AggregateVariance], out_dir: str | Path) -> Path:
-    """`aggregate_variance.json` and `aggregate_variance.png`: both variance parts vs bottleneck dimension."""
-    out_dir = write_numbers(rows, out_dir, "aggregate_variance")
-    ordered = sorted(rows.values(), key=lambda row: row.latent_dim)
-    dims = [row.latent_dim for row in ordered]
-    fig, (left, right) = new_figure(1, 2, figsize=(9, 3.6))
-    left.plot(dims, [row.posterior_variance for row in ordered], marker="o", label="E_x[sigma^2]")
-    left.plot(dims, [row.variance_of_means for row in ordered], marker="s", label="Var_x[mu]")
+def aggregate_variance_figure(rows: dict[str, AggregateVariance]):
+    """Both variance parts (left) and the noise share (right) vs bottleneck dimension: one labelled line per
+    setting (the opposing-view runs and the own-variance ablation apart), its runs in order of width."""
+    settings: dict[str, list[AggregateVariance]] = {}
+    for row in rows.values():
+        settings.setdefault(row.setting, []).append(row)
+    fig, (left, right) = new_figure(1, 2, figsize=(10, 3.8))
+    for index, (setting, group) in enumerate(settings.items()):
+        ordered = sorted(group, key=lambda row: row.latent_dim)
+        dims = [row.latent_dim for row in ordered]
+        color, name = f"C{index}", setting or "runs"
+        left.plot(dims, [row.posterior_variance for row in ordered], marker="o", color=color,
+                  label=f"{name}: E_x[sigma^2]")
+        left.plot(dims, [row.variance_of_means for row in ordered], marker="s", linestyle="--", color=color,
+                  label=f"{name}: Var_x[mu]")
+        right.plot(dims, [row.noise_share for row in ordered], marker="o", color=color, label=name)
     left.set_yscale("log")
     left.set_ylabel("variance (mean over units)")
-    left.legend(fontsize=8)
-    right.plot(dims, [row.noise_share for row in ordered], marker="o", color="tab:red")
     right.set_ylim(0, 1)
     right.set_ylabel("noise share of the aggregate variance")
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bottleneck dimension")
+        ax.legend(fontsize=7)
     fig.suptitle("Aggregate variance of the Gaussian latent (test set)")
-    return save_figure(fig, out_dir / "aggregate_variance.png")
+    return fig
+
+
+def write_aggregate_variance_report(rows: dict[str, AggregateVariance], out_dir: str | Path) -> Path:
+    """`aggregate_variance.json` and `aggregate_variance.png` (`aggregate_variance_figure`)."""
+    out_dir = write_numbers(rows, out_dir, "aggregate_variance")
+    return save_figure(aggregate_variance_figure(rows), out_dir / "aggregate_variance.png")

@@ -45,18 +45,28 @@ def bit_stats(bits: np.ndarray) -> BitStats:
     )
 
 
+def epoch_of_step(step: int, train_size: int, batch_size: int) -> float:
+    """Epochs of training done after `step` optimiser steps. The trainer drops every epoch's last incomplete
+    batch (`common.batches.BatchStream`), so an epoch is train_size // batch_size steps, not train_size / batch."""
+    steps_per_epoch = train_size // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"a training set of {train_size} images holds no batch of {batch_size}")
+    return step / steps_per_epoch
+
+
 @dataclass
 class BitCountCurve:
-    """Bit statistics of one run at successive points of training (one entry per saved checkpoint)."""
+    """Bit statistics of one run at successive points of training: initialisation (step 0), then one entry
+    per saved checkpoint."""
 
+    steps: list[int] = field(default_factory=list)
     epochs: list[float] = field(default_factory=list)
     train: list[BitStats] = field(default_factory=list)
     test: list[BitStats] = field(default_factory=list)
 
 
-def write_bit_count_report(curves: dict[str, BitCountCurve], out_dir: str | Path) -> Path:
-    """`bit_counts.json` and `bit_counts.png`: mean active bits vs epoch on train (left) and test (right)."""
-    out_dir = write_numbers(curves, out_dir, "bit_counts")
+def bit_count_figure(curves: dict[str, BitCountCurve]):
+    """Mean active bits vs epoch on train (left) and test (right), one labelled line per run."""
     fig, axes = new_figure(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, split in zip(axes, ("train", "test")):
         for name, curve in curves.items():
@@ -67,9 +77,16 @@ def write_bit_count_report(curves: dict[str, BitCountCurve], out_dir: str | Path
                 marker="o",
                 label=f"{name} (D={stats[0].latent_dim})" if stats else name,
             )
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0: initialisation)")
+        ax.set_xlim(left=0)
         ax.set_title(f"{split} set")
     axes[0].set_ylabel("mean number of active bits")
     axes[1].legend(fontsize=8)
     fig.suptitle("Average bit counts of the Bernoulli code")
-    return save_figure(fig, out_dir / "bit_counts.png")
+    return fig
+
+
+def write_bit_count_report(curves: dict[str, BitCountCurve], out_dir: str | Path) -> Path:
+    """`bit_counts.json` and `bit_counts.png` (`bit_count_figure`)."""
+    out_dir = write_numbers(curves, out_dir, "bit_counts")
+    return save_figure(bit_count_figure(curves), out_dir / "bit_counts.png")

@@ -39,15 +39,28 @@ def compression_ratio(
     return CompressionRatio(input_bits, code_bits, input_bits / code_bits)
 
 
-def write_compression_report(rows: dict[str, CompressionRatio], out_dir: str | Path) -> Path:
-    """`compression.json` and a bar plot `compression.png` of the ratio of each named code."""
-    out_dir = write_numbers(rows, out_dir, "compression")
-    fig, ax = new_figure(figsize=(max(4.0, 1.2 * len(rows)), 3.5))
+def ratio_label(ratio: float) -> str:
+    """The ratio to three significant figures: 588x, 98x, 1.53x (not rounded to a whole number)."""
+    return f"{ratio:.3g}x"
+
+
+def compression_figure(rows: dict[str, CompressionRatio]):
+    """One horizontal bar per named code, its name on the y axis (long names stack, never overlap) and its
+    ratio at the bar's end."""
     names = list(rows)
+    fig, ax = new_figure(figsize=(7.0, 1.0 + 0.45 * len(names)))
     ratios = [rows[name].ratio for name in names]
-    bars = ax.bar(names, ratios, color="tab:blue")
-    ax.bar_label(bars, labels=[f"{r:.0f}x" for r in ratios])
-    ax.set_yscale("log")
-    ax.set_ylabel("input bits / code bits")
+    bars = ax.barh(names, ratios, color="tab:blue")
+    ax.bar_label(bars, labels=[ratio_label(r) for r in ratios], padding=3)
+    ax.invert_yaxis()  # the first row on top
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(ratios) * 4)  # room for the last label
+    ax.set_xlabel("input bits / code bits")
     ax.set_title("Compression of the latent code")
-    return save_figure(fig, out_dir / "compression.png")
+    return fig
+
+
+def write_compression_report(rows: dict[str, CompressionRatio], out_dir: str | Path) -> Path:
+    """`compression.json` and `compression.png` (`compression_figure`)."""
+    out_dir = write_numbers(rows, out_dir, "compression")
+    return save_figure(compression_figure(rows), out_dir / "compression.png")

@@ -26,6 +26,7 @@ class UnitCurve:
     importance: list[float]  # feature importance of every unit, averaged over folds
     units_within: int  # fewest units whose mean F1 is within `tolerance` of the best
     tolerance: float
+    varying_units: int  # units that take more than one value over the examples (0: a constant code)
 
 
 def random_forest_units(
@@ -72,22 +73,37 @@ def random_forest_units(
     f1_mean = scores.mean(0)
     best = f1_mean.max()
     units_within = next(k for k, f1 in zip(counts, f1_mean) if f1 >= best - tolerance)
+    varying = int((features != features[:1]).any(axis=0).sum())
     return UnitCurve(
-        counts, f1_mean.tolist(), scores.std(0).tolist(), importance.tolist(), units_within, tolerance
+        counts, f1_mean.tolist(), scores.std(0).tolist(), importance.tolist(), units_within, tolerance, varying
     )
 
 
-def write_rf_units_report(curves: dict[str, UnitCurve], out_dir: str | Path) -> Path:
-    """`rf_units.json` and `rf_units.png`: mean held-out macro F1 vs number of units, one line per run."""
-    out_dir = write_numbers(curves, out_dir, "rf_units")
-    fig, ax = new_figure(figsize=(5.5, 3.8))
+def curve_label(name: str, curve: UnitCurve) -> str:
+    """The legend entry of a run: how many units reach within the tolerance of its best F1, or that its code
+    is constant (every count then scores the same, and "1 unit" would claim a unit that carries nothing)."""
+    if curve.varying_units == 0:
+        return f"{name} (constant code: no unit varies)"
+    units = curve.units_within
+    return f"{name} ({units} unit{'' if units == 1 else 's'} within {curve.tolerance:g} of its best F1)"
+
+
+def rf_units_figure(curves: dict[str, UnitCurve]):
+    """Mean held-out macro F1 vs number of units, one labelled line per run (`curve_label`)."""
+    fig, ax = new_figure(figsize=(6.5, 3.8))
     for name, curve in curves.items():
         mean, std = np.array(curve.f1_mean), np.array(curve.f1_std)
-        ax.plot(curve.unit_counts, mean, marker="o", label=f"{name} ({curve.units_within} units)")
+        ax.plot(curve.unit_counts, mean, marker="o", label=curve_label(name, curve))
         ax.fill_between(curve.unit_counts, mean - std, mean + std, alpha=0.2)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("number of random-forest units")
     ax.set_ylabel("mean F1 over classes (held-out folds)")
     ax.set_title("Random-forest units")
-    ax.legend(fontsize=8)
-    return save_figure(fig, out_dir / "rf_units.png")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def write_rf_units_report(curves: dict[str, UnitCurve], out_dir: str | Path) -> Path:
+    """`rf_units.json` and `rf_units.png` (`rf_units_figure`)."""
+    out_dir = write_numbers(curves, out_dir, "rf_units")
+    return save_figure(rf_units_figure(curves), out_dir / "rf_units.png")

@@ -76,6 +76,34 @@ def load_trained_method(
     return method.eval(), cfg, state
 
 
+def initial_method(cfg: Any, build_method: Callable | None = None) -> Method:
+    """The method of the run `cfg` describes as it was before its first step, in eval mode: the trainer seeds
+    the global RNG with cfg.seed and then builds the backbone and the method (`common.trainer.Trainer`), so the
+    same seed and builds give the same initial weights. The caller's RNG state is left as it was."""
+    if build_method is None:
+        _, build_method = _entry_point()
+    in_chans = cfg.backbone.in_chans or dataset_info(cfg.data).channels
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        backbone, feature_dim = build_backbone(cfg.backbone, in_chans)
+        method = build_method(cfg, backbone, feature_dim)
+    return method.eval()
+
+
+def require_latent(method: Method, run: str | Path, command: str, kind: str | None = None) -> nn.Module:
+    """The method's latent branch; a ConfigError naming the run when it has none (SimCLR) or, with `kind`,
+    when its latent is of another kind."""
+    branch = getattr(method, "branch", None)
+    if branch is None:
+        raise ConfigError(
+            f"run '{run}' is a {type(method).__name__} run without a latent variable: `{command}` needs a "
+            "StochCon run"
+        )
+    if kind is not None and branch.kind != kind:
+        raise ConfigError(f"run '{run}' has a {branch.kind} latent: `{command}` needs a {kind} one")
+    return branch
+
+
 class LatentEncoder(nn.Module):
     """Images -> [h, code, sigma]: backbone features, the deterministic code (`StochasticBranch.code`) and,
     for the Gaussian, the scale predicted from the same image (the scale of q(z | x) for a single view)."""
