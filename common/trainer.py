@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from torch import nn
 from tqdm import tqdm
 
@@ -46,7 +47,7 @@ from common.checkpoint import (
     save_checkpoint,
 )
 from common.config import to_dict, to_yaml
-from common.data import build_dataset, dataset_info
+from common.data import build_dataset, dataset_info, skipped_files
 from common.errors import ConfigError, RunFolderError
 from common.method import Method
 from common.metrics_log import MetricsLog
@@ -94,6 +95,14 @@ def learning_rate(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch
     return base  # constant
 
 
+def build_initial_method(cfg: TrainConfig, build_method: BuildMethod, in_chans: int) -> Method:
+    """The method before its first step: the global RNG seeded with ``cfg.seed``, then the backbone, then the
+    method. Every rank gets the same weights this way, and an analysis can rebuild them from a run's config."""
+    torch.manual_seed(cfg.seed)
+    backbone, feature_dim = build_backbone(cfg.backbone, in_chans)
+    return build_method(cfg, backbone, feature_dim)
+
+
 def check_launch(accelerator: Accelerator) -> None:
     """``accelerate launch --cpu --num_processes N`` (N > 1) starts a single process in Accelerate 1.x (several
     CPU processes need MPI there); the launcher then still sets the rendezvous address. Refuse to run one
@@ -126,6 +135,7 @@ class Trainer:
         self.output_dir = Path(cfg.output_dir)
         self.preempt_signal: int | None = None
         self.evaluating = False
+        self.skipped_before: list[str] = []  # corrupt images skipped before a resume
 
     # ----------------------------------------------------------------------------------------- set-up
     def _setup(self) -> Path | None:
@@ -138,12 +148,11 @@ class Trainer:
         acc = self.accelerator
         check_launch(acc)
         check_train_config(cfg, acc.num_processes)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.info = dataset_info(cfg.data)
-        self.dataset = build_dataset(cfg.data, cfg.train_split)
         self.in_chans = cfg.backbone.in_chans or self.info.channels
-        backbone, feature_dim = build_backbone(cfg.backbone, self.in_chans)
-        method = self.build_method(cfg, backbone, feature_dim)
+        method = build_initial_method(cfg, self.build_method, self.in_chans)
+        feature_dim = method.feature_dim
+        self.dataset = build_dataset(cfg.data, cfg.train_split)
         if cfg.backbone.sync_bn:
             method = distributed.convert_sync_batchnorm(method)
         probe = OnlineProbe(feature_dim, self.info.num_classes) if cfg.online_probe and self.info.num_classes else None
@@ -175,7 +184,15 @@ class Trainer:
         acc.wait_for_everyone()
         return checkpoint
 
-    def _state(self, step: int, skipped: int, init_results: dict) -> dict[str, Any]:
+    def _skipped_images(self) -> list[str]:
+        """Every corrupt training image skipped so far in this run (``data.skip_corrupt``), over all ranks and
+        sessions; a collective call."""
+        names = skipped_files(self.dataset)
+        if self.accelerator.num_processes > 1:
+            names = gather_object(names)
+        return sorted(set(names) | set(self.skipped_before))
+
+    def _state(self, step: int, skipped: int, init_results: dict, skipped_images: list[str]) -> dict[str, Any]:
         scaler = getattr(self.accelerator, "scaler", None)
         return {
             "model": self.accelerator.unwrap_model(self.module).state_dict(),
@@ -184,6 +201,7 @@ class Trainer:
             "step": step,
             "skipped_steps": skipped,
             "init_results": init_results,
+            "skipped_images": skipped_images,
             "config": to_dict(self.cfg),
             "code_version": code_version(),
             "rng": {"torch": torch.get_rng_state()},
@@ -191,8 +209,9 @@ class Trainer:
 
     def _save(self, step: int, skipped: int, init_results: dict) -> None:
         acc = self.accelerator
+        skipped_images = self._skipped_images()  # every rank: a collective call
         if acc.is_main_process:
-            state = self._state(step, skipped, init_results)
+            state = self._state(step, skipped, init_results, skipped_images)
             save_checkpoint(self.output_dir, step, state, keep_last=self.cfg.keep_last,
                             write_extra=lambda folder: save_backbone(self.method.backbone, self.cfg.backbone,
                                                                      self.in_chans, folder / BACKBONE_FILE))
@@ -218,6 +237,7 @@ class Trainer:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
+        self.skipped_before = state.get("skipped_images", [])
         self.accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
         return state["step"], state["skipped_steps"], state["init_results"]
 
@@ -375,6 +395,9 @@ class Trainer:
         acc = self.accelerator
         final = self._run_evaluation("final")
         results = {**init_results, **final, "steps": step, "skipped_steps": skipped}
+        skipped_images = self._skipped_images()
+        if self.cfg.data.skip_corrupt:
+            results["skipped_corrupt_images"] = len(skipped_images)
         if acc.is_main_process:
             save_backbone(self.method.backbone, self.cfg.backbone, self.in_chans, self.output_dir / BACKBONE_FILE)
             (self.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")

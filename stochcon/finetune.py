@@ -71,7 +71,7 @@ class Finetuned(Method):
         self.branch = getattr(pretrained, "branch", None)
         width = self.feature_dim
         if self.branch is not None:
-            self.branch.set_temperature(pretrained.latent_cfg.finetune_gumbel_temperature)
+            self.branch.set_temperature(pretrained.cfg.stochcon.finetune_gumbel_temperature)
             width = self.branch.latent_dim
             # Unused here, so frozen (DDP requires every trainable parameter to get a gradient): the contrastive
             # decoder rho, and the Gaussian's scale head (fine-tuning uses its mean).

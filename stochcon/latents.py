@@ -14,11 +14,13 @@ Gumbel-Bernoulli the noise-free limit of its sampler (see `GumbelBernoulli.forwa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.config_types import PositiveFloat, PositiveInt
 from common.distributed import per_sample_rand
 
 
@@ -156,32 +158,26 @@ class IsotropicGaussian(nn.Module):
 
 
 @dataclass
-class StochConConfig:
-    """The latent's settings of a StochCon run (`method.stochcon` in the train config).
+class LatentConfig:
+    """The latent's settings (the `method.stochcon` section of a StochCon or supervised-control run)."""
 
-    Kept here, beside the latents and free of method imports, so that `stochcon.simclr.SimCLRConfig` can hold
-    it without an import cycle (`stochcon.stochcon` builds on `stochcon.simclr`).
-    """
-
-    latent: str = "bernoulli"  # bernoulli (Gumbel-Bernoulli) | gaussian (isotropic Gaussian)
-    latent_dim: int | None = None  # the latent's width (D_Latent); None: the backbone width (D_Backbone)
+    latent: Literal["bernoulli", "gaussian"] = "bernoulli"  # Gumbel-Bernoulli | isotropic Gaussian (Section 3)
+    latent_dim: PositiveInt | None = None  # the latent's width (D_Latent); None: the backbone width (D_Backbone)
     # Algorithm 1's "{pi_theta, rho_theta}: projectors", Linear layers D_Backbone -> D_Latent -> D_Backbone. false
     # feeds h to the latent as it is: only at the backbone width, and for a Bernoulli only over features that
     # can be negative (a ReLU before pooling makes every logit >= 0, so every bit P(1) >= 1/2 and the code all 1).
     projectors: bool = True  # pi and rho on (Algorithm 1) | false: the latent straight on h (the paper's "optional")
-    variates: str = "hard"  # hard (straight-through 0/1, Appendix A.1) | soft (relaxed variates), Figure 4
-    placement: str = "top"  # top: global views through the latent | bottom: the local views (Figure 4)
+    variates: Literal["hard", "soft"] = "hard"  # hard: straight-through 0/1 (Appendix A.1) | soft: relaxed (Figure 4)
+    placement: Literal["top", "bottom"] = "top"  # top: global views through the latent | bottom: the local views
     # Not in the paper: a pair whose two views are both placed on the latent is contrasted both ways (each
     # side through the latent once, losses averaged), so every view also gets the exact SimCLR gradient.
     both_directions: bool = False
     # Not in the paper: pi's default initialisation times this gain. The hard bits' noise is set by the logits'
     # scale alone (the Gumbel temperature only shapes the gradient), and LARS changes pi's weight norm little
     # in a short run, so the share of sampled bits that differ from the code stays near where this puts it.
-    pi_init_gain: float = 1.0
-    gumbel_temperature_start: float = 1.0  # single-cycle cosine 1.0 -> 0.1 over training (Section 4)
-    gumbel_temperature_end: float = 0.1
-    finetune_gumbel_temperature: float = 0.1  # fixed during fine-tuning (Appendix A.3)
-    gaussian_variance: str = "opposing"  # opposing (Section 4.2) | own: the ablation whose scale collapses
-    supervised_bypass_prob: float = (
-        0.5  # method.name=supervised: P(an example skips the latent), Appendix A.2
-    )
+    pi_init_gain: PositiveFloat = 1.0
+    gumbel_temperature_start: PositiveFloat = 1.0  # single-cycle cosine 1.0 -> 0.1 over training (Section 4)
+    gumbel_temperature_end: PositiveFloat = 0.1  # the cosine's end
+    finetune_gumbel_temperature: PositiveFloat = 0.1  # fixed during fine-tuning (Appendix A.3)
+    # opposing: the Gaussian's scale from the opposing view (Section 4.2) | own: the ablation whose scale collapses
+    gaussian_variance: Literal["opposing", "own"] = "opposing"

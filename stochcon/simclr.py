@@ -2,58 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from common.config_types import NonNegativeInt, PositiveFloat, PositiveInt
 from common.heads import mlp
 from common.method import Method
-from stochcon.latents import StochConConfig
+from common.views import encode_views, project
 from stochcon.losses import multicrop_info_nce
 
 
 @dataclass
 class SimCLRConfig:
-    name: str = "simclr"           # simclr | stochcon | supervised (Appendix A.2 control); latent under `stochcon`
-    temperature: float = 0.1       # InfoNCE tau (SimCLR: 0.1 at batch 4096 on ImageNet, 0.5 on CIFAR-10)
-    proj_hidden_dim: int = 2048
-    proj_output_dim: int = 128
-    proj_hidden_layers: int = 1    # SimCLR v1: one hidden layer; v2: two
-    proj_norm: str = "bn"          # bn | ln | none, in the projector's hidden layers
+    name: Literal["simclr"] = "simclr"  # SimCLR (Chen et al. 2020), the baseline StochCon builds on
+    temperature: PositiveFloat = 0.1  # InfoNCE tau (SimCLR: 0.1 at batch 4096 on ImageNet, 0.5 on CIFAR-10)
+    proj_hidden_dim: PositiveInt = 2048  # the projector g's hidden width
+    proj_output_dim: PositiveInt = 128  # the projector's output (the contrasted embedding)
+    proj_hidden_layers: NonNegativeInt = 1  # SimCLR v1: one hidden layer; v2: two
+    proj_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the projector's hidden layers
     gather_negatives: bool = True  # negatives from every GPU (the global batch), as in the paper
     # One backbone and projector call over all views (batch-norm statistics over the 2N images, as SimCLR's
     # code concatenates them); false: one call per view, statistics per view (lightly's and solo-learn's
     # examples), about 20% faster on a CPU (bench/method_overhead.py).
     views_together: bool = True
-    stochcon: StochConConfig = field(default_factory=StochConConfig)
 
 
 def projector(cfg: SimCLRConfig, feature_dim: int) -> nn.Sequential:
     return mlp(feature_dim, [cfg.proj_hidden_dim] * cfg.proj_hidden_layers, cfg.proj_output_dim, norm=cfg.proj_norm)
-
-
-def encode_views(backbone: nn.Module, views: list[torch.Tensor], together: bool = True) -> list[torch.Tensor]:
-    """Backbone features of every view; with ``together``, views of one resolution go through the network as one
-    batch, else one call per view."""
-    if not together:
-        return [backbone(view) for view in views]
-    features: list[torch.Tensor | None] = [None] * len(views)
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for index, view in enumerate(views):
-        by_size.setdefault(tuple(view.shape[1:]), []).append(index)
-    for indices in by_size.values():
-        out = backbone(torch.cat([views[i] for i in indices]))
-        for i, chunk in zip(indices, out.chunk(len(indices))):
-            features[i] = chunk
-    return features
-
-
-def project(projector: nn.Module, inputs: list[torch.Tensor], together: bool = True) -> list[torch.Tensor]:
-    """Projector outputs of equally shaped inputs: one call over all of them with ``together``, else one each."""
-    if not together:
-        return [projector(x) for x in inputs]
-    return list(projector(torch.cat(inputs)).chunk(len(inputs)))
 
 
 class SimCLR(Method):

@@ -11,32 +11,30 @@ pair, the stochastic side is j when j is stochastic, else i when i is; with two 
 this is exactly Algorithm 1 (view 0 deterministic, view 1 stochastic); with `bottom` the global-global
 pair is plain SimCLR. The Gaussian's scale comes from the opposing view (Section 4.2): the other global
 view for a global view, global view (j mod #global) for local view j.
-
-`SupervisedBernoulli` is the Appendix A.2 control: a supervised network whose pooled features pass
-through the same Gumbel-Bernoulli layer, bypassed ("dropped out") for each example with probability 0.5.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.data import dataset_info
-from common.distributed import per_sample_rand
-from common.errors import ConfigError, DataError
-from common.method import Method
+from common.errors import ConfigError
 from common.schedules import cosine_anneal
-from stochcon.latents import GumbelBernoulli, IsotropicGaussian, StochConConfig
+from common.views import encode_views, project
+from stochcon.latents import GumbelBernoulli, IsotropicGaussian, LatentConfig
 from stochcon.losses import info_nce
-from stochcon.simclr import SimCLR, SimCLRConfig, encode_views, project
-
-LATENTS = ("bernoulli", "gaussian")
+from stochcon.simclr import SimCLR, SimCLRConfig
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"method.{key} must be one of {', '.join(choices)}, not '{value}'")
+@dataclass
+class StochConConfig(SimCLRConfig):
+    """SimCLR's settings (the contrastive head) and the latent's (`method.stochcon`)."""
+
+    name: Literal["stochcon"] = "stochcon"  # SimCLR with one side of each pair through a latent (Algorithm 1)
+    stochcon: LatentConfig = field(default_factory=LatentConfig)
 
 
 class StochasticBranch(nn.Module):
@@ -53,8 +51,6 @@ class StochasticBranch(nn.Module):
         projectors: bool = True,
     ) -> None:
         super().__init__()
-        _check_choice("latent", latent, LATENTS)
-        _check_choice("variates", variates, ("hard", "soft"))
         self.latent_dim = feature_dim if latent_dim is None else latent_dim
         if self.latent_dim <= 0:
             raise ConfigError(f"method.stochcon.latent_dim must be positive, got {latent_dim}")
@@ -114,7 +110,7 @@ class StochasticBranch(nn.Module):
         return self.rho(z), z, phi
 
     @classmethod
-    def from_config(cls, feature_dim: int, cfg: StochConConfig) -> StochasticBranch:
+    def from_config(cls, feature_dim: int, cfg: LatentConfig) -> StochasticBranch:
         """The branch `method.stochcon` describes."""
         return cls(
             feature_dim,
@@ -141,7 +137,7 @@ class StochasticBranch(nn.Module):
         if self.kind == "bernoulli":
             self.latent.temperature = temperature
 
-    def anneal_temperature(self, step: int, total_steps: int, cfg: StochConConfig) -> None:
+    def anneal_temperature(self, step: int, total_steps: int, cfg: LatentConfig) -> None:
         """The Gumbel temperature of training: single-cycle cosine from cfg's start to its end (Section 4)."""
         self.set_temperature(
             cosine_anneal(step, total_steps, cfg.gumbel_temperature_start, cfg.gumbel_temperature_end)
@@ -174,20 +170,16 @@ class StochCon(SimCLR):
         self,
         backbone: nn.Module,
         feature_dim: int,
-        cfg: SimCLRConfig,
-        latent_cfg: StochConConfig,
+        cfg: StochConConfig,
         num_global_views: int,
     ):
         super().__init__(backbone, feature_dim, cfg, num_global_views)
-        _check_choice("stochcon.placement", latent_cfg.placement, ("top", "bottom"))
-        _check_choice("stochcon.gaussian_variance", latent_cfg.gaussian_variance, ("opposing", "own"))
         if num_global_views < 1:
             raise ConfigError(f"StochCon needs at least one global view, got {num_global_views}")
-        self.latent_cfg = latent_cfg
-        self.branch = StochasticBranch.from_config(feature_dim, latent_cfg)
+        self.branch = StochasticBranch.from_config(feature_dim, cfg.stochcon)
 
     def stochastic_views(self, num_views: int) -> range:
-        if self.latent_cfg.placement == "top":
+        if self.cfg.stochcon.placement == "top":
             return range(self.num_global_views)
         if num_views <= self.num_global_views:
             raise ConfigError(
@@ -198,7 +190,7 @@ class StochCon(SimCLR):
 
     def opposing_view(self, k: int) -> int:
         """The view whose features set the Gaussian scale of stochastic view k."""
-        if self.latent_cfg.gaussian_variance == "own":
+        if self.cfg.stochcon.gaussian_variance == "own":
             return k
         g = self.num_global_views
         if g < 2 and k < g:
@@ -216,7 +208,7 @@ class StochCon(SimCLR):
             for j in range(i + 1, num_views):
                 through_j = j in stochastic
                 pairs.append(((i, not through_j and i in stochastic), (j, through_j)))
-                if self.latent_cfg.both_directions and i in stochastic and through_j:
+                if self.cfg.stochcon.both_directions and i in stochastic and through_j:
                     pairs.append(((i, True), (j, False)))
         return pairs
 
@@ -252,68 +244,4 @@ class StochCon(SimCLR):
         return {"loss": loss, "features": h[0].detach(), **metrics}
 
     def on_step_start(self, step: int, total_steps: int) -> None:
-        self.branch.anneal_temperature(step, total_steps, self.latent_cfg)
-
-
-class SupervisedBernoulli(Method):
-    """Appendix A.2: cross-entropy on a linear classifier over pooled features that pass through a
-    Gumbel-Bernoulli layer, except for the examples that bypass it (each with probability
-    `supervised_bypass_prob`, 0.5 in the paper) -- a proxy for StochCon's deterministic and stochastic
-    branches. Evaluation goes through the deterministic (eval-mode) latent. With bypass probability 1 the
-    latent is never used: the plain supervised baseline of Table 1.
-    """
-
-    def __init__(self, backbone: nn.Module, feature_dim: int, latent_cfg: StochConConfig, num_classes: int):
-        super().__init__(backbone, feature_dim)
-        if not 0.0 <= latent_cfg.supervised_bypass_prob <= 1.0:
-            raise ConfigError(
-                "method.stochcon.supervised_bypass_prob must lie in [0, 1], got "
-                f"{latent_cfg.supervised_bypass_prob}"
-            )
-        if latent_cfg.latent != "bernoulli":
-            raise ConfigError(
-                "the supervised control uses a Gumbel-Bernoulli latent: set method.stochcon.latent=bernoulli"
-            )
-        if num_classes < 2:
-            raise ConfigError(f"the supervised method needs a labelled dataset, got {num_classes} classes")
-        self.latent_cfg = latent_cfg
-        self.branch = StochasticBranch.from_config(feature_dim, latent_cfg)
-        self.classifier = nn.Linear(feature_dim, num_classes)
-
-    def logits(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        h = self.backbone(images)
-        h_stoch, z, phi = self.branch(h)
-        bypass_prob = self.latent_cfg.supervised_bypass_prob
-        if self.training:
-            bypass = per_sample_rand(h.shape[0], 1, device=h.device) < bypass_prob
-            h_stoch = torch.where(bypass, h, h_stoch)
-        elif bypass_prob == 1.0:
-            h_stoch = h
-        return self.classifier(h_stoch), h, z, phi
-
-    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
-        if bool((labels < 0).any()):
-            raise DataError("the supervised method needs labels for every training image (got label -1)")
-        logits, h, z, phi = self.logits(views[0])
-        loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(1) == labels).float().mean()
-        return {
-            "loss": loss,
-            "features": h.detach(),
-            "train_acc": accuracy.detach(),
-            **self.branch.metrics([z], [phi], [None]),
-        }
-
-    def on_step_start(self, step: int, total_steps: int) -> None:
-        self.branch.anneal_temperature(step, total_steps, self.latent_cfg)
-
-
-def build_stochcon(cfg, backbone: nn.Module, feature_dim: int) -> Method:
-    """`method.name: stochcon` in `stochcon/train.py`: reads `cfg.method` (SimCLR settings),
-    `cfg.method.stochcon` (the latent) and `cfg.augment.num_views` (the global views)."""
-    return StochCon(backbone, feature_dim, cfg.method, cfg.method.stochcon, cfg.augment.num_views)
-
-
-def build_supervised(cfg, backbone: nn.Module, feature_dim: int) -> Method:
-    """`method.name: supervised`: the Appendix A.2 control (and, with bypass probability 1, plain supervised)."""
-    return SupervisedBernoulli(backbone, feature_dim, cfg.method.stochcon, dataset_info(cfg.data).num_classes)
+        self.branch.anneal_temperature(step, total_steps, self.cfg.stochcon)

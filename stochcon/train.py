@@ -15,19 +15,21 @@ if __package__ in (None, ""):  # run as a script: import the repository's packag
 
 from torch import nn
 
+from common.data import dataset_info
 from common.entry import run_trainer
 from common.method import Method
 from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from stochcon.simclr import SimCLR, SimCLRConfig
-from stochcon.stochcon import build_stochcon, build_supervised
+from stochcon.stochcon import StochCon, StochConConfig
+from stochcon.supervised import SupervisedBernoulli, SupervisedConfig
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_simclr.yaml"
 
 
 @dataclass
 class StochConTrainConfig(TrainConfig):
-    method: SimCLRConfig = field(default_factory=SimCLRConfig)
+    method: SimCLRConfig | StochConConfig | SupervisedConfig = field(default_factory=SimCLRConfig)
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
 
 
@@ -35,13 +37,12 @@ CONFIG_SCHEMA = StochConTrainConfig  # the schema common.sweep validates a sweep
 
 
 def build_method(cfg: StochConTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
-    if cfg.method.name == "simclr":
-        return SimCLR(backbone, feature_dim, cfg.method, cfg.augment.num_views)
-    if cfg.method.name == "stochcon":
-        return build_stochcon(cfg, backbone, feature_dim)
-    if cfg.method.name == "supervised":
-        return build_supervised(cfg, backbone, feature_dim)
-    raise ValueError(f"method.name must be simclr, stochcon or supervised, not '{cfg.method.name}'")
+    """The method ``cfg.method`` (its dataclass) describes; the global views are ``augment.num_views``."""
+    if isinstance(cfg.method, StochConConfig):
+        return StochCon(backbone, feature_dim, cfg.method, cfg.augment.num_views)
+    if isinstance(cfg.method, SupervisedConfig):
+        return SupervisedBernoulli(backbone, feature_dim, cfg.method, dataset_info(cfg.data).num_classes)
+    return SimCLR(backbone, feature_dim, cfg.method, cfg.augment.num_views)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,10 +5,12 @@ import torch
 from torch import nn
 
 from common.errors import ConfigError
-from stochcon.latents import StochConConfig, sample_gumbel_bernoulli
+from common.method import FeatureSplits
+from stochcon.latents import LatentConfig, sample_gumbel_bernoulli
 from stochcon.losses import info_nce, multicrop_info_nce
 from stochcon.simclr import SimCLRConfig
-from stochcon.stochcon import StochasticBranch, StochCon, SupervisedBernoulli
+from stochcon.stochcon import StochasticBranch, StochCon, StochConConfig
+from stochcon.supervised import SupervisedBernoulli, SupervisedConfig
 
 WIDTH = 16
 # The tests that compare the method with its formula run in float64: the two sides differ only in the order of
@@ -32,16 +34,16 @@ class TinyBackbone(nn.Module):
         return (y.relu() if self.relu else y).mean((2, 3))
 
 
-SIMCLR = SimCLRConfig(proj_hidden_dim=32, proj_output_dim=8, proj_norm="none")
+HEAD = {"proj_hidden_dim": 32, "proj_output_dim": 8, "proj_norm": "none"}
 
 
-def make(cfg: StochConConfig, num_global_views: int = 2, relu: bool = False) -> StochCon:
+def make(latent: LatentConfig, num_global_views: int = 2, relu: bool = False) -> StochCon:
     torch.manual_seed(0)
-    return StochCon(TinyBackbone(relu), WIDTH, SIMCLR, cfg, num_global_views).to(F64)
+    return StochCon(TinyBackbone(relu), WIDTH, StochConConfig(**HEAD, stochcon=latent), num_global_views).to(F64)
 
 
-def small_cfg(**overrides) -> StochConConfig:
-    return StochConConfig(**overrides)
+def small_cfg(**overrides) -> LatentConfig:
+    return LatentConfig(**overrides)
 
 
 def views(n_global=2, n_local=0, batch=6):
@@ -63,8 +65,6 @@ def test_projectors_are_on_at_any_width_unless_switched_off():
         StochasticBranch(WIDTH, "bernoulli", 4, "hard", 1.0, projectors=False)
     with pytest.raises(ConfigError, match="latent_dim must be positive"):
         StochasticBranch(WIDTH, "bernoulli", 0, "hard", 1.0)
-    with pytest.raises(ConfigError, match="method.latent "):
-        StochasticBranch(WIDTH, "beta", 4, "hard", 1.0)
 
 
 def test_full_width_bernoulli_over_relu_features_has_bits_that_vary_across_images():
@@ -93,7 +93,7 @@ def test_bernoulli_without_projectors_refuses_nonnegative_features():
     with pytest.raises(ConfigError, match="projectors=false .* all >= 0"):
         relu(views(), torch.full((6,), -1))
     supervised = SupervisedBernoulli(
-        TinyBackbone(relu=True), WIDTH, StochConConfig(projectors=False, supervised_bypass_prob=0.5), 3
+        TinyBackbone(relu=True), WIDTH, SupervisedConfig(bypass_prob=0.5, stochcon=LatentConfig(projectors=False)), 3
     ).to(F64)
     with pytest.raises(ConfigError, match="all >= 0"):
         supervised(views(1, 0, batch=8), torch.arange(8) % 3)
@@ -259,27 +259,32 @@ def test_code_is_binary_for_bernoulli_and_mean_for_gaussian():
     torch.testing.assert_close(gauss.code(h), gauss.pi(h))
 
 
-def test_supervised_bernoulli_bypass_probability():
+def test_supervised_bernoulli_bypass_probability_and_test_top1():
     torch.manual_seed(0)
     x = views(1, 0, batch=8)
     labels = torch.arange(8) % 3
-    always_bypass = SupervisedBernoulli(
-        TinyBackbone(), WIDTH, StochConConfig(latent_dim=4, supervised_bypass_prob=1.0), 3
-    ).to(F64)
-    logits, h, _, _ = always_bypass.logits(x[0])
-    torch.testing.assert_close(logits, always_bypass.classifier(h))
-    never = SupervisedBernoulli(
-        TinyBackbone(), WIDTH, StochConConfig(latent_dim=4, supervised_bypass_prob=0.0), 3
-    ).to(F64)
+    always_bypass = SupervisedBernoulli(TinyBackbone(), WIDTH, SupervisedConfig(bypass_prob=1.0), 3).to(F64)
+    assert always_bypass.branch is None  # the plain supervised baseline builds no latent
+    h = always_bypass.backbone(x[0])
+    torch.testing.assert_close(always_bypass.head_input(h)[0], h)
+    never = SupervisedBernoulli(TinyBackbone(), WIDTH, SupervisedConfig(bypass_prob=0.0,
+                                                                        stochcon=LatentConfig(latent_dim=4)), 3).to(F64)
     captured = []
     never.branch.register_forward_hook(lambda module, args, out: captured.append(out[0]))
-    logits, _, _, _ = never.logits(x[0])
-    torch.testing.assert_close(logits, never.classifier(captured[0]))
+    head_input, _, _ = never.head_input(never.backbone(x[0]))
+    torch.testing.assert_close(head_input, captured[0])
     out = never(x, labels)
     out["loss"].backward()
     assert never.branch.pi.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="label -1"):
         never(x, torch.full((8,), -1))
+    # test_top1 (Table 1's Supervised row): the eval-mode classifier through the deterministic latent
+    never.eval()
+    with torch.no_grad():
+        test_x = never.backbone(x[0])
+        predicted = never.classifier(never.branch(test_x)[0]).argmax(1)
+        figures = never.evaluate_features(FeatureSplits(test_x, labels, test_x, labels))
+    assert figures == {"test_top1": float((predicted == labels).double().mean())}
 
 
 def test_bernoulli_metrics_hand_checked():
@@ -304,12 +309,12 @@ def test_views_together_switch_sets_batch_norm_statistics_per_call(method_name):
     from stochcon.simclr import SimCLR
 
     def build(together: bool):
-        cfg = SimCLRConfig(proj_hidden_dim=32, proj_output_dim=8, proj_norm="bn", views_together=together)
+        head = {"proj_hidden_dim": 32, "proj_output_dim": 8, "proj_norm": "bn", "views_together": together}
         torch.manual_seed(0)
         backbone = nn.Sequential(nn.Conv2d(3, WIDTH, 1), nn.BatchNorm2d(WIDTH), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         if method_name == "simclr":
-            return SimCLR(backbone, WIDTH, cfg, 2).to(F64)
-        return StochCon(backbone, WIDTH, cfg, small_cfg(latent_dim=4), 2).to(F64)
+            return SimCLR(backbone, WIDTH, SimCLRConfig(**head), 2).to(F64)
+        return StochCon(backbone, WIDTH, StochConConfig(**head, stochcon=small_cfg(latent_dim=4)), 2).to(F64)
 
     x = views()
     together, separate = build(True), build(False)
@@ -320,6 +325,6 @@ def test_views_together_switch_sets_batch_norm_statistics_per_call(method_name):
     assert not torch.allclose(loss_together, loss_separate)  # different batch statistics
     if method_name == "simclr":
         by_view = [separate.projector(separate.backbone(v)) for v in x]
-        torch.testing.assert_close(loss_separate, info_nce(by_view[0], by_view[1], SIMCLR.temperature))
+        torch.testing.assert_close(loss_separate, info_nce(by_view[0], by_view[1], SimCLRConfig().temperature))
     together, separate = build(True).eval(), build(False).eval()  # fresh running statistics
     torch.testing.assert_close(together(x, torch.zeros(6))["loss"], separate(x, torch.zeros(6))["loss"])

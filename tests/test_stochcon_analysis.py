@@ -102,7 +102,7 @@ def test_random_forest_finds_the_informative_units():
 
 
 def test_random_forest_rejects_unit_counts_beyond_width():
-    with pytest.raises(ValueError, match="unit_counts"):
+    with pytest.raises(ValueError, match="--units must lie in"):
         random_forest_units(np.zeros((10, 3)), np.zeros(10), unit_counts=[4])
 
 

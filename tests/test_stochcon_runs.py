@@ -9,11 +9,13 @@ import torch
 from safetensors.torch import load_file
 
 from common.config import load_config
+from common.data import dataset_info
+from common.trainer import build_initial_method
 from stochcon.analysis.__main__ import main as analysis_main
 from stochcon.analysis.runs import initial_method, load_trained_method
 from stochcon.finetune import main as finetune_main
 from stochcon.stochcon import StochasticBranch
-from stochcon.train import StochConTrainConfig
+from stochcon.train import StochConTrainConfig, build_method
 from tests.trainer_runs import ROOT, run, write_idx_fashion_mnist
 
 # 300 training images in batches of 64: 4 steps an epoch (the trainer drops the last 44 images), so an epoch
@@ -53,8 +55,8 @@ def test_paper_configs_say_what_they_reproduce():
             latent = load(name).method.stochcon
             assert (latent.variates, latent.placement) == (variates, placement)
     assert load("cifar10_resnet50_bernoulli_soft_top_512").method.stochcon.latent_dim == 512
-    assert load("cifar10_resnet50_supervised_bernoulli").method.stochcon.supervised_bypass_prob == 0.5
-    assert load("cifar10_resnet50_supervised").method.stochcon.supervised_bypass_prob == 1.0
+    assert load("cifar10_resnet50_supervised_bernoulli").method.bypass_prob == 0.5
+    assert load("cifar10_resnet50_supervised").method.bypass_prob == 1.0
     assert [load(f"cifar10_resnet50_bernoulli_d{d}").method.stochcon.latent_dim for d in (8, 64, 1024)] == [
         8,
         64,
@@ -67,8 +69,8 @@ def test_every_bernoulli_config_has_bits_that_vary_over_relu_features(path):
     """Each config's latent (as built for the ResNets' 2048 pooled ReLU features, all >= 0) gives a code with
     bits that are 0 for some inputs and 1 for others, and accepts such features (no ConfigError)."""
     method_cfg = load_config(StochConTrainConfig, ["--config", str(path)]).method
-    latent_cfg = method_cfg.stochcon
-    if method_cfg.name == "simclr" or latent_cfg.latent != "bernoulli":
+    latent_cfg = getattr(method_cfg, "stochcon", None)
+    if latent_cfg is None or latent_cfg.latent != "bernoulli" or getattr(method_cfg, "bypass_prob", 0) == 1:
         pytest.skip("no Bernoulli latent")
     torch.manual_seed(0)
     branch = StochasticBranch.from_config(2048, latent_cfg)
@@ -197,19 +199,23 @@ def test_finetune_without_checkpoint_is_a_one_line_error(capsys):
 
 
 def test_untrained_run_gives_the_initial_weights_and_a_run_without_latent_is_refused(tmp_path, capsys):
-    """A SimCLR run stopped before its first step (max_steps=0) saves step 0: `initial_method` rebuilds exactly
-    those weights from the run's config. Every command that needs a latent refuses the run in one line (exit 2)."""
+    """`initial_method` rebuilds, from a run's config, the weights the trainer starts from (the one function both
+    use), and a trained checkpoint differs from them. Every command that needs a latent refuses a SimCLR run in
+    one line (exit 2)."""
     data = write_idx_fashion_mnist(tmp_path / "data", n_train=N_TRAIN, n_test=128)
     run_dir = tmp_path / "simclr"
     overrides = [f"output_dir={run_dir}", f"data.root={data}", "data.download=false", f"batch_size={BATCH}",
-                 "max_steps=0", "eval.linear=false", "eval.knn_at_init=false", "progress_bar=false",
+                 "max_steps=1", "eval.linear=false", "eval.knn_at_init=false", "progress_bar=false",
                  "backbone.width=8", "method.proj_hidden_dim=64"]
     result = run("stochcon/train.py", ["--config", "stochcon/configs/fashion_mnist_simclr.yaml", *overrides])
     assert result.returncode == 0, result.stderr[-2000:]
     saved, cfg, state = load_trained_method(run_dir)
-    assert state["step"] == 0
+    assert state["step"] == 1
     rebuilt = initial_method(cfg).state_dict()
-    assert all(torch.equal(rebuilt[k], v) for k, v in saved.state_dict().items())
+    in_chans = cfg.backbone.in_chans or dataset_info(cfg.data).channels
+    from_trainer = build_initial_method(cfg, build_method, in_chans).state_dict()
+    assert all(torch.equal(rebuilt[k], v) for k, v in from_trainer.items())
+    assert any(not torch.equal(rebuilt[k], v) for k, v in saved.state_dict().items())  # one step moved them
 
     capsys.readouterr()
     for command in ("bits", "rf-units", "variance", "compression"):

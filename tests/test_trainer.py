@@ -249,3 +249,28 @@ def test_skipped_steps_leave_no_trace_and_too_many_stop_the_run(data_root, tmp_p
     state = torch.load(latest_checkpoint(tmp_path / "c") / "state.pt", weights_only=False)["model"]
     running_vars = [v for k, v in state.items() if k.endswith("running_var")]
     assert running_vars and all(bool(torch.isfinite(v).all()) for v in running_vars)
+
+
+def test_skipped_corrupt_training_images_are_counted_once_in_the_results(tmp_path):
+    """An image folder with one corrupt JPEG among its training images: with data.skip_corrupt=true the run
+    finishes and results.json counts the file once, however often the epochs and the evaluation read it."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 24), ("val", 8)):
+        for label in range(2):
+            folder = tmp_path / "folder" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 60, (20, 20, 3), dtype=np.uint8) + 150 * label
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.jpg")
+    (tmp_path / "folder" / "train" / "class0" / "0.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    out = tmp_path / "run"
+    done = run(SCRIPT, [f"output_dir={out}", "data.name=image_folder", f"data.root={tmp_path / 'folder'}",
+                        "data.skip_corrupt=true", "data.num_workers=0", "augment.on=loader", "epochs=2",
+                        "batch_size=16", "backbone.name=small_convnet", "backbone.width=4",
+                        "method.proj_hidden_dim=16", "method.proj_output_dim=8", "progress_bar=false",
+                        "tracker=none", "eval.linear_epochs=1", "eval.knn_k=[5]"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["skipped_corrupt_images"] == 1

@@ -124,3 +124,34 @@ def test_train_entry_point_writes_supervised_figures(tmp_path):
     assert isinstance(backbone, nn.Module)
     assert train_main(["--config", "vcreg/configs/fashion_mnist_vcreg.yaml", f"output_dir={tmp_path / 'bad'}",
                        "vcreg.placement=everywhere", "tracker=none"]) == 2
+
+
+def test_trainer_hands_its_backward_scale_to_the_vcreg_layers_under_fp16(tmp_path):
+    """mixed_precision=fp16 with gradient accumulation: the trainer gives every VCReg layer the run's
+    BackwardScale (the grad scaler, the accumulation steps, the world size) and two steps train with finite
+    losses (the layers used to raise under fp16 autocast because nothing attached the scaler)."""
+    from accelerate.state import AcceleratorState, GradientState
+    from trainer_runs import write_idx_fashion_mnist
+
+    from common.config import load_config
+    from common.trainer import Trainer
+    from vcreg import VCReg
+    from vcreg.train import VCRegTrainConfig, build_method, evaluate
+
+    root = write_idx_fashion_mnist(tmp_path / "data")
+    cfg = load_config(VCRegTrainConfig, [
+        "--config", "vcreg/configs/fashion_mnist_vcreg.yaml", f"data.root={root}", "data.subset=null",
+        f"output_dir={tmp_path / 'run'}", "max_steps=2", "batch_size=64", "grad_accum_steps=2",
+        "mixed_precision=fp16", "backbone.width=4", "eval.knn_at_init=false", "eval.linear=false",
+        "eval.max_train_images=null", "tracker=none", "progress_bar=false", "log_every_steps=1"])
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    trainer = Trainer(cfg, build_method, evaluate)
+    results = trainer.fit()
+    AcceleratorState._reset_state(True)
+    layers = [m for m in trainer.method.modules() if isinstance(m, VCReg)]
+    assert layers and all(layer.backward_scale.accumulation_steps == 2 for layer in layers)
+    assert all(layer.backward_scale.world_size == 1 for layer in layers)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert results["steps"] == 2

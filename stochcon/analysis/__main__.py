@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError
 from common.data import build_dataset, dataset_info
+from common.entry import run_command
 from common.method import Method
 from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
 from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, epoch_of_step, write_bit_count_report
@@ -37,7 +37,7 @@ from stochcon.analysis.runs import (
     load_trained_method,
     require_latent,
 )
-from stochcon.latents import StochConConfig
+from stochcon.latents import LatentConfig
 
 
 def _name(run: str) -> str:
@@ -85,7 +85,7 @@ def rf_units(args: argparse.Namespace) -> Path:
     return write_rf_units_report(curves, args.out)
 
 
-def variance_setting(latent_cfg: StochConConfig) -> str:
+def variance_setting(latent_cfg: LatentConfig) -> str:
     """A Gaussian run's setting apart from its width: where its scale comes from, which views it samples, and
     whether pi and rho are off (the `variance` figure draws one line per setting)."""
     source = "opposing-view scale" if latent_cfg.gaussian_variance == "opposing" else "own-view scale (ablation)"
@@ -165,13 +165,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         png = args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {png} and {png.with_suffix('.json')}")
-    return 0
+        print(f"wrote {png} and {png.with_suffix('.json')}")
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ConfigError
 from common.plots import new_figure, save_figure
 from stochcon.analysis.report import write_numbers
 
@@ -53,7 +54,7 @@ def random_forest_units(
     dim = features.shape[1]
     counts = sorted({int(k) for k in unit_counts})
     if not counts or counts[0] < 1 or counts[-1] > dim:
-        raise ValueError(f"random_forest_units: unit_counts must lie in [1, {dim}], got {list(unit_counts)}")
+        raise ConfigError(f"--units must lie in [1, {dim}] (the code's width), got {list(unit_counts)}")
 
     def forest(fold: int) -> RandomForestClassifier:
         return RandomForestClassifier(n_estimators=n_estimators, random_state=seed + fold, n_jobs=n_jobs)

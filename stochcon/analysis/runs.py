@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from common.augment import build_eval_transform
 from common.backbones import build_backbone
 from common.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint
-from common.config import ConfigError
+from common.config import config_from_dict
 from common.data import build_dataset, dataset_info, stratified_subset
+from common.errors import ConfigError, RunFolderError
 from common.method import Method
+from common.trainer import build_initial_method
 from evaluation.features import extract_features
 
 METHOD_PREFIX = "method."
@@ -35,10 +35,10 @@ def checkpoints_of(path: str | Path) -> list[Path]:
     if (path / STATE_FILE).is_file():
         return [path]
     if not path.exists():
-        raise FileNotFoundError(f"run or checkpoint not found: {path}")
+        raise RunFolderError(f"run or checkpoint not found: {path}")
     found = list_checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"no checkpoints/step_<N>/{STATE_FILE} in run folder '{path}'")
+        raise RunFolderError(f"no checkpoints/step_<N>/{STATE_FILE} in run folder '{path}'")
     return found
 
 
@@ -58,11 +58,9 @@ def load_trained_method(
         schema, build_method = _entry_point()
     state = load_checkpoint(folder)
     try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), state["config"]))
-    except OmegaConfBaseException as error:
-        raise ConfigError(
-            f"checkpoint '{folder}': its config does not fit {schema.__name__}: {str(error).splitlines()[0]}"
-        ) from None
+        cfg = config_from_dict(schema, state["config"])
+    except ConfigError as error:
+        raise ConfigError(f"checkpoint '{folder}': its config does not fit {schema.__name__}: {error}") from None
     in_chans = cfg.backbone.in_chans or dataset_info(cfg.data).channels
     backbone, feature_dim = build_backbone(cfg.backbone, in_chans)
     method = build_method(cfg, backbone, feature_dim)
@@ -70,23 +68,20 @@ def load_trained_method(
     try:
         method.load_state_dict(weights)
     except RuntimeError as error:
-        raise ValueError(
+        raise RunFolderError(
             f"checkpoint '{folder}' does not fit the method it names: {str(error).splitlines()[0]}"
         ) from None
     return method.eval(), cfg, state
 
 
 def initial_method(cfg: Any, build_method: Callable | None = None) -> Method:
-    """The method of the run `cfg` describes as it was before its first step, in eval mode: the trainer seeds
-    the global RNG with cfg.seed and then builds the backbone and the method (`common.trainer.Trainer`), so the
-    same seed and builds give the same initial weights. The caller's RNG state is left as it was."""
+    """The method of the run `cfg` describes as it was before its first step, in eval mode, built as the trainer
+    builds it (`common.trainer.build_initial_method`). The caller's RNG state is left as it was."""
     if build_method is None:
         _, build_method = _entry_point()
     in_chans = cfg.backbone.in_chans or dataset_info(cfg.data).channels
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        backbone, feature_dim = build_backbone(cfg.backbone, in_chans)
-        method = build_method(cfg, backbone, feature_dim)
+        method = build_initial_method(cfg, build_method, in_chans)
     return method.eval()
 
 
