@@ -19,12 +19,13 @@ import torchvision
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from common.cifar_resnet import resnet32
 from common.errors import ConfigError, DataError, RunFolderError
 
 
 @dataclass
 class BackboneConfig:
-    name: str = "resnet50"       # torchvision name, "timm:<name>", or a built-in small net (small_convnet)
+    name: str = "resnet50"       # torchvision name, "timm:<name>", or a built-in net (small_convnet, resnet32)
     pretrained: bool = False     # load the library's pretrained weights (needs internet the first time)
     cifar_stem: bool = False     # 3x3 stride-1 first convolution and no max-pool, for 32 px images
     in_chans: int | None = None  # None: the data's channels (torchvision ResNets are adapted when not 3)
@@ -149,6 +150,12 @@ def build_backbone(cfg: BackboneConfig, in_chans: int = 3) -> tuple[nn.Module, i
     if cfg.name == "small_convnet":
         model = SmallConvNet(in_chans, cfg.width)
         return model, model.num_features
+    if cfg.name == "resnet32":  # He et al.'s CIFAR ResNet-32 (common/cifar_resnet.py)
+        if cfg.pretrained or cfg.cifar_stem:
+            raise ConfigError("backbone.name=resnet32 has no pretrained weights and is a CIFAR network already: "
+                              "set backbone.pretrained=false and backbone.cifar_stem=false")
+        model = resnet32(in_chans=in_chans)
+        return model, model.num_features
     if cfg.name.startswith("timm:"):
         return _timm_backbone(cfg, in_chans)
     if cfg.name.removeprefix("torchvision:") in torchvision.models.list_models(module=torchvision.models):
@@ -157,8 +164,8 @@ def build_backbone(cfg: BackboneConfig, in_chans: int = 3) -> tuple[nn.Module, i
 
     if timm.is_model(cfg.name):
         return _timm_backbone(cfg, in_chans)
-    raise ConfigError(f"backbone.name '{cfg.name}' is neither small_convnet, a torchvision classification model "
-                      "nor a timm model")
+    raise ConfigError(f"backbone.name '{cfg.name}' is neither small_convnet, resnet32, a torchvision "
+                      "classification model nor a timm model")
 
 
 BACKBONE_FILE = "backbone.safetensors"

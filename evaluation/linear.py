@@ -1,6 +1,6 @@
 """Linear probe: a linear classifier trained on frozen features (MSBReg supplement 2.1, VCReg App. C).
 
-``train_linear_classifier`` fits ``nn.Linear`` on cached features with mini-batch SGD or LARS
+``train_linear_classifier`` fits ``nn.Linear`` on cached features with mini-batch SGD, LARS or AdamW
 (``common.optim``) and a per-step schedule (``common.schedules``): warm-up + cosine, or step decay by
 ``gamma`` at fractions of training (the Places205 / iNaturalist protocol: x0.1 twice at equal intervals).
 Features are optionally standardised with the training mean and standard deviation (a BatchNorm without
@@ -46,7 +46,7 @@ from evaluation.progress import progress_bar
 class LinearProbeConfig:
     epochs: int = 100
     batch_size: int = 256
-    optimizer: str = "sgd"        # sgd | lars
+    optimizer: str = "sgd"        # sgd | lars | adamw (VCReg's subclass probe, Appendix C.2)
     lr: float = 0.1               # peak learning rate (not scaled with the batch size)
     momentum: float = 0.9
     nesterov: bool = False
@@ -86,9 +86,10 @@ def new_classifier(feature_dim: int, num_classes: int, generator: torch.Generato
 
 
 def probe_optimizer(classifier: nn.Module, cfg: LinearProbeConfig) -> torch.optim.Optimizer:
-    """SGD or LARS (``common.optim``) over the classifier; every group carries ``base_lr = cfg.lr``."""
-    if cfg.optimizer not in ("sgd", "lars"):
-        raise ValueError(f"probe.optimizer must be sgd or lars, not '{cfg.optimizer}'")
+    """SGD, LARS or AdamW (``common.optim``; AdamW with PyTorch's betas) over the classifier; every group carries
+    ``base_lr = cfg.lr``."""
+    if cfg.optimizer not in ("sgd", "lars", "adamw"):
+        raise ValueError(f"probe.optimizer must be sgd, lars or adamw, not '{cfg.optimizer}'")
     optim_cfg = OptimConfig(name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                             nesterov=cfg.nesterov, eta=cfg.eta)
     return build_optimizer(optim_cfg, param_groups(classifier, cfg.lr, cfg.weight_decay))

@@ -5,7 +5,8 @@
 
 ``vcreg.enabled=false`` gives the baseline of the same recipe. Besides the trainer's k-NN and linear probe,
 a supervised run's ``results.json`` holds ``test_top1`` (its own classifier on the test set), ``cdnv`` and
-``ncc_top1`` (neural collapse of the training features, eqs. 8-9) and ``ncc_top1_test``.
+``ncc_top1`` (neural collapse of the training features, eqs. 8-9) and ``ncc_top1_test``. Table 5's runs train
+on coarse labels (``data.labels=coarse``) and add ``subclass_linear_top1`` / ``_top5`` (``subclass_probe``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 if __package__ in (None, ""):  # run as a script: import the repository's packages, not this folder's modules
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from torch import nn
 
-from common.data import dataset_info
+from common.config_types import NonNegativeFloat, PositiveFloat, PositiveInt
+from common.data import FINE_AND_COARSE, dataset_info
 from common.entry import run_trainer
 from common.errors import ConfigError
 from common.method import Method
@@ -34,22 +37,38 @@ QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_vcreg.
 
 
 @dataclass
+class SubclassProbeConfig:
+    """Table 5 / Appendix C.2: after training on the superclasses (``data.labels=coarse``), a linear classifier
+    on the frozen features learns the subclasses (the same data with ``labels=fine``); results key
+    ``subclass_linear_top1``."""
+
+    enabled: bool = False  # run the probe after training (needs data.name cifar100|fashion_mnist|imagenet_hierarchy)
+    epochs: PositiveInt = 100  # C.2: 100 epochs over the cached training features
+    batch_size: PositiveInt = 256  # C.2
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # C.2: AdamW (PyTorch's betas 0.9, 0.999: C.2 names none)
+    lr: PositiveFloat = 0.016  # C.2's base learning rate, cosine to 0 (not scaled with the batch size)
+    weight_decay: NonNegativeFloat = 0.05  # C.2 (on the weights; the bias is not decayed, as in training)
+    warmup_epochs: NonNegativeFloat = 0.0  # linear warm-up before the cosine (C.2 names none)
+    # standardise features with the training mean/std before the classifier (not in C.2, which probes the raw
+    # features: false)
+    standardize: bool = False
+
+
+@dataclass
 class VCRegTrainConfig(TrainConfig):
     method: VCRegMethodConfig = field(default_factory=SupervisedConfig)
     vcreg: VCRegLayerConfig = field(default_factory=VCRegLayerConfig)
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
-    # Table 5: after training on CIFAR-100's 20 superclasses (data.labels=coarse), linear-probe the 100
-    # subclasses with the eval.linear_* settings; results key subclass_linear_top1
-    subclass_probe: bool = False
+    subclass_probe: SubclassProbeConfig = field(default_factory=SubclassProbeConfig)
 
 
 CONFIG_SCHEMA = VCRegTrainConfig  # the schema common.sweep validates a sweep's runs against
 
 
 def build_method(cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
-    if cfg.subclass_probe and not (cfg.data.name == "cifar100" and cfg.data.labels == "coarse"):
-        raise ConfigError("subclass_probe needs data.name=cifar100 and data.labels=coarse "
-                          f"(got {cfg.data.name}, labels={cfg.data.labels})")
+    if cfg.subclass_probe.enabled and not (cfg.data.name in FINE_AND_COARSE and cfg.data.labels == "coarse"):
+        raise ConfigError(f"subclass_probe.enabled needs data.labels=coarse and a data.name with fine labels too "
+                          f"({', '.join(FINE_AND_COARSE)}); got {cfg.data.name}, labels={cfg.data.labels}")
     layer = cfg.vcreg
     if layer.enabled:
         apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
@@ -62,17 +81,20 @@ def evaluate(method: Method, cfg: VCRegTrainConfig, accelerator, stage: str) -> 
     """The final evaluation (with the method's test top-1 and neural collapse) and, for Table 5, a linear probe
     of the subclasses on the features of the superclass-trained backbone."""
     results = evaluate_method(method, cfg, accelerator, stage)
-    if stage != "final" or not cfg.subclass_probe or not accelerator.is_main_process:
+    pcfg = cfg.subclass_probe
+    if stage != "final" or not pcfg.enabled or not accelerator.is_main_process:
         return results
     device = accelerator.device
-    fine = train_test_features(method.backbone, replace(cfg.data, labels="fine"), cfg.backbone.in_chans,
+    fine_data = replace(cfg.data, labels="fine")
+    fine = train_test_features(accelerator.unwrap_model(method).backbone, fine_data, cfg.backbone.in_chans,
                                cfg.augment.image_size, cfg.eval.batch_size, cfg.eval.max_train_images, device,
                                cfg.progress_bar)
-    probe = LinearProbeConfig(epochs=cfg.eval.linear_epochs, batch_size=cfg.eval.linear_batch_size,
-                              lr=cfg.eval.linear_lr, weight_decay=cfg.eval.linear_weight_decay)
-    results["subclass_linear_top1"] = linear_probe(*fine, probe, device=device, seed=cfg.seed,
-                                                   progress=cfg.progress_bar)["top1"]
-    return results
+    probe = LinearProbeConfig(epochs=pcfg.epochs, batch_size=pcfg.batch_size, optimizer=pcfg.optimizer,
+                              lr=pcfg.lr, weight_decay=pcfg.weight_decay, schedule="cosine",
+                              warmup_epochs=pcfg.warmup_epochs, standardize=pcfg.standardize)
+    accuracy = linear_probe(*fine, probe, num_classes=dataset_info(fine_data).num_classes, device=device,
+                            seed=cfg.seed, progress=cfg.progress_bar)
+    return results | {"subclass_linear_top1": accuracy["top1"], "subclass_linear_top5": accuracy["top5"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ STL-10, Fashion-MNIST) are held in memory as one contiguous uint8 tensor so the 
 augment whole batches on the training device.
 
 One module per format (``cifar``, ``stl10``, ``fashion_mnist``, ``folders``, ``hf``, ``shards``: tar shards
-streamed with ``webdataset``, an ``IterableDataset``); this one maps
+streamed with ``webdataset``, an ``IterableDataset``) and per derived set (``longtail``: long-tailed training
+splits; ``hierarchy``: coarse and fine labels of one set); this one maps
 ``data.name`` to its loader and statistics. A new dataset is a loader ``(cfg, split) -> Dataset`` with a
 ``targets`` tensor and a ``subset`` method, added to ``LOADERS``.
 """
@@ -28,13 +29,21 @@ from common.data.datasets import (
     skipped_files,
     stratified_subset,
 )
-from common.data.fashion_mnist import FASHION_MNIST_INFO, load_fashion_mnist, read_idx
+from common.data.fashion_mnist import FASHION_MNIST_INFO, read_idx
 from common.data.folders import (
     IMAGE_EXTENSIONS,
     imagenet100_classes,
     load_image_folder,
 )
 from common.data.hf import load_hf
+from common.data.hierarchy import (
+    IMAGENET_HIERARCHIES,
+    hierarchy_num_classes,
+    imagenet_hierarchy,
+    load_fashion_mnist_labels,
+    load_imagenet_hierarchy,
+)
+from common.data.longtail import load_cifar10_lt, load_cifar100_lt, load_fashion_mnist_lt, longtail_indices
 from common.data.measure import LARGE_IMAGE_SIZE, image_channels_and_size, image_statistics
 from common.data.shard_plan import EpochPlan
 from common.data.shards import ShardedDataset, index_info, load_webdataset, read_index
@@ -43,6 +52,8 @@ from common.errors import ConfigError
 
 __all__ = [
     "DATASET_NAMES",
+    "FINE_AND_COARSE",
+    "IMAGENET_HIERARCHIES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
@@ -61,6 +72,8 @@ __all__ = [
     "build_dataset",
     "dataset_info",
     "imagenet100_classes",
+    "imagenet_hierarchy",
+    "longtail_indices",
     "read_idx",
     "skipped_files",
     "stratified_subset",
@@ -70,14 +83,20 @@ LOADERS = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "stl10": load_stl10,
-    "fashion_mnist": load_fashion_mnist,
+    "fashion_mnist": load_fashion_mnist_labels,
+    "cifar10_lt": load_cifar10_lt,
+    "cifar100_lt": load_cifar100_lt,
+    "fashion_mnist_lt": load_fashion_mnist_lt,
     "imagenet": load_image_folder,
+    "imagenet_hierarchy": load_imagenet_hierarchy,
     "imagenet100": load_image_folder,
     "image_folder": load_image_folder,
     "hf": load_hf,
     "webdataset": load_webdataset,
 }
 DATASET_NAMES = tuple(LOADERS)
+# Datasets whose images have fine and coarse labels (data.labels): VCReg's subclass probe (Table 5).
+FINE_AND_COARSE = ("cifar100", "fashion_mnist", "imagenet_hierarchy")
 
 # Datasets held in memory, whose statistics are known without reading them.
 _IN_MEMORY_INFO = {
@@ -85,14 +104,20 @@ _IN_MEMORY_INFO = {
     "cifar100": CIFAR100_INFO,
     "stl10": STL10_INFO,
     "fashion_mnist": FASHION_MNIST_INFO,
+    "cifar10_lt": CIFAR10_INFO,  # the balanced training set's statistics, not the long-tailed subset's
+    "cifar100_lt": CIFAR100_INFO,
+    "fashion_mnist_lt": FASHION_MNIST_INFO,
 }
 
 
 def _check_name(cfg: DataConfig) -> None:
     if cfg.name not in DATASET_NAMES:
         raise ConfigError(f"unknown dataset data.name='{cfg.name}' (valid: {', '.join(DATASET_NAMES)})")
-    if cfg.name == "cifar100" and cfg.labels not in ("fine", "coarse"):
-        raise ConfigError(f"data.labels must be 'fine' or 'coarse' for cifar100, got '{cfg.labels}'")
+    if cfg.labels not in ("fine", "coarse"):
+        raise ConfigError(f"data.labels must be 'fine' or 'coarse', got '{cfg.labels}'")
+    if cfg.labels == "coarse" and cfg.name not in FINE_AND_COARSE:
+        raise ConfigError(f"data.labels=coarse needs a dataset with coarse labels ({', '.join(FINE_AND_COARSE)}), "
+                          f"not '{cfg.name}'")
     if cfg.image_size is not None and cfg.image_size < 1:
         raise ConfigError(f"data.image_size must be a positive number of pixels or null, got {cfg.image_size}")
 
@@ -105,12 +130,14 @@ def _measured(cfg: DataConfig) -> bool:
 def dataset_info(cfg: DataConfig | str) -> DatasetInfo:
     """Channels, native image size, number of classes and normalisation statistics.
 
-    ``image_folder`` and ``hf`` are measured on their training images (``common.data.measure``); imagenet and
-    imagenet100 are 3-channel, 224 px with ImageNet's statistics."""
+    ``image_folder`` and ``hf`` are measured on their training images (``common.data.measure``); imagenet,
+    imagenet100 and imagenet_hierarchy are 3-channel, 224 px with ImageNet's statistics."""
     cfg = DataConfig(name=cfg) if isinstance(cfg, str) else cfg
     _check_name(cfg)
     if cfg.name == "cifar100" and cfg.labels == "coarse":
         return dataclasses.replace(CIFAR100_INFO, num_classes=20)
+    if cfg.name == "fashion_mnist" and cfg.labels == "coarse":
+        return dataclasses.replace(FASHION_MNIST_INFO, num_classes=4)
     if cfg.name in _IN_MEMORY_INFO:
         return _IN_MEMORY_INFO[cfg.name]
     if cfg.name == "webdataset":
@@ -119,6 +146,8 @@ def dataset_info(cfg: DataConfig | str) -> DatasetInfo:
         return DatasetInfo(3, LARGE_IMAGE_SIZE, 1000, IMAGENET_MEAN, IMAGENET_STD)
     if cfg.name == "imagenet100":
         return DatasetInfo(3, LARGE_IMAGE_SIZE, len(imagenet100_classes()), IMAGENET_MEAN, IMAGENET_STD)
+    if cfg.name == "imagenet_hierarchy":
+        return DatasetInfo(3, LARGE_IMAGE_SIZE, hierarchy_num_classes(cfg), IMAGENET_MEAN, IMAGENET_STD)
     train = LOADERS[cfg.name](cfg, "train")
     channels, size = image_channels_and_size(train, cfg.image_size)
     train.mode = "L" if channels == 1 else "RGB"

@@ -52,17 +52,20 @@ def _files_under(folder: Path) -> list[Path]:
     return found
 
 
-def load_image_folder(cfg: DataConfig, split: str) -> ImageFileDataset:
+def load_image_folder(cfg: DataConfig, split: str, classes: list[str] | None = None) -> ImageFileDataset:
+    """The split's images labelled by class folder: every folder in name order, or only the folders
+    ``classes`` (imagenet100: its 100), labelled by their position in that list."""
     folder = _image_folder_root(cfg, split)
-    classes = _class_folders(folder)
-    if cfg.name == "imagenet100":
-        wanted = imagenet100_classes()
-        missing = [c for c in wanted if c not in classes]
+    found = _class_folders(folder)
+    if classes is None and cfg.name == "imagenet100":
+        classes = imagenet100_classes()
+    if classes is not None:
+        missing = [c for c in classes if c not in found]
         if missing:
-            raise DataError(
-                f"{folder} lacks {len(missing)} of the 100 imagenet100 class folders, e.g. {', '.join(missing[:3])}"
-            )
-        classes = wanted
+            raise DataError(f"{folder} lacks {len(missing)} of the {len(classes)} {cfg.name} class folders, "
+                            f"e.g. {', '.join(missing[:3])}")
+    else:
+        classes = found
     files: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
