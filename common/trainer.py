@@ -376,7 +376,8 @@ class Trainer:
     def _log(self, log: MetricsLog | None, step: int, out: dict, skipped: int, images_per_second: float,
              progress: tqdm) -> None:
         """Every rank calls this: the scalar metrics are averaged over ranks, the main process writes them."""
-        scalars = {k: v.detach().float().reshape(1) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+        # float64: a float64 run logs its losses unrounded (the distributed-equivalence checks compare them)
+        scalars = {k: v.detach().double().reshape(1) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
         if scalars and self.accelerator.num_processes > 1:
             stacked = torch.cat(list(scalars.values())).to(self.accelerator.device)
             scalars = dict(zip(scalars, self.accelerator.reduce(stacked, reduction="mean").cpu()))

@@ -5,37 +5,43 @@ from torch import nn
 from common.optim import LARS, OptimConfig, build_optimizer, param_groups, scaled_lr
 
 
+F64 = torch.float64
+EXACT = {"rtol": 1e-14, "atol": 0.0}  # float64: the same few operations in another order, a few units of 2^-53
+
+
 def test_lars_step_matches_hand_computation():
-    w = nn.Parameter(torch.tensor([3.0, 4.0]).reshape(1, 2))        # ||w|| = 5
-    b = nn.Parameter(torch.tensor([1.0]))
-    w.grad = torch.tensor([[0.6, 0.8]])                              # ||g|| = 1
-    b.grad = torch.tensor([0.5])
+    w = nn.Parameter(torch.tensor([3.0, 4.0], dtype=F64).reshape(1, 2))   # ||w|| = 5
+    b = nn.Parameter(torch.tensor([1.0], dtype=F64))
+    w.grad = torch.tensor([[0.6, 0.8]], dtype=F64)                         # ||g|| = 1
+    b.grad = torch.tensor([0.5], dtype=F64)
     lr, wd, eta, m = 0.1, 0.01, 0.001, 0.9
     opt = LARS([{"params": [w], "lars_exclude": False, "weight_decay": wd},
                 {"params": [b], "lars_exclude": True, "weight_decay": 0.0}], lr=lr, momentum=m, eta=eta)
     opt.step()
-    g = torch.tensor([[0.6, 0.8]]) + wd * torch.tensor([[3.0, 4.0]])  # g + wd w = [0.63, 0.84]
+    g = torch.tensor([[0.6, 0.8]], dtype=F64) + wd * torch.tensor([[3.0, 4.0]], dtype=F64)  # g + wd w
     trust = eta * 5.0 / float(g.norm())                               # 0.005 / 1.05
-    expected_w = torch.tensor([[3.0, 4.0]]) - lr * trust * g
-    assert torch.allclose(w.detach(), expected_w, atol=1e-7)
-    assert torch.allclose(b.detach(), torch.tensor([1.0 - lr * 0.5]))  # excluded: plain momentum SGD, no decay
+    expected_w = torch.tensor([[3.0, 4.0]], dtype=F64) - lr * trust * g
+    torch.testing.assert_close(w.detach(), expected_w, **EXACT)
+    # excluded: plain momentum SGD, no decay
+    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - lr * 0.5], dtype=F64), **EXACT)
     # second step uses the momentum buffer: v <- m v + lr * trust * g
-    w.grad = torch.tensor([[0.6, 0.8]])
-    b.grad = torch.tensor([0.5])
+    w.grad = torch.tensor([[0.6, 0.8]], dtype=F64)
+    b.grad = torch.tensor([0.5], dtype=F64)
     w_before = w.detach().clone()
     opt.step()
-    g2 = torch.tensor([[0.6, 0.8]]) + wd * w_before
+    g2 = torch.tensor([[0.6, 0.8]], dtype=F64) + wd * w_before
     trust2 = eta * float(w_before.norm()) / float(g2.norm())
     v2 = m * lr * trust * g + lr * trust2 * g2
-    assert torch.allclose(w.detach(), w_before - v2, atol=1e-7)
-    assert torch.allclose(b.detach(), torch.tensor([1.0 - lr * 0.5 - (m * lr * 0.5 + lr * 0.5)]))
+    torch.testing.assert_close(w.detach(), w_before - v2, **EXACT)
+    torch.testing.assert_close(b.detach(), torch.tensor([1.0 - lr * 0.5 - (m * lr * 0.5 + lr * 0.5)], dtype=F64),
+                               **EXACT)
 
 
 def test_lars_trust_is_one_when_a_norm_is_zero():
     w = nn.Parameter(torch.zeros(2, 2))
     w.grad = torch.ones(2, 2)
     LARS([{"params": [w], "lars_exclude": False, "weight_decay": 0.0}], lr=0.5, momentum=0.0).step()
-    assert torch.allclose(w.detach(), -0.5 * torch.ones(2, 2))
+    assert torch.equal(w.detach(), -0.5 * torch.ones(2, 2))  # 0 - 0.5 x 1: exact in float32
 
 
 def test_param_groups_exclude_biases_and_norms():

@@ -17,7 +17,7 @@ from common.checkpoint import latest_checkpoint
 from common.config import load_config
 from common.entry import run_trainer
 from common.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED
-from common.trainer import NonFiniteLossError, Trainer, restored_buffers
+from common.trainer import Trainer, restored_buffers
 from evaluation.final import evaluate_method
 from stochcon import train as stochcon_train
 

@@ -25,6 +25,7 @@ from evaluation.neural_collapse import collapse_metrics
 from stochcon.losses import info_nce
 from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 
+
 @dataclass
 class VCRegLayerConfig:
     """The regulariser's settings (Sections 3.2-3.3). The paper reports the grid, not one choice: alpha in

@@ -28,7 +28,6 @@ from detectron2.utils import comm
 
 from common.entry import run_command
 from common.errors import ConfigError, RunFolderError
-
 from evaluation.detection.datasets import register_datasets
 
 # Detectron2's evaluator task names -> the names in our results JSON.
