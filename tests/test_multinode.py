@@ -106,6 +106,17 @@ def test_dry_run_refuses_what_cannot_be_launched(tmp_path):
     assert done.returncode == 2 and "SLURM_JOB_NODELIST is not set" in done.stderr
 
 
+def test_a_node_of_one_process_passes_the_trainers_exit_code_on():
+    """One node of one GPU: ``accelerate launch`` runs the trainer as a plain subprocess and would exit 1 for any
+    failure; launch_node.py exits with the trainer's code (2 here, bad input, with the trainer's one line)."""
+    environment = {**env(), "ACCELERATE_USE_CPU": "true", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+                   "GPUS_PER_NODE": "1"}
+    done = subprocess.run([sys.executable, str(LAUNCH_NODE), "stochcon/train.py", "batch_sise=64"], cwd=ROOT,
+                          env=environment, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: " in done.stderr and "batch_sise" in done.stderr and "Traceback" not in done.stderr
+
+
 # --------------------------------------------------------------------- two machines on the loopback, CPU
 COMMON = ["method.name=stochcon", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
           "method.stochcon.latent=bernoulli", "method.stochcon.latent_dim=8", "method.stochcon.variates=hard",
