@@ -243,21 +243,27 @@ class Trainer:
 
     def _run_evaluation(self, stage: str) -> dict:
         """The ``evaluate`` callback on the main process, the method in eval mode; a preemption signal
-        received meanwhile ends the run at once (the requeued run evaluates again)."""
+        received meanwhile ends the run at once on every process (the requeued run evaluates again)."""
         acc = self.accelerator
         results: dict = {}
+        preempted: Preempted | None = None
         if self.evaluate is not None and acc.is_main_process:
             was_training = self.method.training
             self.method.eval()
-            self.evaluating = True
             try:
+                self.evaluating = True
                 if self.preempt_signal is not None:
                     raise Preempted(f"signal {self.preempt_signal} received before the {stage} evaluation")
                 results = self.evaluate(self.method, self.cfg, acc, stage)
+            except Preempted as error:
+                preempted = error
             finally:
                 self.evaluating = False
                 self.method.train(was_training)
-        acc.wait_for_everyone()
+        # the other processes wait here and stop with the main process: left waiting in a barrier, they would
+        # hang until killed, and their node would not exit 75
+        if self._any_rank(preempted is not None):
+            raise preempted or Preempted(f"the main process was preempted during the {stage} evaluation")
         return results
 
     # ------------------------------------------------------------------------------------- signals
