@@ -30,78 +30,22 @@ import yaml
 
 from common.config_types import Range
 from common.errors import ConfigError
+from common.yaml_text import (
+    FALSE_WORDS,
+    NULL_WORDS,
+    TRUE_WORDS,
+    PlainText,
+    parse_text,
+    plain_value,
+    read_yaml,
+)
 
 T = TypeVar("T")
 HELP_FLAGS = ("-h", "--help")
 PRINT_CONFIG_FLAG = "--print-config"
-_NULLS = {"null", "Null", "NULL", "~", ""}
-_TRUE, _FALSE = {"true", "True", "TRUE"}, {"false", "False", "FALSE"}
-
-
-# ------------------------------------------------------------------------------------------- reading text
-class _Plain(str):
-    """The text of an unquoted YAML scalar: it may be read as null, a boolean or a number, as its field asks."""
-
-
-class _TextLoader(yaml.SafeLoader):
-    """YAML without implicit typing: every scalar stays the text the user wrote (unquoted ones as ``_Plain``),
-    so that the schema, not YAML 1.1, decides what ``no``, ``on``, ``1e-5`` or ``0777`` mean."""
-
-
-_TextLoader.yaml_implicit_resolvers = {}
-
-
-def _construct_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
-    text = loader.construct_scalar(node)
-    return _Plain(text) if node.style is None else str(text)
-
-
-_TextLoader.add_constructor("tag:yaml.org,2002:str", _construct_text)
-
-
-def _parse_text(text: str, where: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_TextLoader)
-    except yaml.YAMLError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{where} is not valid YAML: {first}") from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping with every scalar kept as text (see ``_TextLoader``); one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    content = _parse_text(path.read_text(), f"config file {path}")
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(content).__name__}")
-    return content
-
-
-def plain_value(value: Any) -> Any:
-    """A value read without a schema (an untyped ``dict`` field, a sweep grid): YAML 1.2's core types."""
-    if isinstance(value, dict):
-        return {key: plain_value(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain_value(item) for item in value]
-    if not isinstance(value, _Plain):
-        return str(value) if isinstance(value, str) else value
-    if value in _NULLS:
-        return None
-    if value in _TRUE or value in _FALSE:
-        return value in _TRUE
-    for number in (int, float):
-        try:
-            return number(value)
-        except ValueError:
-            pass
-    return str(value)
-
-
 # ------------------------------------------------------------------------------------------------- types
-def _is_dataclass_type(tp: Any) -> bool:
+def is_section_type(tp: Any) -> bool:
+    """Whether a field of this type is a nested section (a dataclass)."""
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
@@ -129,7 +73,7 @@ def _without_none(tp: Any) -> tuple[Any, bool]:
 def method_union(tp: Any) -> dict[str, type] | None:
     """For a union of dataclasses that each declare ``name: Literal[...]``: name -> dataclass; else None."""
     args = _union_args(tp)
-    if not args or not all(_is_dataclass_type(a) for a in args):
+    if not args or not all(is_section_type(a) for a in args):
         return None
     choices: dict[str, type] = {}
     for cls in args:
@@ -177,7 +121,7 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     ``key`` when it does not fit."""
     inner, nullable = _without_none(tp)
     is_text = _is_text_type(inner)
-    if value is None or (isinstance(value, _Plain) and value in _NULLS and (nullable or not is_text)):
+    if value is None or (isinstance(value, PlainText) and value in NULL_WORDS and (nullable or not is_text)):
         if nullable or tp is Any:
             return None
         raise _fail(key, type_name(tp), "null")
@@ -208,8 +152,8 @@ def convert(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and (value in _TRUE or value in _FALSE):
-            return value in _TRUE
+        if isinstance(value, str) and (value in TRUE_WORDS or value in FALSE_WORDS):
+            return value in TRUE_WORDS
         raise _fail(key, "true or false", value)
     if tp in (int, float):
         if isinstance(value, bool):
@@ -271,7 +215,7 @@ def _build(cls: type, default: Any, layers: list[Any], prefix: str) -> Any:
         key = f"{prefix}{name}"
         given = [layer[name] for layer in layers if name in layer]
         current = getattr(default, name)
-        if _is_dataclass_type(tp) or method_union(tp):
+        if is_section_type(tp) or method_union(tp):
             values[name] = _build_section(tp, current, given, key)
         elif given:
             values[name] = convert(given[-1], tp, key)
@@ -310,9 +254,9 @@ def _dotted(overrides: Sequence[str], schema: type) -> dict[str, Any]:
             raise ConfigError(f"cannot parse override '{item}': expected key=value")
         if _is_text_field(schema, key):  # the text as written; a quoted YAML string (from a sweep) unquoted
             quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
-            value = _parse_text(text, f"the value of '{key}'") if quoted else _Plain(text)
+            value = parse_text(text, f"the value of '{key}'") if quoted else PlainText(text)
         else:
-            value = _parse_text(text, f"the value of '{key}'")
+            value = parse_text(text, f"the value of '{key}'")
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
@@ -332,7 +276,7 @@ def _is_text_field(schema: type, dotted: str) -> bool:
         nxt = []
         for cls in classes:
             tp = field_types(cls).get(part)
-            if _is_dataclass_type(tp):
+            if is_section_type(tp):
                 nxt.append(tp)
             elif (choices := method_union(tp)) is not None:
                 nxt.extend(dict.fromkeys(choices.values()))
@@ -405,25 +349,6 @@ def resolve(schema: type[T], line: CommandLine, default_config: str | Path | Non
 def config_from_dict(schema: type[T], values: dict[str, Any]) -> T:
     """A ``schema`` instance from a plain nested dict (a run's saved config), checked like a YAML file."""
     return _build(schema, None, [values], "")
-
-
-def parse_command_line(schema: type[T], argv: Sequence[str] | None, usage: str,
-                       default_config: str | Path | None = None) -> T | None:
-    """What every entry point does with its arguments: ``--help`` prints ``usage`` and every key of ``schema``
-    (type, default, comment); ``--print-config`` prints the resolved YAML; both return None without running
-    anything. Otherwise the resolved config."""
-    from common.config_help import schema_help  # the help text reads the schema's source: only when asked
-
-    line = split_argv(sys.argv[1:] if argv is None else argv)
-    if line.help:
-        print(usage.strip() + "\n")
-        print(schema_help(schema))
-        return None
-    cfg = resolve(schema, line, default_config)
-    if line.print_config:
-        print(to_yaml(cfg), end="")
-        return None
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------------ output

@@ -1,5 +1,5 @@
-"""``--help`` for every entry point: each key of a config schema with its type, default and the comment the
-dataclass gives it, grouped by section.
+"""``--help`` and ``--print-config`` for every entry point: each key of a config schema with its type, default and
+the comment the dataclass gives it, grouped by section; the resolved config as YAML.
 
 The comments are read from the dataclasses' source: the comment at the end of a field's line, or the comment
 lines right above it.
@@ -11,10 +11,15 @@ import dataclasses
 import inspect
 import io
 import json
+import sys
 import tokenize
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
-from common.config import _is_dataclass_type, field_types, method_union, type_name
+from common.config import field_types, is_section_type, method_union, resolve, split_argv, to_yaml, type_name
+
+T = TypeVar("T")
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -72,7 +77,7 @@ def _section_lines(cls: type, instance: Any, prefix: str, out: list[tuple[str, l
     nested: list[tuple[type, Any, str, dict | None]] = []
     for name, tp in field_types(cls).items():
         value = getattr(instance, name)
-        if _is_dataclass_type(tp):
+        if is_section_type(tp):
             nested.append((tp, value, f"{prefix}{name}.", None))
             continue
         choices = method_union(tp)
@@ -108,3 +113,20 @@ def schema_help(schema: type) -> str:
             text.append(f"\n[{title}]")
             text.extend(rows)
     return "\n".join(text)
+
+
+def parse_command_line(schema: type[T], argv: Sequence[str] | None, usage: str,
+                       default_config: str | Path | None = None) -> T | None:
+    """What every entry point does with its arguments: ``--help`` prints ``usage`` and every key of ``schema``
+    (type, default, comment); ``--print-config`` prints the resolved YAML; both return None without running
+    anything. Otherwise the resolved config."""
+    line = split_argv(sys.argv[1:] if argv is None else argv)
+    if line.help:
+        print(usage.strip() + "\n")
+        print(schema_help(schema))
+        return None
+    cfg = resolve(schema, line, default_config)
+    if line.print_config:
+        print(to_yaml(cfg), end="")
+        return None
+    return cfg

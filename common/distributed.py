@@ -11,9 +11,13 @@ gradient by the world size.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from common.errors import ConfigError
 
 
 def is_distributed() -> bool:
@@ -145,3 +149,15 @@ def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     if dist.get_backend() == "gloo":
         return _to_global_batchnorm(model)
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def check_launch(num_processes: int) -> None:
+    """``accelerate launch --cpu --num_processes N`` (N > 1) starts a single process in Accelerate 1.x (several
+    CPU processes need MPI there); the launcher then still sets the rendezvous address. Refuse to run one
+    process where several were asked, and give the command that works."""
+    launched_one = (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ
+                    and "WORLD_SIZE" not in os.environ)
+    if launched_one and num_processes == 1:
+        raise ConfigError("accelerate launch --cpu started 1 process where several were asked (Accelerate runs "
+                          "several CPU processes only through MPI); use: ACCELERATE_USE_CPU=true accelerate "
+                          "launch --multi_gpu --num_processes N <script> ...")

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.config import parse_command_line
+from common.config_help import parse_command_line
 from common.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_PREEMPTED, InputError
 from common.trainer import BuildMethod, Evaluate, NonFiniteLossError, Preempted, Trainer
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from common.config_types import NonNegativeFloat
+from common.schedules import step_decay, warmup_cosine
 
 
 @dataclass
@@ -146,3 +147,12 @@ def build_optimizer(cfg: OptimConfig, groups: list[dict]) -> torch.optim.Optimiz
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                                  foreach=cfg.foreach)
     raise ValueError(f"optim.name must be one of sgd, lars, adam, adamw, not '{cfg.name}'")
+
+
+def learning_rate(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int, base: float) -> float:
+    if cfg.schedule == "warmup_cosine":
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        return warmup_cosine(step, total_steps, warmup, base, cfg.final_lr * base)
+    if cfg.schedule == "step":
+        return step_decay(step, [round(m * total_steps) for m in cfg.milestones], base, cfg.gamma)
+    return base  # constant

@@ -36,9 +36,10 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from common.config import load_config, plain_value, read_yaml
+from common.config import load_config
 from common.entry import run_command
 from common.errors import ConfigError
+from common.yaml_text import plain_value, read_yaml
 
 _SWEEP_KEYS = {"train", "base", "output_root", "name", "overrides", "grid"}
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")

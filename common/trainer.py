@@ -20,7 +20,6 @@ requeued run repeats that evaluation).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from collections.abc import Callable
@@ -48,12 +47,12 @@ from common.checkpoint import (
 )
 from common.config import to_dict, to_yaml
 from common.data import build_dataset, dataset_info, skipped_files
-from common.errors import ConfigError, RunFolderError
+from common.distributed import check_launch
+from common.errors import RunFolderError
 from common.method import Method
 from common.metrics_log import MetricsLog
-from common.optim import OptimConfig, build_optimizer, param_groups, scaled_lr
+from common.optim import build_optimizer, learning_rate, param_groups, scaled_lr
 from common.probe import OnlineProbe
-from common.schedules import step_decay, warmup_cosine
 from common.seeds import MICRO_BATCH_RNG, derive_seed
 from common.train_config import TrainConfig, check_train_config
 
@@ -86,33 +85,12 @@ Evaluate = Callable[[Method, Any, Accelerator, str], dict]
 BuildMethod = Callable[[Any, nn.Module, int], Method]
 
 
-def learning_rate(cfg: OptimConfig, step: int, total_steps: int, steps_per_epoch: int, base: float) -> float:
-    if cfg.schedule == "warmup_cosine":
-        warmup = round(cfg.warmup_epochs * steps_per_epoch)
-        return warmup_cosine(step, total_steps, warmup, base, cfg.final_lr * base)
-    if cfg.schedule == "step":
-        return step_decay(step, [round(m * total_steps) for m in cfg.milestones], base, cfg.gamma)
-    return base  # constant
-
-
 def build_initial_method(cfg: TrainConfig, build_method: BuildMethod, in_chans: int) -> Method:
     """The method before its first step: the global RNG seeded with ``cfg.seed``, then the backbone, then the
     method. Every rank gets the same weights this way, and an analysis can rebuild them from a run's config."""
     torch.manual_seed(cfg.seed)
     backbone, feature_dim = build_backbone(cfg.backbone, in_chans)
     return build_method(cfg, backbone, feature_dim)
-
-
-def check_launch(accelerator: Accelerator) -> None:
-    """``accelerate launch --cpu --num_processes N`` (N > 1) starts a single process in Accelerate 1.x (several
-    CPU processes need MPI there); the launcher then still sets the rendezvous address. Refuse to run one
-    process where several were asked, and give the command that works."""
-    launched_one = (os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in os.environ
-                    and "WORLD_SIZE" not in os.environ)
-    if launched_one and accelerator.num_processes == 1:
-        raise ConfigError("accelerate launch --cpu started 1 process where several were asked (Accelerate runs "
-                          "several CPU processes only through MPI); use: ACCELERATE_USE_CPU=true accelerate "
-                          "launch --multi_gpu --num_processes N <script> ...")
 
 
 @contextmanager
@@ -146,7 +124,7 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker,
                                        project_dir=str(self.output_dir))
         acc = self.accelerator
-        check_launch(acc)
+        check_launch(acc.num_processes)
         check_train_config(cfg, acc.num_processes)
         self.info = dataset_info(cfg.data)
         self.in_chans = cfg.backbone.in_chans or self.info.channels

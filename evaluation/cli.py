@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from common.augment import build_eval_transform
 from common.backbones import is_model_name, load_backbone, read_backbone_config
-from common.config import parse_command_line
+from common.config_help import parse_command_line
 from common.data import dataset_info
 from common.entry import run_command
 from common.errors import ConfigError, RunFolderError

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.augment import AugmentConfig
-from common.config import parse_command_line, split_argv
+from common.config import split_argv
+from common.config_help import parse_command_line
 from common.config_types import PositiveInt
 from common.data import dataset_info
 from common.entry import run_command, usage_text

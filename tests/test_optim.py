@@ -4,7 +4,6 @@ from torch import nn
 
 from common.optim import LARS, OptimConfig, build_optimizer, param_groups, scaled_lr
 
-
 F64 = torch.float64
 EXACT = {"rtol": 1e-14, "atol": 0.0}  # float64: the same few operations in another order, a few units of 2^-53
 
