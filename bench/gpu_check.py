@@ -17,8 +17,9 @@ views once per batch by the on-device augmentation (``common.batch_augment``), s
 step alone; the input pipeline is benchmarked on its own.
 
 The batch (global, one GPU, no accumulation) doubles from ``--start-batch`` until a step runs out of memory,
-reaches ``--max-batch`` or the row's share of ``--budget-seconds`` is spent; the last that fitted then runs
-``--steps`` steps, the first ``--warmup-steps`` untimed. images/s counts samples (each with all its views).
+passes ``--max-batch``, or the next trial and its measured steps would overrun the row's equal share of
+``--budget-seconds``; the last that fitted then runs ``--steps`` steps, the first ``--warmup-steps`` untimed.
+images/s counts samples (each with all its views). The JSON is rewritten after every row.
 
     python bench/gpu_check.py --device cuda --out bench/results/gpu      # scripts/gpu_check.sh runs this
     python bench/gpu_check.py --quick                                    # the same code on the CPU, tiny sizes
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import json
 import math
 import sys
 import time
@@ -40,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import torch
 
-from bench.timing import machine, set_threads, synchronize, write_json
+from bench.timing import machine, set_threads, synchronize
 from common.backbones import build_backbone
 from common.backward_scale import BackwardScale, attach_backward_scale
 from common.batch_augment import BatchAugment
@@ -154,9 +156,11 @@ def reset_peak(device: torch.device) -> None:
 
 
 def try_batch(check: Check, overrides: tuple[str, ...], batch: int, device: torch.device, steps: int) -> dict:
-    """Build the run at ``batch`` and take ``steps`` steps: ``{"fits": bool, "seconds_per_step": ...}``."""
+    """Build the run at ``batch`` and take ``steps`` steps: whether it fits, seconds per step (the first steps,
+    with cuDNN's autotuning: an overestimate) and of the whole trial, peak memory."""
     free_memory()
     reset_peak(device)
+    start_trial = time.perf_counter()
     try:
         step = TrainStep(check, overrides, batch, device)
         start = time.perf_counter()
@@ -169,24 +173,27 @@ def try_batch(check: Check, overrides: tuple[str, ...], batch: int, device: torc
     finally:
         step = None
         free_memory()
-    return {"batch": batch, "fits": True, "seconds_per_step": seconds, "peak_gib": peak_memory_gib(device)}
+    return {"batch": batch, "fits": True, "seconds_per_step": seconds,
+            "trial_seconds": time.perf_counter() - start_trial, "peak_gib": peak_memory_gib(device)}
 
 
 def largest_batch(check: Check, overrides: tuple[str, ...], device: torch.device, start: int, limit: int,
-                  deadline: float, trial_steps: int) -> tuple[int | None, list[dict]]:
-    """Double the batch from ``start`` until it no longer fits, passes ``limit`` or time runs out."""
+                  deadline: float, trial_steps: int, measured_steps: int) -> tuple[int | None, list[dict], str]:
+    """Double the batch from ``start`` until it no longer fits or passes ``limit``, or until trying the next one
+    and then measuring ``measured_steps`` steps at it would end after ``deadline`` (a doubled batch takes about
+    twice the time). Returns the last batch that fitted, the trials and why the search stopped."""
     tried, best, batch = [], None, start
     while batch <= limit:
         trial = try_batch(check, overrides, batch, device, trial_steps)
         tried.append(trial)
         if not trial["fits"]:
-            break
+            return best, tried, "out of memory"
         best = batch
-        # the next trial takes about twice this one's time; stop if it would pass the deadline
-        if time.monotonic() + 2 * trial_steps * trial["seconds_per_step"] * 2 > deadline:
-            break
+        still_needed = 2 * trial["trial_seconds"] + measured_steps * 2 * trial["seconds_per_step"]
+        if batch * 2 <= limit and time.monotonic() + still_needed > deadline:
+            return best, tried, "time"
         batch *= 2
-    return best, tried
+    return best, tried, "max batch"
 
 
 def measure(check: Check, overrides: tuple[str, ...], batch: int, device: torch.device, steps: int,
@@ -207,12 +214,15 @@ def measure(check: Check, overrides: tuple[str, ...], batch: int, device: torch.
               "finite_loss": bool(torch.isfinite(losses).all()), "first_loss": float(losses[0]),
               "last_loss": float(losses[-1]), "views": [list(v.shape[1:]) for v in step.views],
               "optimizer": step.cfg.optim.name}
+    if step.scaler is not None:  # fp16: the scale after the steps (it halves at every step with inf/nan gradients)
+        result["final_grad_scale"] = step.scaler.get_scale()
     del step
     free_memory()
     return result
 
 
-def run(args) -> list[dict]:
+def run(args, save) -> list[dict]:
+    """Every row of ``CHECKS``; ``save(rows)`` after each (a time limit that stops the script keeps them)."""
     device = torch.device(args.device)
     overrides = QUICK_OVERRIDES if args.quick else ()
     deadline_all = time.monotonic() + args.budget_seconds
@@ -220,15 +230,14 @@ def run(args) -> list[dict]:
     rows = []
     for index, check in enumerate(CHECKS):
         row: dict = {"check": check.name, "config": check.config, "mixed_precision": check.mixed_precision}
-        # the rows left share the time left (the measured steps take about as long as the search)
-        deadline = time.monotonic() + (deadline_all - time.monotonic()) / (len(CHECKS) - index) / 2
+        deadline = time.monotonic() + (deadline_all - time.monotonic()) / (len(CHECKS) - index)  # an equal share
         if check.batch_from is not None:
             batch = found.get(check.batch_from)
-            row["search"] = f"the batch of {check.batch_from}"
+            row["search"], row["stopped"] = f"the batch of {check.batch_from}", None
         else:
-            batch, tried = largest_batch(check, overrides, device, args.start_batch, args.max_batch, deadline,
-                                         args.trial_steps)
-            row["search"] = tried
+            batch, row["search"], row["stopped"] = largest_batch(check, overrides, device, args.start_batch,
+                                                                 args.max_batch, deadline, args.trial_steps,
+                                                                 args.steps)
             found[check.name] = batch
         row["batch"] = batch
         if batch is None:
@@ -241,13 +250,15 @@ def run(args) -> list[dict]:
                 free_memory()
         rows.append(row)
         print_row(row, flush=True)
+        save(rows)
     return rows
 
 
-def search_text(search) -> str:
-    if isinstance(search, str):
-        return search
-    return " ".join(f"{t['batch']}{'' if t['fits'] else ':OOM'}" for t in search)
+def search_text(row: dict) -> str:
+    if isinstance(row["search"], str):
+        return row["search"]
+    tried = " ".join(f"{t['batch']}{'' if t['fits'] else ':OOM'}" for t in row["search"])
+    return f"{tried}; stopped: {row['stopped']}"
 
 
 def print_row(row: dict, flush: bool = False) -> None:
@@ -258,7 +269,8 @@ def print_row(row: dict, flush: bool = False) -> None:
     peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
     print(f"  {row['check']:<11} {row['mixed_precision']:<5} {row['batch']:>6} {row['images_per_second']:>10.1f} "
           f"{peak:>9} {row['finite_loss']!s:>6}  {row['first_loss']:.3f} -> {row['last_loss']:.3f}   "
-          f"[{search_text(row['search'])}]", flush=flush)
+          f"[{search_text(row)}]" + (f" grad scale {row['final_grad_scale']:g}" if "final_grad_scale" in row else ""),
+          flush=flush)
 
 
 def print_header(device: str, args) -> None:
@@ -291,9 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     set_threads(args.threads, args.quick)
     print_header(args.device, args)
-    rows = run(args)
-    write_json(Path(args.out) / "gpu_check.json", machine(args.device) | {"quick": args.quick, "steps": args.steps,
-                                                                             "warmup_steps": args.warmup_steps}, rows)
+    setup = machine(args.device) | {"quick": args.quick, "steps": args.steps, "warmup_steps": args.warmup_steps,
+                                    "budget_seconds": args.budget_seconds}
+    output = Path(args.out) / "gpu_check.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows = run(args, lambda rows: output.write_text(json.dumps({"setup": setup, "results": rows}, indent=2) + "\n"))
+    print(f"wrote {output}")
     failed = [row["check"] for row in rows if "error" in row or not row["finite_loss"]]
     if failed:
         print(f"error: {', '.join(failed)} failed (no batch fitted, or a non-finite loss)", file=sys.stderr)

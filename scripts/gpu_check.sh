@@ -13,10 +13,10 @@
 # Part 3  bench/vcreg_overhead.py: VCReg layer cost (identity / naive / fast / BatchNorm) on ConvNeXt-T and ViT-B/32.
 # Part 4  the input-pipeline benchmark (see the marked place below).
 #
-# Every part has a time limit (PART*_SECONDS; their sum is 7.5 minutes); a part that fails or runs out of time is
+# Every part has a time limit (PART*_SECONDS; their sum is 7.75 minutes); a part that fails or runs out of time is
 # reported and the next one still runs; the exit status is 1 if any part failed. JSON files go to DIR.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-python}"
 QUICK=0
@@ -33,8 +33,8 @@ mkdir -p "$OUT"
 
 # --quick: generous limits (a test on a shared CPU must not fail because the machine is busy)
 LIMIT_DEFAULT=$([ "$QUICK" = 1 ] && echo 900)
-PART1_SECONDS="${PART1_SECONDS:-${LIMIT_DEFAULT:-240}}"
-PART2_SECONDS="${PART2_SECONDS:-${LIMIT_DEFAULT:-150}}"
+PART1_SECONDS="${PART1_SECONDS:-${LIMIT_DEFAULT:-270}}"
+PART2_SECONDS="${PART2_SECONDS:-${LIMIT_DEFAULT:-135}}"
 PART3_SECONDS="${PART3_SECONDS:-${LIMIT_DEFAULT:-60}}"
 FAILED=()
 
@@ -71,7 +71,7 @@ if [ "$QUICK" = 1 ]; then
     --output "$OUT/vcreg_overhead.json"
 else
   run_part "part 1: paper main configs" "$PART1_SECONDS" "$PYTHON" bench/gpu_check.py --device cuda \
-    --budget-seconds "$((PART1_SECONDS - 60))" --out "$OUT"
+    --budget-seconds "$((PART1_SECONDS - 45))" --out "$OUT"
   run_part "part 2: speed switches" "$PART2_SECONDS" "$PYTHON" bench/switches.py --device cuda \
     --backbone resnet50 --image-size 224 --channels 3 --batch 256 --output "$OUT/switches.json"
   run_part "part 3: VCReg layer overhead" "$PART3_SECONDS" "$PYTHON" bench/vcreg_overhead.py --device cuda \

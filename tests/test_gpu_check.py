@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,14 +30,17 @@ def test_batch_search_doubles_until_out_of_memory_and_keeps_the_last_that_fitted
         def __call__(self):
             return torch.tensor(1.0)
 
+    def search(limit: int, deadline: float):
+        built.clear()
+        return gpu_check.largest_batch(gpu_check.CHECKS[0], (), torch.device("cpu"), start=2, limit=limit,
+                                       deadline=deadline, trial_steps=1, measured_steps=50)
+
     monkeypatch.setattr(gpu_check, "TrainStep", FakeStep)
-    best, tried = gpu_check.largest_batch(gpu_check.CHECKS[0], (), torch.device("cpu"), start=2, limit=1024,
-                                          deadline=float("inf"), trial_steps=1)
-    assert best == 8 and built == [2, 4, 8, 16]
+    best, tried, stopped = search(1024, math.inf)
+    assert (best, stopped, built) == (8, "out of memory", [2, 4, 8, 16])
     assert [(t["batch"], t["fits"]) for t in tried] == [(2, True), (4, True), (8, True), (16, False)]
-    best, tried = gpu_check.largest_batch(gpu_check.CHECKS[0], (), torch.device("cpu"), start=2, limit=4,
-                                          deadline=float("inf"), trial_steps=1)
-    assert best == 4 and [t["batch"] for t in tried] == [2, 4]
+    assert search(4, math.inf)[::2] == (4, "max batch") and built == [2, 4]
+    assert search(1024, time.monotonic() - 1)[::2] == (2, "time") and built == [2]  # no time for a next trial
 
 
 def test_quick_gpu_check_runs_every_part(tmp_path):
