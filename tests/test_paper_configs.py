@@ -8,7 +8,7 @@ frozen features that vary across images; have a latent code (``method.branch.cod
 every unit; and a classifier whose logits depend on the test image and, centred over the images, do not all
 pick one class. (Uncentred, after two steps many supervised configs predict one class for every test image:
 the first steps raise the logits of the first batches' classes by about the same amount for every image, and a
-ViT-B/32 predicts one class already at initialisation; centred, they predict 13 to 19 classes of 20 images.)
+ViT-B/32 predicts one class already at initialisation; centred, they pick 6 to 19 classes for 20 images.)
 
 Two worker processes (one thread each) run the configs, slowest first, while the tests read their records.
 A config with a known defect is listed in ``KNOWN_DEFECTS`` with the checks it fails: its test passes as an
