@@ -204,19 +204,20 @@ JITTER_FUNCTIONS = {"brightness": adjust_brightness, "contrast": adjust_contrast
 
 def _where(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
     """``fn(x, *args)`` on the samples where ``mask`` holds, ``x`` elsewhere. On a CPU only those samples are
-    computed; on an accelerator every sample is, and selected, so that no step waits for the mask's value."""
+    computed, and written into ``x`` in place; on an accelerator every sample is, and selected, so that no step
+    waits for the mask's value."""
     if x.device.type != "cpu":
         return torch.where(_per_sample(mask), fn(x, *args), x)
     index = mask.nonzero()[:, 0]
-    if len(index) == 0:
-        return x
-    return x.index_copy(0, index, fn(x[index], *(a[index] for a in args)))
+    if len(index):
+        x[index] = fn(x[index], *(a[index] for a in args))
+    return x
 
 
 def apply_view_params(x: torch.Tensor, params: ViewParams) -> torch.Tensor:
     """Flip, colour jitter (each sample's own order), grayscale, blur, solarise ``[n, c, h, w]`` floats in
     [0, 1] with ``params``, in the order of the per-image pipelines."""
-    x = _where(params.flip, lambda image: image.flip(-1), x)
+    x = _where(params.flip, lambda image: image.flip(-1), x.clone())
     if params.jitter is not None:
         for stage in range(len(JITTER_OPS)):
             for number, name in enumerate(JITTER_OPS):

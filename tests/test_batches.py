@@ -178,3 +178,28 @@ def test_bad_settings_are_config_errors(tmp_path):
         stream(dataset, AugmentConfig(name="none", on="device"))
     with pytest.raises(ConfigError, match="augment.decode=gpu needs augment.on=device"):
         stream(dataset, AugmentConfig(decode="gpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvJPEG)")
+def test_nvjpeg_decodes_as_the_cpu_does_and_the_stream_runs_on_cuda(tmp_path):
+    """nvJPEG's IDCT is not libjpeg-turbo's. Both conform to IEEE 1180 (at most 1 grey level from the exact inverse
+    DCT per Y, Cb, Cr sample), and with 4:4:4 files (no chroma upsampling to differ) the YCbCr -> RGB map
+    (B = Y + 1.772 Cb, the largest coefficient) and its rounding keep them within 1 + 1.772 + 0.5 < 4 levels."""
+    rng = np.random.default_rng(1)
+    files = []
+    for i in range(6):
+        files.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)).save(files[-1], quality=95,
+                                                                                    subsampling=0)
+    dataset = ImageFileDataset(files, torch.zeros(6, dtype=torch.int64), ["a"], skip_corrupt=False)
+    for file in files:
+        data = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8)
+        on_gpu = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda").cpu()
+        on_cpu = decode_jpeg(data, mode=ImageReadMode.RGB)
+        assert (on_gpu.int() - on_cpu.int()).abs().max() < 4
+    cuda = torch.device("cuda")
+    cfg = dataclasses.replace(multicrop(), decode="gpu")
+    s = BatchStream(dataset, cfg, INFO, 3, 2, 1, 0, 1, seed=3, device=cuda, num_workers=1)
+    for _, views, labels in s.epoch(0):
+        assert [tuple(v.shape) for v in views[0]] == [(2, 3, 24, 24)] * 2 + [(2, 3, 12, 12)] * 2
+        assert all(v.is_cuda and torch.isfinite(v).all() for v in views[0])
