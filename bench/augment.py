@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.warmup = 2, 0
     args.threads = set_threads(args.threads, args.quick)
+    setup = machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick}
     results = [bench_recipe(name, args) for name in args.recipes]
     jpeg = bench_jpeg(args)
     print_table(results)
@@ -171,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{name} {fmt(q, 0)}" for name, q in jpeg["images_per_second"].items()))
     print("a worker's images/s, crops alone over the whole per-image pipeline: "
           + ", ".join(f"{name} {fmt(q, 2)}" for name, q in jpeg["crop_over_full"].items()))
-    write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick},
-               {"recipes": results, "jpeg": jpeg})
+    write_json(args.output, setup, {"recipes": results, "jpeg": jpeg})
     return 0
 
 

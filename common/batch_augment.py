@@ -71,7 +71,7 @@ def draw_crop_boxes(height: int, width: int, scale: tuple[float, float], draws: 
     w = torch.round(torch.sqrt(area * ratio))
     h = torch.round(torch.sqrt(area / ratio))
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits
+    first = fits.int().argmax(dim=1, keepdim=True)  # the first try that fits
     w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(dim=1)
     in_ratio = width / height
     if in_ratio < CROP_RATIO[0]:
