@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2],
                         help="data.num_workers of the augment.on=loader pipelines")
     parser.add_argument("--steps", type=int, default=20, help="steps per measurement")
-    parser.add_argument("--jpeg", type=int, default=0, help="train on this many synthetic JPEG files (0: the config's data)")
+    parser.add_argument("--jpeg", type=int, default=0,
+                        help="train on this many synthetic JPEG files (0: the config's data)")
     parser.add_argument("--jpeg-size", type=int, nargs=2, default=(500, 375), help="their width and height")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--rounds", type=int, default=5)

@@ -62,13 +62,13 @@ class AugmentConfig:
     saturation: float = 0.8
     hue: float = 0.2
     grayscale_prob: float = 0.2
-    blur_prob: list[float] = field(default_factory=lambda: [0.5])  # per view, cycled, any size (BYOL: [1.0, 0.1]; SimCLR on CIFAR: [0.0])
+    blur_prob: list[float] = field(default_factory=lambda: [0.5])  # per view, cycled, any size (BYOL: [1.0, 0.1])
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
     solarize_prob: list[float] = field(default_factory=lambda: [0.0])  # per view, cycled (BYOL: [0.0, 0.2])
     local_crops: int = 0  # DINO/SwAV multi-crop
     local_size: int = 96
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-    decode: str = "cpu"  # on=device with image files: cpu (loader workers decode, crop) | gpu (nvJPEG on the device)
+    decode: str = "cpu"  # on=device, image files: cpu (workers decode + crop) | gpu (nvJPEG on the CUDA device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def check_augment_config(cfg: AugmentConfig) -> None:
     if cfg.decode == "gpu" and cfg.on != "device":
         raise ConfigError("augment.decode=gpu needs augment.on=device (the views are augmented where they are decoded)")
     if cfg.interpolation not in INTERPOLATIONS:
-        raise ConfigError(f"augment.interpolation must be one of {', '.join(INTERPOLATIONS)}, got '{cfg.interpolation}'")
+        choices = ", ".join(INTERPOLATIONS)
+        raise ConfigError(f"augment.interpolation must be one of {choices}, got '{cfg.interpolation}'")
     if cfg.num_views < 1:
         raise ConfigError(f"augment.num_views must be at least 1, got {cfg.num_views}")
     if cfg.local_crops < 0:
@@ -284,8 +285,8 @@ def crop_channels(info: DatasetInfo, out_channels: int) -> int:
     return 1 if out_channels == 1 or info.channels == 1 else 3
 
 
-def build_crop_transforms(cfg: AugmentConfig, info: DatasetInfo, out_channels: int) -> tuple[v2.Compose,
-                                                                                              list[v2.RandomResizedCrop]]:
+def build_crop_transforms(cfg: AugmentConfig, info: DatasetInfo,
+                          out_channels: int) -> tuple[v2.Compose, list[v2.RandomResizedCrop]]:
     """The loader-side half of ``augment.on=device`` for image files: ``(to_uint8, crops)``. ``to_uint8`` maps a
     PIL image or uint8 tensor to a uint8 tensor of ``crop_channels`` channels; ``crops`` holds one random resized
     crop per view (global views, then local crops) to its output size, uint8 in, uint8 out -- the first step of

@@ -146,7 +146,8 @@ def test_solarize_and_grayscale_take_effect():
         augment = BatchAugment(AugmentConfig(**base, **changes), RGB, 3, dtype=torch.float64)
         return augment(x, torch.Generator().manual_seed(0))[0] * 0.25 + 0.5
 
-    plain, solar, grayed = view(grayscale_prob=0.0), view(grayscale_prob=0.0, solarize_prob=[1.0]), view(grayscale_prob=1.0)
+    plain, grayed = view(grayscale_prob=0.0), view(grayscale_prob=1.0)
+    solar = view(grayscale_prob=0.0, solarize_prob=[1.0])
     assert (plain >= SOLARIZE_THRESHOLD).all()  # so every pixel is inverted
     assert torch.allclose(solar, 1 - plain, rtol=0, atol=FLOAT64)
     assert torch.equal(grayed[:, 0], grayed[:, 1]) and not torch.equal(plain[:, 0], plain[:, 1])

@@ -67,7 +67,7 @@ def test_workers_crop_and_the_device_augments(tmp_path):
     s = stream(dataset, multicrop())
     assert s.steps_per_epoch == 3
     out = batches(s)
-    step, views, labels = out[0]
+    _, views, labels = out[0]
     assert [tuple(v.shape) for v in views[0]] == [(4, 3, 24, 24)] * 2 + [(4, 3, 12, 12)] * 2
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views[0])
     assert not torch.equal(views[0][0], views[0][1])
@@ -160,7 +160,7 @@ def test_other_datasets_are_decoded_in_the_workers(tmp_path):
     dataset = Generated()
     assert encoded_jpeg(dataset, 0) is None
     cfg = dataclasses.replace(simclr_augment(), image_size=16, on="device")
-    step, views, labels = batches(stream(dataset, cfg))[0]
+    _, views, _ = batches(stream(dataset, cfg))[0]
     assert [tuple(v.shape) for v in views[0]] == [(4, 3, 16, 16)] * 2
     to_uint8, crops = build_crop_transforms(cfg, INFO, 3)
     encoded = EncodedCrops(dataset, to_uint8, crops, seed=0)
