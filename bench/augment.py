@@ -8,10 +8,14 @@ Images per second of one process (one DataLoader worker's worth of CPU) for thre
 - ``dino_multicrop``: DINO's multi-crop (``common.augment.dino_multicrop``): 2 global 224 px and 8 local
   96 px crops of 256 px RGB images (ImageNet statistics; JPEG decoding not included).
 
-The loader path of image folders (``augment.on=loader``; ImageNet) also decodes a JPEG per image: ``jpeg``
-times ``common.data.ImageFileDataset`` on 500 x 375 px JPEG files (ImageNet's typical size, quality 90, smooth
-random content) written to a temporary folder, decoding only, and decoding followed by the SimCLR (2 x 224 px)
-and the DINO multi-crop pipelines: the decode + augment rate of one loader worker.
+The loader path of image folders also decodes a JPEG per image: ``jpeg`` times ``common.data.ImageFileDataset``
+on 500 x 375 px JPEG files (ImageNet's typical size, quality 90, smooth random content) written to a temporary
+folder: decoding only; decoding followed by the SimCLR (2 x 224 px) and DINO multi-crop per-image pipelines
+(``augment.on=loader``: the decode + augment rate of one loader worker); and decoding followed by the crops alone
+(``augment.on=device``: what a worker does there, ``common.decode.crop_views``; the rest runs batched on the
+training device). ``crop_over_full`` is the ratio of a worker's images/s with crops alone to that with the whole
+per-image pipeline, taken within each round. ``device_half`` times that rest on this CPU
+(``BatchAugment.augment_crops`` on a batch of crops, one process), for a machine without an accelerator.
 
 ``per_image`` runs the ``torchvision.transforms.v2`` pipelines of ``common.augment.build_view_transforms``
 through ``common.data.MultiViewDataset`` (with its per-sample seeding) on uint8 tensors, as a loader worker
@@ -37,10 +41,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from bench.timing import fmt, interleaved, machine, quartiles, set_threads, write_json
-from common.augment import build_view_transforms, dino_multicrop, simclr_augment
+from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
+from common.augment import build_crop_transforms, build_view_transforms, dino_multicrop, simclr_augment
 from common.batch_augment import BatchAugment
 from common.data import ImageFileDataset, MultiViewDataset, dataset_info
+from common.decode import crop_views
 
 # name: (augment config, dataset whose statistics and channels apply, source image side,
 #        images per batched call, images per per-image measurement)
@@ -110,20 +115,31 @@ def write_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
 
 
 def bench_jpeg(args) -> dict:
-    """Images/s of one process for decoding JPEG files, and decoding followed by each per-image pipeline."""
+    """Images/s of one process for decoding JPEG files, then each per-image pipeline or the crops alone."""
     count, size = (4, (64, 48)) if args.quick else (32, (500, 375))
     info = dataset_info("imagenet")
+    recipes = {"simclr": simclr_augment(), "dino_multicrop": dino_multicrop()}
     with tempfile.TemporaryDirectory() as tmp:
         files = write_jpegs(Path(tmp), count, size)
         decoded = ImageFileDataset(files, torch.zeros(count, dtype=torch.int64), ["synthetic"], skip_corrupt=False)
-        pipelines = {"decode": None, "decode_simclr": simclr_augment(), "decode_dino_multicrop": dino_multicrop()}
-        readers = {name: decoded if cfg is None else
-                   MultiViewDataset(decoded, build_view_transforms(cfg, info, info.channels), seed=0)
-                   for name, cfg in pipelines.items()}
-        seconds = interleaved({name: (lambda r=reader: [r[i] for i in range(count)]) for name, reader in readers.items()},
-                              args.rounds, args.warmup)
+        readers = {"decode": decoded}
+        for name, cfg in recipes.items():
+            readers[f"decode_{name}"] = MultiViewDataset(decoded, build_view_transforms(cfg, info, info.channels),
+                                                         seed=0)
+            readers[f"decode_crop_{name}"] = crop_views(decoded, *build_crop_transforms(cfg, info, info.channels),
+                                                        seed=0)
+        crops = {name: [torch.stack(v) for v in zip(*(readers[f"decode_crop_{name}"][i][0] for i in range(count)))]
+                 for name in recipes}
+        device_half = {name: BatchAugment(cfg, info, info.channels) for name, cfg in recipes.items()}
+        generator = torch.Generator().manual_seed(0)
+        fns = {name: (lambda r=reader: [r[i] for i in range(count)]) for name, reader in readers.items()}
+        fns.update({f"device_half_{name}": (lambda a=augment, c=crops[name]: a.augment_crops(c, generator))
+                    for name, augment in device_half.items()})
+        seconds = interleaved(fns, args.rounds, args.warmup)
     return {"source_size": list(size), "images": count, "quality": 90,
-            "images_per_second": {name: quartiles([count / t for t in s]) for name, s in seconds.items()}}
+            "images_per_second": {name: quartiles([count / t for t in s]) for name, s in seconds.items()},
+            "crop_over_full": {name: quartiles(ratios(seconds, f"decode_{name}", f"decode_crop_{name}"))
+                               for name in recipes}}
 
 
 def print_table(results: list[dict]) -> None:
@@ -148,13 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.warmup = 2, 0
     args.threads = set_threads(args.threads, args.quick)
+    setup = machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick}
     results = [bench_recipe(name, args) for name in args.recipes]
     jpeg = bench_jpeg(args)
     print_table(results)
     print(f"JPEG {jpeg['source_size'][0]} x {jpeg['source_size'][1]} px, images/s of one process: "
           + ", ".join(f"{name} {fmt(q, 0)}" for name, q in jpeg["images_per_second"].items()))
-    write_json(args.output, machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick},
-               {"recipes": results, "jpeg": jpeg})
+    print("a worker's images/s, crops alone over the whole per-image pipeline: "
+          + ", ".join(f"{name} {fmt(q, 2)}" for name, q in jpeg["crop_over_full"].items()))
+    write_json(args.output, setup, {"recipes": results, "jpeg": jpeg})
     return 0
 
 

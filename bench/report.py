@@ -63,6 +63,11 @@ def augment(data: dict) -> list[str]:
     lines += ["", (f"Loader path of image folders, one process, {jpeg['source_size'][0]} x {jpeg['source_size'][1]} px "
               f"JPEG (quality {jpeg['quality']}):"), "", "| per image | images/s |", "|---|---:|"]
     lines += [f"| {name.replace('_', ' ')} | {q(v, 0)} |" for name, v in jpeg["images_per_second"].items()]
+    if "crop_over_full" in jpeg:
+        lines += ["", "A worker's images/s with the crops alone (`augment.on=device`) over the whole per-image pipeline "
+                  "(`augment.on=loader`), within each round: "
+                  + ", ".join(f"{name.replace('_', ' ')} {q(v, 2)}" for name, v in jpeg["crop_over_full"].items())
+                  + "."]
     return lines
 
 
@@ -109,8 +114,10 @@ def switches(data: dict) -> list[str]:
 
 def trainer_throughput(data: dict) -> list[str]:
     r = data["results"]
-    lines = [(f"`{r['config']}` {' '.join(r['overrides'])}, {r['steps']} steps per measurement; images/s count "
-             "images (each with all its views)"), "",
+    files = (f" on {r['jpeg_images']} synthetic {r['jpeg_size'][0]} x {r['jpeg_size'][1]} px JPEG files"
+             if r.get("jpeg_images") else "")
+    lines = [(f"`{r['config']}` {' '.join(r['overrides'])}{files}, {r['steps']} steps per measurement; images/s "
+             "count images (each with all its views)"), "",
              ("| pipeline | trainer images/s | step images/s | data images/s | data images/s per worker "
              "| trainer / step |"), "|---|---:|---:|---:|---:|---:|"]
     for name, row in r["pipelines"].items():

@@ -13,13 +13,22 @@ timed in interleaved rounds:
 the training device (``augment.on=device``, the default of the Fashion-MNIST configs) and per-image torchvision
 transforms in loader workers (``augment.on=loader``, ``data.num_workers`` 0, 1, 2).
 
+``--jpeg N`` trains on N synthetic 500 x 375 px JPEG files instead (``data.name=image_folder``, two classes,
+written to a temporary folder as ``bench/augment.py`` writes them), as on ImageNet. Its pipelines: ``loader_*``
+(decode and the whole per-image pipeline in the workers), ``device_*`` (workers decode and crop, the device does
+the rest: ``augment.on=device``) and, on a GPU, ``gpu_decode_*`` (workers read the files, nvJPEG decodes on the
+device: ``augment.decode=gpu``). The trainer runs where accelerate puts it; ``--device cuda`` insists on a GPU
+and synchronises it before reading the clock, ``--device cpu`` hides any GPU.
+
     python bench/trainer_throughput.py                    # the quickstart's SimCLR on Fashion-MNIST
     python bench/trainer_throughput.py --config stochcon/configs/fashion_mnist_bernoulli.yaml --workers 2
+    python bench/trainer_throughput.py --jpeg 256 --workers 1 2 augment.image_size=64 batch_size=32
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +36,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch
+
+from bench.augment import write_jpegs
 from bench.timing import fmt, interleaved, machine, quartiles, ratios, set_threads, write_json
 from common.config import load_config
 from common.trainer import Trainer
@@ -67,10 +79,30 @@ class Loops:
         sum(1 for _ in self._epoch_batches())  # draw every batch (read, augment, move) and drop it
 
 
-def pipelines(workers: list[int]) -> dict[str, list[str]]:
-    out = {"device": ["augment.on=device", "data.num_workers=0"]}
-    out.update({f"loader_{n}workers": ["augment.on=loader", f"data.num_workers={n}"] for n in workers})
+def pipelines(workers: list[int], files: bool, gpu: bool) -> dict[str, list[str]]:
+    """Overrides of each input pipeline; with image files the device pipelines have loader workers too."""
+    out = {}
+    if not files:
+        out["device"] = ["augment.on=device", "augment.decode=cpu", "data.num_workers=0"]
+    out.update({f"loader_{n}workers": ["augment.on=loader", "augment.decode=cpu", f"data.num_workers={n}"]
+                for n in workers})
+    if files:
+        out.update({f"device_{n}workers": ["augment.on=device", "augment.decode=cpu", f"data.num_workers={n}"]
+                    for n in workers})
+    if files and gpu:
+        out.update({f"gpu_decode_{n}workers": ["augment.on=device", "augment.decode=gpu", f"data.num_workers={n}"]
+                    for n in workers})
     return out
+
+
+def image_folder(root: Path, count: int, size: tuple[int, int]) -> list[str]:
+    """``count`` synthetic JPEG files in two class folders under ``root``; the overrides that train on them."""
+    for label in range(2):
+        (root / "train" / f"class{label}").mkdir(parents=True)
+        files = write_jpegs(root / "train" / f"class{label}", count // 2, size)
+        for file in files:  # write_jpegs numbers from 0 in each folder: keep the names apart
+            file.rename(file.with_name(f"{label}_{file.name}"))
+    return ["data.name=image_folder", f"data.root={root}"]
 
 
 def build_trainer(args, overrides: list[str], folder: Path) -> Trainer:
@@ -85,16 +117,18 @@ def build_trainer(args, overrides: list[str], folder: Path) -> Trainer:
 def run(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         loops, cfgs = {}, {}
-        for name, overrides in pipelines(args.workers).items():
-            trainer = build_trainer(args, overrides, Path(tmp) / name)
+        data = image_folder(Path(tmp) / "images", args.jpeg, args.jpeg_size) if args.jpeg else []
+        for name, overrides in pipelines(args.workers, bool(args.jpeg), args.device == "cuda").items():
+            trainer = build_trainer(args, data + overrides, Path(tmp) / name)
             loops[name] = Loops(trainer, args.steps)
             cfgs[name] = {"overrides": overrides, "batch_size": trainer.cfg.batch_size,
                           "views": trainer.cfg.augment.num_views + trainer.cfg.augment.local_crops,
-                          "num_workers": trainer.cfg.data.num_workers}
+                          "num_workers": trainer.cfg.data.num_workers,
+                          "trainer_device": str(trainer.accelerator.device)}
         fns = {}
         for name, loop in loops.items():
             fns[f"{name}:trainer"], fns[f"{name}:step"], fns[f"{name}:data"] = loop.full, loop.step_only, loop.data_only
-        seconds = interleaved(fns, args.rounds, args.warmup)
+        seconds = interleaved(fns, args.rounds, args.warmup, device=args.device)
     rows = {}
     for name, info in cfgs.items():
         images = info["batch_size"] * args.steps
@@ -107,7 +141,8 @@ def run(args) -> dict:
         if info["num_workers"]:
             row["data_images_per_second_per_worker"] = row["data_images_per_second"] / info["num_workers"]
         rows[name] = row
-    return {"config": args.config, "overrides": args.overrides, "steps": args.steps, "pipelines": rows}
+    return {"config": args.config, "overrides": args.overrides, "steps": args.steps, "jpeg_images": args.jpeg,
+            "jpeg_size": list(args.jpeg_size) if args.jpeg else None, "device": args.device, "pipelines": rows}
 
 
 def print_table(result: dict) -> None:
@@ -126,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2],
                         help="data.num_workers of the augment.on=loader pipelines")
     parser.add_argument("--steps", type=int, default=20, help="steps per measurement")
+    parser.add_argument("--jpeg", type=int, default=0,
+                        help="train on this many synthetic JPEG files (0: the config's data)")
+    parser.add_argument("--jpeg-size", type=int, nargs=2, default=(500, 375), help="their width and height")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
@@ -133,11 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="bench/results/trainer_throughput.json")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value for every pipeline")
     args = parser.parse_args(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA: accelerate picks the CPU
+    elif not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     if args.quick:
         args.steps, args.rounds, args.warmup, args.workers = 2, 2, 0, [0, 1]
-        args.overrides = ["data.subset=1024", "batch_size=32", "backbone.width=4", *args.overrides]
+        shrink = ["augment.image_size=32", "augment.local_size=16"] if args.jpeg else ["data.subset=1024"]
+        args.overrides = [*shrink, "batch_size=32", "backbone.width=4", *args.overrides]
+        args.jpeg_size = (64, 48) if args.jpeg else args.jpeg_size
     args.threads = set_threads(args.threads, args.quick)
-    setup = machine() | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick}
+    setup = machine(args.device) | {"rounds": args.rounds, "warmup": args.warmup, "quick": args.quick}
     result = run(args)
     print_table(result)
     write_json(args.output, setup, result)

@@ -6,7 +6,9 @@ few training images into ``DIR/views.png`` (with the numbers in ``DIR/views.json
 ``common/batch_augment.py`` implements the same ``AugmentConfig`` on whole batches on the training
 device; both read the fields with the meanings documented here. Per-view lists (``blur_prob``,
 ``solarize_prob``) are indexed by the view's position in the output list (global views first, then
-local crops) and cycled when shorter than the number of views.
+local crops), cycled when shorter than the number of views, and applied at every crop size.
+``build_crop_transforms`` is the loader-side half of ``augment.on=device`` for image files: decode and
+random-resized-crop only, the rest on the device.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from common.blur import SeparableGaussianBlur, blur_kernel_size
 from common.config import ConfigError, load_config
 from common.data import (
     DataConfig,
@@ -35,6 +36,9 @@ from common.plots import new_figure, save_figure
 
 AUGMENT_NAMES = ("multiview", "supervised", "none")
 AUGMENT_PLACES = ("loader", "device")
+DECODERS = ("cpu", "gpu")
+# Crop resampling: SimCLR, BYOL and DINO resize their random crops bicubically.
+INTERPOLATIONS = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
 # ImageNet-style evaluation resizes to size / 0.875 (256 for 224) before the centre crop.
 EVAL_CROP_FRACTION = 0.875
 # Datasets whose native size is at least this are resized and centre-cropped for evaluation.
@@ -50,6 +54,7 @@ class AugmentConfig:
     num_views: int = 2  # global views (MSBReg's K)
     image_size: int | None = None  # global crop size; None = the dataset's native size
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    interpolation: str = "bicubic"  # crop resize: bicubic (SimCLR, BYOL, DINO) | bilinear
     flip_prob: float = 0.5
     jitter_prob: float = 0.8
     brightness: float = 0.8  # SimCLR colour strength s=1: 0.8s, 0.8s, 0.8s, 0.2s
@@ -57,13 +62,13 @@ class AugmentConfig:
     saturation: float = 0.8
     hue: float = 0.2
     grayscale_prob: float = 0.2
-    blur_prob: list[float] = field(default_factory=lambda: [0.5])  # per view, cycled (BYOL: [1.0, 0.1])
+    blur_prob: list[float] = field(default_factory=lambda: [0.5])  # per view, cycled, any size (BYOL: [1.0, 0.1])
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    blur_min_size: int = 64  # no blur on crops smaller than this (SimCLR skips blur on CIFAR)
     solarize_prob: list[float] = field(default_factory=lambda: [0.0])  # per view, cycled (BYOL: [0.0, 0.2])
     local_crops: int = 0  # DINO/SwAV multi-crop
     local_size: int = 96
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    decode: str = "cpu"  # on=device, image files: cpu (workers decode + crop) | gpu (nvJPEG on the CUDA device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -72,7 +77,7 @@ class AugmentConfig:
 
 def simclr_augment(strength: float = 1.0) -> AugmentConfig:
     """SimCLR (Chen et al., 2020, appendix A): colour jitter 0.8s/0.8s/0.8s/0.2s with p=0.8, grayscale 0.2,
-    blur 0.5 on images of 64 px and more, crop scale 0.08-1."""
+    blur 0.5, crop scale 0.08-1 (its CIFAR-10 recipe drops the blur, appendix B.9: set ``blur_prob=[0.0]``)."""
     return AugmentConfig(
         brightness=0.8 * strength, contrast=0.8 * strength, saturation=0.8 * strength, hue=0.2 * strength
     )
@@ -136,11 +141,18 @@ def check_augment_config(cfg: AugmentConfig) -> None:
         raise ConfigError(f"augment.name must be one of {', '.join(AUGMENT_NAMES)}, got '{cfg.name}'")
     if cfg.on not in AUGMENT_PLACES:
         raise ConfigError(f"augment.on must be one of {', '.join(AUGMENT_PLACES)}, got '{cfg.on}'")
+    if cfg.decode not in DECODERS:
+        raise ConfigError(f"augment.decode must be one of {', '.join(DECODERS)}, got '{cfg.decode}'")
+    if cfg.decode == "gpu" and cfg.on != "device":
+        raise ConfigError("augment.decode=gpu needs augment.on=device (the views are augmented where they are decoded)")
+    if cfg.interpolation not in INTERPOLATIONS:
+        choices = ", ".join(INTERPOLATIONS)
+        raise ConfigError(f"augment.interpolation must be one of {choices}, got '{cfg.interpolation}'")
     if cfg.num_views < 1:
         raise ConfigError(f"augment.num_views must be at least 1, got {cfg.num_views}")
     if cfg.local_crops < 0:
         raise ConfigError(f"augment.local_crops must be non-negative, got {cfg.local_crops}")
-    for key in ("image_size", "local_size", "blur_min_size"):
+    for key in ("image_size", "local_size"):
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"augment.{key} must be a positive number of pixels, got {value}")
@@ -159,47 +171,6 @@ def check_augment_config(cfg: AugmentConfig) -> None:
     _check_range("crop_scale", cfg.crop_scale, 1e-6, 1.0)
     _check_range("local_crop_scale", cfg.local_crop_scale, 1e-6, 1.0)
     _check_range("blur_sigma", cfg.blur_sigma, 1e-6, float("inf"))
-
-
-def blur_kernel_size(size: int) -> int:
-    """Odd Gaussian kernel of about 10% of the crop side (SimCLR: 23 for 224), at least 3."""
-    k = max(3, int(0.1 * size))
-    return k if k % 2 else k + 1
-
-
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Gaussian blur of float images ``[n, c, h, w]``, one sigma per image (``[n]``), reflect padding.
-
-    The kernel is torchvision's (``exp(-d^2 / (2 sigma^2))`` over the integer offsets d, normalised), applied as
-    two 1-D passes: 2k instead of k^2 multiply-adds per pixel (k = 23 at 224 px: 11x fewer).
-    """
-    n, c, h, w = images.shape
-    radius = kernel_size // 2
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma.to(images.dtype)[:, None] ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [n*c, k]
-    flat = F.pad(images.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
-    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)
-    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)
-    return flat.reshape(n, c, h, w)
-
-
-class SeparableGaussianBlur(v2.GaussianBlur):
-    """``v2.GaussianBlur`` (same random sigma, kernel and padding) on image tensors through ``gaussian_blur``'s
-    two 1-D passes; torchvision convolves with the k x k kernel, which made the blur 80% of a 224 px SimCLR
-    view's time in a loader worker."""
-
-    def transform(self, inpt, params: dict):
-        if not isinstance(inpt, torch.Tensor) or inpt.ndim < 3 or self.kernel_size[0] != self.kernel_size[1]:
-            return super().transform(inpt, params)
-        image = inpt.as_subclass(torch.Tensor)
-        flat = image.reshape(-1, *image.shape[-3:])
-        sigma = torch.full((flat.shape[0],), params["sigma"][0])
-        out = gaussian_blur(flat if flat.is_floating_point() else flat.float(), sigma, self.kernel_size[0])
-        if not image.is_floating_point():
-            out = out.round_().to(image.dtype)
-        out = out.reshape(image.shape)
-        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
 def per_view(values: Sequence[float], view: int) -> float:
@@ -228,6 +199,13 @@ def _to_image(info: DatasetInfo, out_channels: int) -> list[Callable]:
     return steps
 
 
+def random_resized_crop(cfg: AugmentConfig, size: int, scale: Sequence[float]) -> v2.RandomResizedCrop:
+    """The random resized crop of every pipeline: area fraction in ``scale``, aspect ratio in [3/4, 4/3],
+    resampled with ``augment.interpolation`` and antialiasing (torchvision's rejection sampling of the box)."""
+    return v2.RandomResizedCrop(size, scale=tuple(scale), interpolation=INTERPOLATIONS[cfg.interpolation],
+                                antialias=True)
+
+
 def _normalize(info: DatasetInfo, out_channels: int) -> list[Callable]:
     mean, std = channel_stats(info, out_channels)
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=mean, std=std)]
@@ -241,10 +219,7 @@ def _ssl_view(cfg: AugmentConfig, info: DatasetInfo, out_channels: int, size: in
               view: int) -> v2.Compose:
     """One SimCLR/BYOL-style view: crop, flip, colour jitter, grayscale, blur, solarize, normalise."""
     steps = _to_image(info, out_channels)
-    steps += [
-        v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
-        v2.RandomHorizontalFlip(cfg.flip_prob),
-    ]
+    steps += [random_resized_crop(cfg, size, scale), v2.RandomHorizontalFlip(cfg.flip_prob)]
     if out_channels == 3:
         jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
     else:  # saturation and hue need colour channels
@@ -253,7 +228,7 @@ def _ssl_view(cfg: AugmentConfig, info: DatasetInfo, out_channels: int, size: in
     if out_channels == 3:
         steps.append(v2.RandomGrayscale(cfg.grayscale_prob))
     blur_prob = per_view(cfg.blur_prob, view)
-    if blur_prob > 0 and size >= cfg.blur_min_size:
+    if blur_prob > 0:
         blur = SeparableGaussianBlur(blur_kernel_size(size), sigma=tuple(cfg.blur_sigma))
         steps.append(v2.RandomApply([blur], p=blur_prob))
     solarize_prob = per_view(cfg.solarize_prob, view)
@@ -280,7 +255,7 @@ def build_supervised_transform(cfg: AugmentConfig, info: DatasetInfo, out_channe
     check_augment_config(cfg)
     size = cfg.image_size or info.image_size
     steps = _to_image(info, out_channels) + [
-        v2.RandomResizedCrop(size, scale=tuple(cfg.crop_scale), antialias=True),
+        random_resized_crop(cfg, size, cfg.crop_scale),
         v2.RandomHorizontalFlip(cfg.flip_prob),
     ]
     return v2.Compose(steps + _normalize(info, out_channels))
@@ -302,6 +277,30 @@ def build_view_transforms(cfg: AugmentConfig, info: DatasetInfo, out_channels: i
         for v in range(cfg.local_crops)
     ]
     return views
+
+
+def crop_channels(info: DatasetInfo, out_channels: int) -> int:
+    """Channels of the uint8 crops that loader workers hand to the device: a 1-channel image stays one channel
+    (the device repeats it after the colour operations, which leave gray pixels gray)."""
+    return 1 if out_channels == 1 or info.channels == 1 else 3
+
+
+def build_crop_transforms(cfg: AugmentConfig, info: DatasetInfo,
+                          out_channels: int) -> tuple[v2.Compose, list[v2.RandomResizedCrop]]:
+    """The loader-side half of ``augment.on=device`` for image files: ``(to_uint8, crops)``. ``to_uint8`` maps a
+    PIL image or uint8 tensor to a uint8 tensor of ``crop_channels`` channels; ``crops`` holds one random resized
+    crop per view (global views, then local crops) to its output size, uint8 in, uint8 out -- the first step of
+    ``build_view_transforms``'s pipelines; flip, colour, blur, solarisation and normalisation run on the device
+    (``common.batch_augment.BatchAugment.augment_crops``)."""
+    check_augment_config(cfg)
+    if cfg.name == "none":
+        raise ConfigError("augment.on=device needs augment.name multiview or supervised (none is the eval transform)")
+    to_uint8 = v2.Compose(_to_image(info, crop_channels(info, out_channels)))
+    size = cfg.image_size or info.image_size
+    crops = [random_resized_crop(cfg, size, cfg.crop_scale)] * cfg.num_views
+    if cfg.name == "multiview":
+        crops += [random_resized_crop(cfg, cfg.local_size, cfg.local_crop_scale)] * cfg.local_crops
+    return to_uint8, crops
 
 
 # ----------------------------------------------------------------------------------------------------------

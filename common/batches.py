@@ -4,6 +4,15 @@ The data order of epoch ``e`` is a permutation seeded by ``(seed, e)``; every ra
 of each global batch, so the union over ranks is the same global batch for any number of processes.
 Augmentation randomness is seeded by position, never by how many batches were drawn before, so a run
 resumed at step ``s`` sees exactly the batches an uninterrupted run sees from step ``s`` on.
+
+Three input pipelines. ``augment.on=loader``: loader workers run the per-image pipelines of
+``common/augment.py``. ``augment.on=device`` with an in-memory data set: whole uint8 images go to the device,
+which crops and augments them (``BatchAugment``). ``augment.on=device`` with image files (folders, Hugging Face,
+any data set yielding PIL images or uint8 tensors): loader workers only decode and crop each view to its output
+size (or, with ``augment.decode=gpu``, read the JPEG bytes, which the device decodes and crops:
+``common/decode.py``), and the device does the rest (``BatchAugment.augment_crops``). Crop boxes are seeded by
+``(seed, epoch, index)``, the device's per-sample parameters by ``(seed, epoch, step, micro-batch)`` and drawn for
+the whole global batch, so both are independent of the number of processes.
 """
 
 from __future__ import annotations
@@ -13,9 +22,11 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common.augment import AugmentConfig, build_view_transforms
+from common.augment import AugmentConfig, build_crop_transforms, build_view_transforms, check_augment_config
 from common.batch_augment import BatchAugment
+from common.config import ConfigError
 from common.data import DatasetInfo, MultiViewDataset
+from common.decode import EncodedCrops, crop_views, decode_and_crop
 
 _MIX = 0x9E3779B97F4A7C15
 _MASK = (1 << 63) - 1
@@ -33,6 +44,14 @@ def derive_seed(*values: int) -> int:
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0xDA7A))
     return torch.randperm(num_samples, generator=generator)
+
+
+def check_gpu_decoding(in_memory: bool, device: torch.device) -> None:
+    """``augment.decode=gpu`` needs image files and a CUDA device: ``ConfigError`` otherwise."""
+    if in_memory or device.type != "cuda":
+        where = "the images are in memory already" if in_memory else f"this run's device is {device.type}"
+        raise ConfigError(f"augment.decode=gpu decodes JPEG files with nvJPEG on a CUDA device, but {where}: "
+                          "use augment.decode=cpu")
 
 
 class BatchStream:
@@ -54,19 +73,26 @@ class BatchStream:
         self.global_batch, self.accumulation = global_batch, accumulation
         self.rank, self.world, self.seed, self.device = rank, world, seed, device
         self.num_workers = num_workers
+        self.generator = torch.Generator(device=device)
         self.steps_per_epoch = len(dataset) // global_batch
         if self.steps_per_epoch == 0:
             raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of {global_batch}")
-        self.on_device = augment.on == "device"
-        if augment.on not in ("device", "loader"):
-            raise ValueError(f"augment.on must be device or loader, not '{augment.on}'")
-        if self.on_device:
-            if not hasattr(dataset, "images"):
-                raise ValueError("augment.on=device needs an in-memory dataset (cifar10, cifar100, stl10, "
-                                 "fashion_mnist); use augment.on=loader for image folders")
-            self.batch_augment = BatchAugment(augment, info, out_channels)
-        else:
-            self.transforms = build_view_transforms(augment, info, out_channels)
+        check_augment_config(augment)
+        self.in_memory = hasattr(dataset, "images")
+        self.decode_on_device = augment.decode == "gpu"
+        if self.decode_on_device:
+            check_gpu_decoding(self.in_memory, device)
+        self.batch_augment = BatchAugment(augment, info, out_channels) if augment.on == "device" else None
+        self.views: Dataset | None = None  # what the loader workers return, per sample
+        if augment.on == "loader":
+            self.views = MultiViewDataset(dataset, build_view_transforms(augment, info, out_channels), seed)
+        elif not self.in_memory:
+            to_uint8, crops = build_crop_transforms(augment, info, out_channels)
+            self.channels = self.batch_augment.channels
+            if self.decode_on_device:
+                self.views = EncodedCrops(dataset, to_uint8, crops, seed)
+            else:
+                self.views = crop_views(dataset, to_uint8, crops, seed)
 
     def _micro_indices(self, order: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         start = step * self.global_batch + (micro * self.world + self.rank) * self.micro_batch
@@ -76,36 +102,47 @@ class BatchStream:
                                                                        list[torch.Tensor]]]:
         """Yield ``(step_in_epoch, [views per micro-batch], [labels per micro-batch])`` from ``start_step``."""
         order = epoch_order(len(self.dataset), self.seed, epoch)
-        if self.on_device:
+        if self.views is None:
             yield from self._device_epoch(order, epoch, start_step)
         else:
             yield from self._loader_epoch(order, epoch, start_step)
 
+    def _generator(self, epoch: int, step: int, micro: int) -> torch.Generator:
+        return self.generator.manual_seed(derive_seed(self.seed, epoch, step, micro))
+
     def _device_epoch(self, order, epoch, start_step):
         images, targets = self.dataset.images, self.dataset.targets
-        generator = torch.Generator(device=self.device)
         for step in range(start_step, self.steps_per_epoch):
             all_views, all_labels = [], []
             for micro in range(self.accumulation):
                 index = self._micro_indices(order, step, micro)
-                generator.manual_seed(derive_seed(self.seed, epoch, step, micro))
                 batch = images[index].to(self.device, non_blocking=True)
-                all_views.append(self.batch_augment(batch, generator, self.rank, self.world))
+                all_views.append(self.batch_augment(batch, self._generator(epoch, step, micro), self.rank, self.world))
                 all_labels.append(targets[index].to(self.device, non_blocking=True))
             yield step, all_views, all_labels
 
+    def _device_views(self, loaded, epoch: int, step: int, micro: int) -> list[torch.Tensor]:
+        """The views of one loaded micro-batch, on the device."""
+        if self.batch_augment is None:
+            return [v.to(self.device, non_blocking=True) for v in loaded]
+        if self.decode_on_device:
+            crops = decode_and_crop(loaded, self.views, self.channels, self.device)
+        else:
+            crops = [v.to(self.device, non_blocking=True) for v in loaded]
+        return self.batch_augment.augment_crops(crops, self._generator(epoch, step, micro), self.rank, self.world)
+
     def _loader_epoch(self, order, epoch, start_step):
-        dataset = MultiViewDataset(self.dataset, self.transforms, self.seed)
-        dataset.set_epoch(epoch)
+        self.views.set_epoch(epoch)
         batches = [self._micro_indices(order, step, micro).tolist()
                    for step in range(start_step, self.steps_per_epoch) for micro in range(self.accumulation)]
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+        collate = EncodedCrops.collate if self.decode_on_device else None
+        loader = DataLoader(self.views, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         iterator = iter(loader)
         for step in range(start_step, self.steps_per_epoch):
             all_views, all_labels = [], []
-            for _ in range(self.accumulation):
-                views, labels = next(iterator)
-                all_views.append([v.to(self.device, non_blocking=True) for v in views])
+            for micro in range(self.accumulation):
+                loaded, labels = next(iterator)
+                all_views.append(self._device_views(loaded, epoch, step, micro))
                 all_labels.append(torch.as_tensor(labels).to(self.device, non_blocking=True))
             yield step, all_views, all_labels

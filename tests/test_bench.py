@@ -19,6 +19,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches", "trainer_throughput", "vcreg_overhead")
+# name: (script, extra arguments); trainer_throughput also runs on synthetic JPEG files (the image-folder pipelines)
+RUNS = {name: (name, []) for name in SCRIPTS} | {"trainer_throughput_jpeg": ("trainer_throughput", ["--jpeg", "64"])}
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -32,12 +34,16 @@ def python_with_lightly() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory) -> dict:
-    """Start every script with --quick at once; each value is (process, output JSON path)."""
+def quick_runs(tmp_path_factory, request) -> dict:
+    """Start every selected test's script (``test_<run>_quick``) with --quick at once; each value is (process,
+    output JSON path)."""
     folder = tmp_path_factory.mktemp("bench")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    selected = {item.name for item in request.session.items}
     runs = {}
-    for name in SCRIPTS:
+    for name, (script, extra) in RUNS.items():
+        if f"test_{name}_quick" not in selected:
+            continue
         python = sys.executable
         if name == "peer_lightly":
             python = python_with_lightly()
@@ -46,7 +52,8 @@ def quick_runs(tmp_path_factory) -> dict:
         if name == "trainer_throughput" and not (FMNIST / "train-images-idx3-ubyte.gz").is_file():
             continue
         output = folder / f"{name}.json"
-        process = subprocess.Popen([python, str(ROOT / "bench" / f"{name}.py"), "--quick", "--output", str(output)],
+        process = subprocess.Popen([python, str(ROOT / "bench" / f"{script}.py"), "--quick", "--output", str(output),
+                                    *extra],
                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         runs[name] = (process, output)
     yield runs
@@ -112,8 +119,12 @@ def test_knn_quick(quick_runs):
 def test_augment_quick(quick_runs):
     results = finished(quick_runs, "augment")
     jpeg = results["jpeg"]["images_per_second"]
-    assert set(jpeg) == {"decode", "decode_simclr", "decode_dino_multicrop"}
+    assert set(jpeg) == {"decode", "decode_simclr", "decode_dino_multicrop", "decode_crop_simclr",
+                         "decode_crop_dino_multicrop", "device_half_simclr", "device_half_dino_multicrop"}
     for q in jpeg.values():
+        positive_quartiles(q)
+    assert set(results["jpeg"]["crop_over_full"]) == {"simclr", "dino_multicrop"}
+    for q in results["jpeg"]["crop_over_full"].values():
         positive_quartiles(q)
     results = results["recipes"]
     assert [r["recipe"] for r in results] == ["simclr_28px_gray", "simclr_32px_rgb", "dino_multicrop"]
@@ -147,18 +158,33 @@ def test_switches_quick(quick_runs):
     assert results["step_flops"] > 0
 
 
+def check_trainer_throughput_rows(results: dict) -> None:
+    for row in results["pipelines"].values():
+        assert row["trainer_device"] == "cpu"
+        for part in ("trainer", "step", "data"):
+            positive_quartiles(row[f"{part}_seconds"])
+            # The script's own float64 formula on the same numbers (JSON keeps every float exactly).
+            assert row[f"{part}_images_per_second"] == (
+                row["batch_size"] * results["steps"] / row[f"{part}_seconds"]["median"])
+        positive_quartiles(row["trainer_over_step"])
+
+
 def test_trainer_throughput_quick(quick_runs):
     results = finished(quick_runs, "trainer_throughput")
     pipelines = results["pipelines"]
     assert set(pipelines) == {"device", "loader_0workers", "loader_1workers"}
-    for row in pipelines.values():
-        for part in ("trainer", "step", "data"):
-            positive_quartiles(row[f"{part}_seconds"])
-            assert row[f"{part}_images_per_second"] == pytest.approx(
-                row["batch_size"] * results["steps"] / row[f"{part}_seconds"]["median"])
-        positive_quartiles(row["trainer_over_step"])
+    check_trainer_throughput_rows(results)
     assert pipelines["loader_1workers"]["data_images_per_second_per_worker"] > 0
     assert "data_images_per_second_per_worker" not in pipelines["loader_0workers"]
+
+
+def test_trainer_throughput_jpeg_quick(quick_runs):
+    results = finished(quick_runs, "trainer_throughput_jpeg")
+    assert results["jpeg_images"] == 64 and results["jpeg_size"] == [64, 48]
+    pipelines = results["pipelines"]
+    assert set(pipelines) == {"loader_0workers", "loader_1workers", "device_0workers", "device_1workers"}
+    assert "augment.on=device" in pipelines["device_1workers"]["overrides"]
+    check_trainer_throughput_rows(results)
 
 
 def test_vcreg_overhead_quick(quick_runs):
