@@ -18,12 +18,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 from torchvision.transforms import v2
 
 from common.blur import SeparableGaussianBlur, blur_kernel_size
-from common.config import ConfigError, load_config
+from common.config import load_config
+from common.config_types import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from common.data import (
     DataConfig,
     DatasetInfo,
@@ -32,11 +34,9 @@ from common.data import (
     dataset_info,
     stratified_subset,
 )
+from common.errors import ConfigError
 from common.plots import new_figure, save_figure
 
-AUGMENT_NAMES = ("multiview", "supervised", "none")
-AUGMENT_PLACES = ("loader", "device")
-DECODERS = ("cpu", "gpu")
 # Crop resampling: SimCLR, BYOL and DINO resize their random crops bicubically.
 INTERPOLATIONS = {"bicubic": v2.InterpolationMode.BICUBIC, "bilinear": v2.InterpolationMode.BILINEAR}
 # ImageNet-style evaluation resizes to size / 0.875 (256 for 224) before the centre crop.
@@ -49,26 +49,27 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 @dataclass
 class AugmentConfig:
-    name: str = "multiview"  # multiview (SSL views) | supervised (random resized crop + flip) | none (eval)
-    on: str = "loader"  # loader (common/augment.py, DataLoader workers) | device (common/batch_augment.py)
-    num_views: int = 2  # global views (MSBReg's K)
-    image_size: int | None = None  # global crop size; None = the dataset's native size
+    # multiview: the self-supervised views | supervised: random resized crop + flip | none: the eval transform
+    name: Literal["multiview", "supervised", "none"] = "multiview"
+    on: Literal["loader", "device"] = "loader"  # loader: per image in DataLoader workers | device: batched on the device
+    num_views: PositiveInt = 2  # global views (MSBReg's K)
+    image_size: PositiveInt | None = None  # global crop size; None = the dataset's native size
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
-    interpolation: str = "bicubic"  # crop resize: bicubic (SimCLR, BYOL, DINO) | bilinear
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.8  # SimCLR colour strength s=1: 0.8s, 0.8s, 0.8s, 0.2s
-    contrast: float = 0.8
-    saturation: float = 0.8
-    hue: float = 0.2
-    grayscale_prob: float = 0.2
-    blur_prob: list[float] = field(default_factory=lambda: [0.5])  # per view, cycled, any size (BYOL: [1.0, 0.1])
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    solarize_prob: list[float] = field(default_factory=lambda: [0.0])  # per view, cycled (BYOL: [0.0, 0.2])
-    local_crops: int = 0  # DINO/SwAV multi-crop
-    local_size: int = 96
-    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
-    decode: str = "cpu"  # on=device, image files: cpu (workers decode + crop) | gpu (nvJPEG on the CUDA device)
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"  # crop resize: bicubic (SimCLR, BYOL, DINO)
+    flip_prob: Fraction = 0.5  # horizontal flip
+    jitter_prob: Fraction = 0.8  # colour jitter applied with this probability
+    brightness: NonNegativeFloat = 0.8  # SimCLR colour strength s=1: 0.8s, 0.8s, 0.8s, 0.2s
+    contrast: NonNegativeFloat = 0.8
+    saturation: NonNegativeFloat = 0.8
+    hue: Annotated[float, Range(low=0.0, high=0.5)] = 0.2
+    grayscale_prob: Fraction = 0.2  # colour dropping
+    blur_prob: list[Fraction] = field(default_factory=lambda: [0.5])  # per view, cycled, any size (BYOL: [1.0, 0.1])
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])  # Gaussian blur's sigma range, in pixels
+    solarize_prob: list[Fraction] = field(default_factory=lambda: [0.0])  # per view, cycled (BYOL: [0.0, 0.2])
+    local_crops: NonNegativeInt = 0  # DINO/SwAV multi-crop: local views after the global ones
+    local_size: PositiveInt = 96  # the local views' size
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])  # their RandomResizedCrop area range
+    decode: Literal["cpu", "gpu"] = "cpu"  # on=device, image files: cpu (workers decode + crop) | gpu (nvJPEG on CUDA)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,38 +137,12 @@ def _check_range(key: str, values: Sequence[float], low: float, high: float) -> 
 
 
 def check_augment_config(cfg: AugmentConfig) -> None:
-    """Raise ``ConfigError`` naming the first ``augment.*`` key whose value makes no sense."""
-    if cfg.name not in AUGMENT_NAMES:
-        raise ConfigError(f"augment.name must be one of {', '.join(AUGMENT_NAMES)}, got '{cfg.name}'")
-    if cfg.on not in AUGMENT_PLACES:
-        raise ConfigError(f"augment.on must be one of {', '.join(AUGMENT_PLACES)}, got '{cfg.on}'")
-    if cfg.decode not in DECODERS:
-        raise ConfigError(f"augment.decode must be one of {', '.join(DECODERS)}, got '{cfg.decode}'")
+    """What the keys' types cannot say (the config loader checks those): ``ConfigError`` naming the key."""
     if cfg.decode == "gpu" and cfg.on != "device":
         raise ConfigError("augment.decode=gpu needs augment.on=device (the views are augmented where they are decoded)")
-    if cfg.interpolation not in INTERPOLATIONS:
-        choices = ", ".join(INTERPOLATIONS)
-        raise ConfigError(f"augment.interpolation must be one of {choices}, got '{cfg.interpolation}'")
-    if cfg.num_views < 1:
-        raise ConfigError(f"augment.num_views must be at least 1, got {cfg.num_views}")
-    if cfg.local_crops < 0:
-        raise ConfigError(f"augment.local_crops must be non-negative, got {cfg.local_crops}")
-    for key in ("image_size", "local_size"):
-        value = getattr(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"augment.{key} must be a positive number of pixels, got {value}")
-    for key in ("flip_prob", "jitter_prob", "grayscale_prob"):
-        if not 0.0 <= getattr(cfg, key) <= 1.0:
-            raise ConfigError(f"augment.{key} must be a probability in [0, 1], got {getattr(cfg, key)}")
     for key in ("blur_prob", "solarize_prob"):
-        values = getattr(cfg, key)
-        if not values or not all(0.0 <= p <= 1.0 for p in values):
-            raise ConfigError(f"augment.{key} must be a non-empty list of probabilities in [0, 1], got {values}")
-    for key in ("brightness", "contrast", "saturation"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"augment.{key} must be non-negative, got {getattr(cfg, key)}")
-    if not 0.0 <= cfg.hue <= 0.5:
-        raise ConfigError(f"augment.hue must be in [0, 0.5], got {cfg.hue}")
+        if not getattr(cfg, key):
+            raise ConfigError(f"augment.{key} must list at least one probability (cycled over the views)")
     _check_range("crop_scale", cfg.crop_scale, 1e-6, 1.0)
     _check_range("local_crop_scale", cfg.local_crop_scale, 1e-6, 1.0)
     _check_range("blur_sigma", cfg.blur_sigma, 1e-6, float("inf"))

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from common.augment import AugmentConfig, channel_stats, check_augment_config, crop_channels, per_view
 from common.blur import blur_kernel_size, gaussian_blur
-from common.config import ConfigError
 from common.data import DatasetInfo
+from common.errors import ConfigError
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 SOLARIZE_THRESHOLD = 128 / 255  # torchvision's threshold on uint8 images

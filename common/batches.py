@@ -21,28 +21,19 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from common.augment import AugmentConfig, build_crop_transforms, build_view_transforms, check_augment_config
 from common.batch_augment import BatchAugment
-from common.config import ConfigError
-from common.data import DatasetInfo, MultiViewDataset
+from common.data import DatasetInfo, MultiViewDataset, ShardedDataset
+from common.data.shard_plan import EpochPlan
 from common.decode import EncodedCrops, crop_views, decode_and_crop
-
-_MIX = 0x9E3779B97F4A7C15
-_MASK = (1 << 63) - 1
-
-
-def derive_seed(*values: int) -> int:
-    """A 63-bit seed that depends on every value and on their order."""
-    seed = 0
-    for value in values:
-        seed = ((seed ^ (int(value) & _MASK)) * _MIX + 0x632BE59BD9B4E019) & _MASK
-        seed ^= seed >> 29
-    return seed
+from common.errors import ConfigError
+from common.seeds import DATA_ORDER, derive_seed
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0xDA7A))
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, DATA_ORDER))
     return torch.randperm(num_samples, generator=generator)
 
 
@@ -68,7 +59,7 @@ class BatchStream:
         if global_batch % per_step:
             raise ValueError(f"batch_size {global_batch} is not divisible by processes x grad_accum_steps "
                              f"= {per_step}")
-        self.dataset, self.augment_cfg, self.info = dataset, augment, info
+        self.dataset = dataset
         self.micro_batch = global_batch // per_step
         self.global_batch, self.accumulation = global_batch, accumulation
         self.rank, self.world, self.seed, self.device = rank, world, seed, device
@@ -84,7 +75,18 @@ class BatchStream:
             check_gpu_decoding(self.in_memory, device)
         self.batch_augment = BatchAugment(augment, info, out_channels) if augment.on == "device" else None
         self.views: Dataset | None = None  # what the loader workers return, per sample
-        if augment.on == "loader":
+        self.shard_transforms: list | None = None  # sharded data: the transforms its stream applies per sample
+        if isinstance(dataset, ShardedDataset):
+            if self.decode_on_device:
+                raise ConfigError("augment.decode=gpu reads JPEG files of image folders and Hugging Face data sets; "
+                                  "for data.name=webdataset use augment.decode=cpu")
+            if augment.on == "loader":
+                self.shard_transforms = build_view_transforms(augment, info, out_channels)
+            else:
+                to_uint8, crops = build_crop_transforms(augment, info, out_channels)
+                self.channels = self.batch_augment.channels
+                self.shard_transforms = [v2.Compose([to_uint8, crop]) for crop in crops]
+        elif augment.on == "loader":
             self.views = MultiViewDataset(dataset, build_view_transforms(augment, info, out_channels), seed)
         elif not self.in_memory:
             to_uint8, crops = build_crop_transforms(augment, info, out_channels)
@@ -101,6 +103,9 @@ class BatchStream:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[int, list[list[torch.Tensor]],
                                                                        list[torch.Tensor]]]:
         """Yield ``(step_in_epoch, [views per micro-batch], [labels per micro-batch])`` from ``start_step``."""
+        if self.shard_transforms is not None:
+            yield from self._shard_epoch(epoch, start_step)
+            return
         order = epoch_order(len(self.dataset), self.seed, epoch)
         if self.views is None:
             yield from self._device_epoch(order, epoch, start_step)
@@ -138,7 +143,19 @@ class BatchStream:
         collate = EncodedCrops.collate if self.decode_on_device else None
         loader = DataLoader(self.views, batch_sampler=batches, num_workers=self.num_workers, collate_fn=collate,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        iterator = iter(loader)
+        yield from self._loaded_steps(iter(loader), epoch, start_step)
+
+    def _shard_epoch(self, epoch, start_step):
+        """Sharded data: each rank reads its own run of the epoch's shuffled samples (``common.data.shard_plan``),
+        so a resumed run continues at the right sample with the same ``data.num_workers``; unlike the other data,
+        the global batch of a step then depends on the number of processes."""
+        plan = EpochPlan(epoch=epoch, seed=self.seed, batch_size=self.micro_batch, rank=self.rank, world=self.world,
+                         num_batches=self.steps_per_epoch * self.accumulation,
+                         start_batch=start_step * self.accumulation, num_workers=self.num_workers)
+        loader = self.dataset.epoch_loader(plan, self.shard_transforms, pin_memory=self.device.type == "cuda")
+        yield from self._loaded_steps(iter(loader), epoch, start_step)
+
+    def _loaded_steps(self, iterator, epoch, start_step):
         for step in range(start_step, self.steps_per_epoch):
             all_views, all_labels = [], []
             for micro in range(self.accumulation):

@@ -22,6 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from common.data import ShardedDataset
+from common.data.shard_plan import EpochPlan
+from common.errors import ConfigError
 from evaluation.progress import progress_bar
 
 
@@ -86,6 +89,13 @@ def _extract(backbone: nn.Module, dataset, transform: Callable | None, batch_siz
                     bar.update(1)
 
             return _run(backbone, batches(), device, keep_inputs)
+        if isinstance(dataset, ShardedDataset):  # a stream: every sample once, in shard order
+            if indices is not None:
+                raise ConfigError("a subset of sharded data (eval.max_train_images, max_train_images) is not "
+                                  "available: write the subset's shards with python -m common.data.make_shards")
+            plan = EpochPlan(epoch=0, seed=0, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+            loader = ((views[0], labels) for views, labels in dataset.epoch_loader(plan, [transform]))
+            return _run(backbone, _counted(loader, bar), device, keep_inputs)
         source = TransformedDataset(dataset, transform)
         if indices is not None:
             source = torch.utils.data.Subset(source, torch.as_tensor(indices, dtype=torch.long).tolist())

@@ -29,8 +29,8 @@ from common.batch_augment import (
     resample_boxes,
 )
 from common.blur import blur_kernel_size, gaussian_blur
-from common.config import ConfigError
 from common.data import DatasetInfo
+from common.errors import ConfigError
 
 GRAY = DatasetInfo(channels=1, image_size=28, num_classes=10, mean=(0.5,), std=(0.25,))
 RGB = DatasetInfo(channels=3, image_size=32, num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

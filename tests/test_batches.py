@@ -17,9 +17,9 @@ from torchvision.transforms import v2
 import common.batches
 from common.augment import AugmentConfig, build_crop_transforms, dino_multicrop, simclr_augment
 from common.batches import BatchStream
-from common.config import ConfigError
 from common.data import IMAGENET_MEAN, IMAGENET_STD, CorruptImageError, DatasetInfo, ImageFileDataset
 from common.decode import EncodedCrops, crop_views, decode_and_crop, encoded_jpeg
+from common.errors import ConfigError
 
 INFO = DatasetInfo(3, 224, 2, IMAGENET_MEAN, IMAGENET_STD)
 CPU = torch.device("cpu")

@@ -217,3 +217,42 @@ def test_corrupt_sample_in_a_shard(tmp_path, capfd):
         read = [n for batch in stream(lenient, epoch=epoch, num_workers=2) for n in batch]
         assert len(read) == NUM_TRAIN and 7 not in read
     assert len(skipped_files(lenient)) == 1 and capfd.readouterr().err.count("skipping corrupt image") == 1
+
+
+def test_the_trainer_streams_shards_resumes_at_the_right_sample_and_evaluates_them(shards, tmp_path):
+    """BatchStream over shards, loader and device augmentation: a stream restarted at step s yields what the
+    uninterrupted one yields from s on; then a whole run of stochcon/train.py on data.name=webdataset."""
+    import dataclasses
+
+    from trainer_runs import run
+
+    from common.augment import AugmentConfig
+    from common.batches import BatchStream
+
+    dataset = build_dataset(DataConfig(name="webdataset", root=str(shards / "out")), "train")
+    info = dataset_info(DataConfig(name="webdataset", root=str(shards / "out")))
+    for on in ("loader", "device"):
+        cfg = AugmentConfig(on=on, image_size=8, blur_prob=[0.0])
+
+        def steps(start, cfg=cfg):
+            stream = BatchStream(dataset, cfg, info, 1, 4, 2, 0, 1, 0, torch.device("cpu"), num_workers=0)
+            return list(stream.epoch(1, start))
+
+        whole, resumed = steps(0), steps(2)
+        assert len(whole) == NUM_TRAIN // 4 and [s for s, _, _ in resumed] == [2, 3, 4, 5]
+        for (_, views_a, labels_a), (_, views_b, labels_b) in zip(whole[2:], resumed):
+            assert all(torch.equal(a, b) for va, vb in zip(views_a, views_b) for a, b in zip(va, vb))
+            assert all(torch.equal(a, b) for a, b in zip(labels_a, labels_b))
+        assert all(v.shape == (2, 1, 8, 8) and v.dtype == torch.float32 for v in whole[0][1][0])
+        with pytest.raises(ConfigError, match="augment.decode=gpu"):  # nvJPEG: image files on a CUDA device
+            BatchStream(dataset, dataclasses.replace(cfg, on="device", decode="gpu"), info, 1, 4, 1, 0, 1, 0,
+                        torch.device("cpu"))
+    out = tmp_path / "run"
+    done = run("stochcon/train.py", [f"output_dir={out}", "data.name=webdataset", f"data.root={shards / 'out'}",
+                                     "data.num_workers=0", "augment.on=device", "augment.blur_prob=[0.0]", "epochs=2",
+                                     "batch_size=8", "backbone.width=4", "method.proj_hidden_dim=16",
+                                     "method.proj_output_dim=8", "progress_bar=false", "tracker=none",
+                                     "eval.knn_k=[3]", "eval.linear_epochs=2"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 2 * (NUM_TRAIN // 8) and "knn_top1_k3" in results and "linear_top1" in results

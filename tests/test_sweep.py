@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from common import sweep
-from common.config import ConfigError
+from common.errors import ConfigError
 from msbreg.train import MSBRegTrainConfig
 from vcreg.train import VCRegTrainConfig
 
