@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from common.data import imagenet100_classes
+from common.data.hierarchy import imagenet_hierarchy
 from tests.trainer_runs import write_idx_fashion_mnist
 
 
@@ -86,10 +87,16 @@ def write_imagenet_folder(root: Path, classes: list[str], num_classes: int, per_
             Image.fromarray(image.transpose(1, 2, 0)).save(path, quality=90)
 
 
-def write_dataset(name: str, root: Path, n_train: int, n_test: int, image_size: int = 64) -> Path:
-    """Write the synthetic ``name`` data set under ``root`` (the ``data.root`` to use) with at least
-    ``n_train`` training and ``n_test`` test images; folder data sets get ``image_size`` px JPEGs."""
+def write_dataset(data, root: Path, n_train: int, n_test: int, image_size: int = 64) -> Path:
+    """Write the synthetic data set ``data`` (a ``DataConfig``) names under ``root`` (the ``data.root`` to use)
+    with at least ``n_train`` training and ``n_test`` test images; folder data sets get ``image_size`` px JPEGs.
+    A long-tailed set gets 100 images in every class of its balanced source, so that its tail class (1/100 of
+    the head at ratio 100) keeps an image."""
     root.mkdir(parents=True, exist_ok=True)
+    name = data.name
+    if name.endswith("_lt"):
+        name = name.removesuffix("_lt")
+        n_train = max(n_train, int(data.imbalance_ratio) * (100 if name == "cifar100" else 10))
     if name == "cifar10":
         write_cifar10(root, n_train, n_test)
     elif name == "cifar100":
@@ -104,8 +111,12 @@ def write_dataset(name: str, root: Path, n_train: int, n_test: int, image_size: 
         num_classes = 10
         write_imagenet_folder(root, classes, num_classes, -(-n_train // num_classes), -(-n_test // num_classes),
                               image_size)
+    elif name == "imagenet_hierarchy":  # every class of the subset holds images (its superclasses need them all)
+        classes = imagenet_hierarchy(data.hierarchy).fine_classes()
+        write_imagenet_folder(root, classes, len(classes), max(1, -(-n_train // len(classes))),
+                              max(1, -(-n_test // len(classes))), image_size)
     else:
-        raise ValueError(f"no synthetic writer for data.name='{name}': add one to tests/paper_config_data.py")
+        raise ValueError(f"no synthetic writer for data.name='{data.name}': add one to tests/paper_config_data.py")
     return root
 
 

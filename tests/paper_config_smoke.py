@@ -228,9 +228,9 @@ def run_config(path: str, workdir: Path) -> dict:
     try:
         cfg = resolved_config(path)
         subset = cfg.data.subset or 0
-        data_root = workdir / "data" / f"{cfg.data.name}_{subset}"
+        data_root = workdir / "data" / f"{cfg.data.name}_{cfg.data.hierarchy}_{subset}"
         if not data_root.exists():
-            write_dataset(cfg.data.name, data_root, max(TRAIN_IMAGES, subset), TEST_IMAGES)
+            write_dataset(cfg.data, data_root, max(TRAIN_IMAGES, subset), TEST_IMAGES)
         module_name, argv = run_spec(path)
         overrides = smoke_overrides(cfg, data_root, output_dir)
         record["overrides"] = [o for o in overrides if not o.startswith(("data.root=", "output_dir="))]

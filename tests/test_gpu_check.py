@@ -48,7 +48,7 @@ def test_quick_gpu_check_runs_every_part(tmp_path):
     result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--quick", "--out", str(tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for part in ("part 1", "part 2", "part 3"):
+    for part in ("part 1", "part 2", "part 3", "part 4"):
         assert f"-- {part}" in result.stdout and "exit status 0" in result.stdout
     rows = json.loads((tmp_path / "gpu_check.json").read_text())["results"]
     assert [row["check"] for row in rows] == [check.name for check in gpu_check.CHECKS]
@@ -59,5 +59,5 @@ def test_quick_gpu_check_runs_every_part(tmp_path):
     assert by_name["vcreg_fp16"]["batch"] == by_name["vcreg"]["batch"]
     assert by_name["stochcon"]["views"][0] == [3, 32, 32] and by_name["stochcon"]["views"][-1] == [3, 16, 16]
     assert len(by_name["msbreg"]["views"]) == 4
-    for name in ("switches.json", "vcreg_overhead.json"):
+    for name in ("switches.json", "vcreg_overhead.json", "trainer_throughput.json"):
         assert json.loads((tmp_path / name).read_text())["setup"]["quick"] is True
