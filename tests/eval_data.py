@@ -11,17 +11,23 @@ from PIL import Image
 from common.backbones import BackboneConfig, build_backbone, save_backbone
 
 
-def save_rgb_backbone(folder: Path) -> Path:
-    """A He-initialised 3-channel ``small_convnet`` of width 4 (32-d features) saved as safetensors."""
+def save_random_backbone(folder: Path, in_chans: int = 3, width: int = 4) -> Path:
+    """A He-initialised ``small_convnet`` (``8 width``-d features) saved as ``folder/backbone.safetensors``."""
     torch.manual_seed(0)
-    cfg = BackboneConfig(name="small_convnet", width=4)
-    backbone, _ = build_backbone(cfg, in_chans=3)
+    cfg = BackboneConfig(name="small_convnet", width=width)
+    backbone, _ = build_backbone(cfg, in_chans=in_chans)
     for module in backbone.modules():  # He initialisation keeps random features at unit scale
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "backbone.safetensors"
-    save_backbone(backbone, cfg, 3, path)
+    save_backbone(backbone, cfg, in_chans, path)
     return path
+
+
+def save_rgb_backbone(folder: Path) -> Path:
+    """A 3-channel ``small_convnet`` of width 4 (32-d features)."""
+    return save_random_backbone(folder)
 
 
 def colour_image(label: int, rng: np.random.Generator, size: tuple[int, int] = (40, 48)) -> Image.Image:

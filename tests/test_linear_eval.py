@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from common.augment import build_eval_transform
-from common.backbones import BackboneConfig, build_backbone, load_backbone, save_backbone
+from common.backbones import BackboneConfig, build_backbone, load_backbone
 from common.data import (
     DataConfig,
     DatasetInfo,
@@ -30,6 +30,7 @@ from evaluation.linear import LinearProbeConfig, _learning_rate, linear_probe, t
 from evaluation.mine import mine_bits
 from evaluation.neural_collapse import collapse_metrics
 from tests.chance import accuracy_beyond_chance
+from tests.eval_data import save_random_backbone
 
 # Fashion-MNIST-format test split of the fixture below: 100 images, 10 classes. An accuracy of at least this
 # much is reached by guessing with probability < 1e-6 (binomial tail), so asserting it shows learning.
@@ -171,16 +172,7 @@ def fashion_root(tmp_path):
 
 @pytest.fixture
 def saved_backbone(tmp_path):
-    torch.manual_seed(0)
-    cfg = BackboneConfig(name="small_convnet", width=8)
-    backbone, _ = build_backbone(cfg, in_chans=1)
-    for module in backbone.modules():  # He initialisation keeps random features at unit scale
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    run = tmp_path / "run"
-    run.mkdir()
-    save_backbone(backbone, cfg, 1, run / "backbone.safetensors")
-    return run
+    return save_random_backbone(tmp_path / "run", in_chans=1, width=8).parent
 
 
 def knn_features(fashion_root, saved_backbone):
