@@ -112,7 +112,7 @@ def write_dataset(data, root: Path, n_train: int, n_test: int, image_size: int =
         write_imagenet_folder(root, classes, num_classes, -(-n_train // num_classes), -(-n_test // num_classes),
                               image_size)
     elif name == "imagenet_hierarchy":  # every class of the subset holds images (its superclasses need them all)
-        classes = imagenet_hierarchy(data.hierarchy).fine_classes()
+        classes = imagenet_hierarchy(data.hierarchy).fine_classes
         write_imagenet_folder(root, classes, len(classes), max(1, -(-n_train // len(classes))),
                               max(1, -(-n_test // len(classes))), image_size)
     else:
