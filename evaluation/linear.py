@@ -20,6 +20,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from common.augment import AugmentConfig, build_supervised_transform
+from common.config_types import NonNegativeFloat, PositiveFloat, PositiveInt
 from common.data import DataConfig, build_dataset, dataset_info, stratified_subset
 from common.optim import OptimConfig, build_optimizer, param_groups
 from common.schedules import step_decay, warmup_cosine
@@ -44,18 +46,18 @@ from evaluation.progress import progress_bar
 
 @dataclass
 class LinearProbeConfig:
-    epochs: int = 100
-    batch_size: int = 256
-    optimizer: str = "sgd"        # sgd | lars | adamw (VCReg's subclass probe, Appendix C.2)
-    lr: float = 0.1               # peak learning rate (not scaled with the batch size)
-    momentum: float = 0.9
+    epochs: PositiveInt = 100     # passes over the (cached) training features
+    batch_size: PositiveInt = 256
+    optimizer: Literal["sgd", "lars", "adamw"] = "sgd"  # adamw: VCReg's subclass probe (Appendix C.2)
+    lr: PositiveFloat = 0.1       # peak learning rate (not scaled with the batch size)
+    momentum: NonNegativeFloat = 0.9  # SGD / LARS
     nesterov: bool = False
-    weight_decay: float = 0.0
-    eta: float = 1e-3             # LARS trust coefficient
-    schedule: str = "cosine"      # cosine (after warmup_epochs of linear warm-up) | step
-    warmup_epochs: float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    eta: PositiveFloat = 1e-3     # LARS trust coefficient
+    schedule: Literal["cosine", "step"] = "cosine"  # cosine (after warmup_epochs of linear warm-up) | step
+    warmup_epochs: NonNegativeFloat = 0.0
     milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])  # step: fractions of training
-    gamma: float = 0.1
+    gamma: PositiveFloat = 0.1    # step: the factor at each milestone
     standardize: bool = True      # standardise features with the training mean / std
 
 

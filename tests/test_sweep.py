@@ -106,3 +106,11 @@ def test_train_module_without_schema_and_missing_train_key_are_one_line_errors(t
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(spec))
     assert sweep.main([str(tmp_path / "sweep.yaml")]) == 2
     assert "missing key 'train'" in one_line_error(capsys)
+
+
+def test_a_sweep_file_with_bad_yaml_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "broken_sweep.yaml"
+    path.write_text("train: vcreg/train.py\ngrid: {vcreg.alpha: [0.16, 1.28\n")
+    assert sweep.main([str(path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "not valid YAML" in error and "\n" not in error
