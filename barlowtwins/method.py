@@ -11,6 +11,7 @@ from barlowtwins.losses import barlow_twins_loss
 from common.config_types import PositiveFloat
 from common.distributed import gather_with_grad
 from common.dtypes import at_least_float32
+from common.errors import ConfigError
 from common.heads import mlp
 from common.method import Method
 from common.views import encode_views, project
@@ -32,7 +33,7 @@ class BarlowTwins(Method):
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if len(views) != 2:
-            raise ValueError(f"Barlow Twins takes 2 views (augment.num_views=2), got {len(views)}")
+            raise ConfigError(f"Barlow Twins takes 2 views (augment.num_views=2), got {len(views)}")
         features = encode_views(self.backbone, views)
         z1, z2 = (gather_with_grad(at_least_float32(z)) for z in project(self.projector, features))
         return {"loss": barlow_twins_loss(z1, z2, self.cfg.lambda_offdiag), "features": features[0].detach()}

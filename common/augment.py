@@ -162,7 +162,7 @@ def channel_stats(info: DatasetInfo, out_channels: int) -> tuple[list[float], li
     if info.channels == 3 and out_channels == 1:
         # Luma-weighted channel statistics: exact for the mean, a close upper bound for the std.
         return [sum(w * m for w, m in zip(LUMA_WEIGHTS, info.mean))], [sum(w * s for w, s in zip(LUMA_WEIGHTS, info.std))]
-    raise ValueError(f"cannot turn {info.channels}-channel images into {out_channels} channels")
+    raise ConfigError(f"cannot turn {info.channels}-channel images into {out_channels} channels")
 
 
 def _to_image(info: DatasetInfo, out_channels: int) -> list[Callable]:

@@ -209,9 +209,9 @@ def read_backbone_config(spec: str | Path) -> tuple[BackboneConfig, int, Path]:
         with safe_open(str(file), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # noqa: BLE001 (safetensors raises its own error types for corrupt headers)
-        raise ValueError(f"'{file}' is not a readable safetensors file: {error}") from None
+        raise RunFolderError(f"'{file}' is not a readable safetensors file: {error}") from None
     if _METADATA_KEY not in metadata:
-        raise ValueError(f"'{file}' has no '{_METADATA_KEY}' metadata: not a backbone saved by ssl-repro")
+        raise RunFolderError(f"'{file}' has no '{_METADATA_KEY}' metadata: not a backbone saved by ssl-repro")
     config = json.loads(metadata[_METADATA_KEY])
     in_chans = config.pop("in_chans")
     known = {f.name for f in fields(BackboneConfig)}
@@ -245,7 +245,7 @@ def load_backbone(spec: str | Path, pretrained: bool = True) -> tuple[nn.Module,
     unexpected = [k for k in state if k not in expected]
     reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or reshaped:
-        raise ValueError(f"'{file}' does not fit backbone '{cfg.name}': {len(missing)} missing keys "
+        raise RunFolderError(f"'{file}' does not fit backbone '{cfg.name}': {len(missing)} missing keys "
                          f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
                          f"{len(reshaped)} of another shape (e.g. {reshaped[:2]})")
     backbone.load_state_dict(state)

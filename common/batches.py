@@ -57,7 +57,7 @@ class BatchStream:
                  num_workers: int = 0):
         per_step = world * accumulation
         if global_batch % per_step:
-            raise ValueError(f"batch_size {global_batch} is not divisible by processes x grad_accum_steps "
+            raise ConfigError(f"batch_size {global_batch} is not divisible by processes x grad_accum_steps "
                              f"= {per_step}")
         self.dataset = dataset
         self.micro_batch = global_batch // per_step
@@ -67,7 +67,7 @@ class BatchStream:
         self.generator = torch.Generator(device=device)
         self.steps_per_epoch = len(dataset) // global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of {global_batch}")
+            raise ConfigError(f"the training set has {len(dataset)} images, fewer than one batch of {global_batch}")
         check_augment_config(augment)
         self.in_memory = hasattr(dataset, "images")
         self.decode_on_device = augment.decode == "gpu"

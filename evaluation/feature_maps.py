@@ -20,6 +20,7 @@ import torchvision
 from torch import Tensor, nn
 
 from common.backbones import SmallConvNet
+from common.errors import ConfigError
 
 
 class _ForwardFeatures(nn.Module):
@@ -46,7 +47,7 @@ def last_feature_map(backbone: nn.Module) -> nn.Module:
                              backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
     if hasattr(backbone, "forward_features"):
         return _ForwardFeatures(backbone)
-    raise ValueError(f"no feature map known for a {type(backbone).__name__} backbone (torchvision ResNets, "
+    raise ConfigError(f"no feature map known for a {type(backbone).__name__} backbone (torchvision ResNets, "
                      "timm convolutional models and small_convnet have one)")
 
 
@@ -64,6 +65,6 @@ class Res5AvgPool6(nn.Module):
         feature_map = self.feature_map(images)
         if min(feature_map.shape[-2:]) < self.window:
             size = tuple(feature_map.shape[-2:])
-            raise ValueError(f"the feature map is {size}, smaller than the {self.window} x {self.window} window; "
+            raise ConfigError(f"the feature map is {size}, smaller than the {self.window} x {self.window} window; "
                              "use a larger image_size (224 for a ResNet-50)")
         return torch.flatten(F.avg_pool2d(feature_map, self.window, stride=1), 1)

@@ -35,7 +35,7 @@ from evaluation.linear import LinearProbeConfig, linear_probe
 class FinalEvalConfig:
     # wu2018: k = 200 and 20, T = 0.1 (Wu et al. 2018) | dino: k = 20 and 200, T = 0.07 (DINO, solo-learn)
     knn_protocol: Literal["wu2018", "dino"] = "wu2018"
-    knn_k: list[int] | None = None     # the k of each weighted vote (key knn_top1_k<k>); None: the protocol's
+    knn_k: list[PositiveInt] | None = None     # the k of each weighted vote (key knn_top1_k<k>); None: the protocol's
     knn_temperature: PositiveFloat | None = None  # T of the vote's weights exp(sim / T); None: the protocol's
     knn_at_init: bool = True           # also evaluate k-NN before training (keys knn_top1_k<k>_at_init)
     linear: bool = True                # linear probe on cached frozen features after training

@@ -28,11 +28,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.config_types import PositiveFloat, PositiveInt
 from common.data import DataConfig
 from common.errors import ConfigError
 from evaluation.cli import labelled_features, run_protocol
@@ -171,9 +173,9 @@ class KNNEvalConfig:
 
     checkpoint: str = "???"
     data: DataConfig = field(default_factory=DataConfig)
-    protocol: str = "wu2018"           # wu2018: k=200 (and 20), T=0.1 | dino: k=20 (and 200), T=0.07
-    k: list[int] | None = None         # None: the protocol's two values of k
-    temperature: float | None = None   # None: the protocol's
+    protocol: Literal["wu2018", "dino"] = "wu2018"           # wu2018: k=200 (and 20), T=0.1 | dino: k=20 (and 200), T=0.07
+    k: list[PositiveInt] | None = None  # None: the protocol's two values of k
+    temperature: PositiveFloat | None = None  # None: the protocol's
     image_size: int | None = None   # evaluation resolution; None: the dataset's native size
     batch_size: int = 256              # feature extraction batch
     num_workers: int = 4

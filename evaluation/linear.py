@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from common.augment import AugmentConfig, build_supervised_transform
 from common.config_types import NonNegativeFloat, PositiveFloat, PositiveInt
 from common.data import DataConfig, build_dataset, dataset_info, stratified_subset
+from common.errors import DataError
 from common.optim import OptimConfig, build_optimizer, param_groups
 from common.schedules import step_decay, warmup_cosine
 from evaluation.cli import (
@@ -214,7 +215,7 @@ def probe_with_augmentation(cfg: LinearEvalConfig) -> dict[str, float]:
     if cfg.max_train_images is not None and cfg.max_train_images < len(train_set):
         train_set = train_set.subset(stratified_subset(train_set.targets, cfg.max_train_images))
     if (torch.as_tensor(train_set.targets) < 0).any():
-        raise ValueError(f"dataset '{cfg.data.name}' has unlabelled training images; the probe needs labels")
+        raise DataError(f"dataset '{cfg.data.name}' has unlabelled training images; the probe needs labels")
     generator = torch.Generator().manual_seed(cfg.seed)
     classifier = new_classifier(feature_dim, info.num_classes, generator).to(device)
     optimizer = probe_optimizer(classifier, cfg.probe)

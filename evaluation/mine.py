@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from common.data import DataConfig, build_dataset, stratified_subset
+from common.errors import ConfigError
 from evaluation.cli import dataset_transform, load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import extract_inputs_and_features
 from evaluation.progress import progress_bar
@@ -60,7 +61,7 @@ def mine_bits(x: Tensor, z: Tensor, steps: int = 2000, batch_size: int = 512, lr
     Section 3.2). Inputs and features are flattened and standardised per dimension first.
     """
     if len(x) != len(z) or len(x) < 10:
-        raise ValueError(f"MINE needs at least 10 (input, feature) pairs of equal count; got {len(x)} inputs "
+        raise ConfigError(f"MINE needs at least 10 (input, feature) pairs of equal count; got {len(x)} inputs "
                          f"and {len(z)} features")
     generator = torch.Generator().manual_seed(seed)
     x, z = _standardise(x).to(device), _standardise(z).to(device)

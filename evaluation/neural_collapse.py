@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from common.data import DataConfig
+from common.errors import DataError
 from evaluation.cli import labelled_features, run_protocol
 
 
@@ -35,7 +36,7 @@ def cdnv(features: Tensor, labels: Tensor) -> float:
     features = features.double()
     means, classes = class_means(features, labels)
     if len(classes) < 2:
-        raise ValueError(f"CDNV needs at least 2 classes, got {len(classes)}")
+        raise DataError(f"CDNV needs at least 2 classes, got {len(classes)}")
     variances = torch.stack([(features[labels == c] - m).pow(2).sum(1).mean() for c, m in zip(classes, means)])
     distances = torch.cdist(means, means).pow(2)
     i, j = torch.triu_indices(len(classes), len(classes), offset=1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from common.augment import AugmentConfig, build_eval_transform, build_supervised_transform
 from common.data import DataConfig, build_dataset, dataset_info
+from common.errors import ConfigError, DataError
 from common.schedules import warmup_cosine
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import TransformedDataset, extract_features
@@ -50,7 +52,7 @@ class SemiSupervisedConfig:
     checkpoint: str = "???"
     data: DataConfig = field(default_factory=lambda: DataConfig(name="imagenet"))
     percent: float = 1.0                 # labelled share of the training set, in percent
-    split: str = "auto"                  # auto (simclr for imagenet or with subset_file) | simclr | stratified
+    split: Literal["auto", "simclr", "stratified"] = "auto"                  # auto (simclr for imagenet or with subset_file) | simclr | stratified
     subset_file: str | None = None    # a SimCLR-style list of image names; default: downloaded and cached
     epochs: int = 30
     batch_size: int = 1024
@@ -73,7 +75,7 @@ def learning_rates(cfg: SemiSupervisedConfig) -> tuple[float, float]:
     """(classifier, encoder) learning rates: the configured ones, else the paper's for 1% / 10%."""
     paper = PAPER_LEARNING_RATES.get(float(cfg.percent))
     if (cfg.classifier_lr is None or cfg.encoder_lr is None) and paper is None:
-        raise ValueError(f"the paper gives learning rates for 1% and 10% only; set classifier_lr and encoder_lr "
+        raise ConfigError(f"the paper gives learning rates for 1% and 10% only; set classifier_lr and encoder_lr "
                          f"for percent={cfg.percent}")
     classifier = cfg.classifier_lr if cfg.classifier_lr is not None else paper[0]
     encoder = cfg.encoder_lr if cfg.encoder_lr is not None else paper[1]
@@ -102,7 +104,7 @@ def fine_tune(cfg: SemiSupervisedConfig) -> dict:
     train_set = build_dataset(cfg.data, "train")
     indices, source = labelled_indices(cfg, train_set)
     if (torch.as_tensor(train_set.targets)[indices] < 0).any():
-        raise ValueError(f"dataset '{cfg.data.name}' has unlabelled images in the labelled subset")
+        raise DataError(f"dataset '{cfg.data.name}' has unlabelled images in the labelled subset")
     classifier = nn.Linear(feature_dim, info.num_classes)
     nn.init.zeros_(classifier.weight)
     nn.init.zeros_(classifier.bias)

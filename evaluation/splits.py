@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 SIMCLR_SUBSET_URLS = {
     1: "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/1percent.txt",
@@ -38,7 +38,7 @@ def simclr_subset_file(percent: float, subset_file: str | None = None) -> Path:
             raise DataError(f"subset_file not found: {path}")
         return path
     if percent not in SIMCLR_SUBSET_URLS:
-        raise ValueError(f"SimCLR publishes 1% and 10% ImageNet subsets, not {percent}%; pass subset_file")
+        raise ConfigError(f"SimCLR publishes 1% and 10% ImageNet subsets, not {percent}%; pass subset_file")
     percent = int(percent)
     path = cache_dir() / "simclr_subsets" / f"{percent}percent.txt"
     if not path.is_file():
@@ -57,7 +57,7 @@ def read_subset_file(path: str | Path) -> list[str]:
     """Image file names listed in a split file, one per line (blank lines ignored)."""
     names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"subset file {path} lists no image names")
+        raise DataError(f"subset file {path} lists no image names")
     return names
 
 
@@ -66,7 +66,7 @@ def indices_of_names(sample_paths: Sequence[str], names: Sequence[str], source: 
     position = {Path(p).name: i for i, p in enumerate(sample_paths)}
     missing = [name for name in names if name not in position]
     if missing:
-        raise ValueError(f"{len(missing)} of the {len(names)} images in the {source} are not in the dataset "
+        raise DataError(f"{len(missing)} of the {len(names)} images in the {source} are not in the dataset "
                          f"(e.g. {missing[:3]}); check data.root")
     return torch.tensor(sorted(position[name] for name in set(names)), dtype=torch.long)
 
@@ -74,7 +74,7 @@ def indices_of_names(sample_paths: Sequence[str], names: Sequence[str], source: 
 def stratified_fraction(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
     """Sorted indices of a random ``fraction`` of each class (rounded, at least one image per class)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
     labels = torch.as_tensor(labels, dtype=torch.long)
     generator = torch.Generator().manual_seed(seed)
     chosen = []
@@ -94,5 +94,5 @@ def sample_paths(dataset) -> list[str]:
         samples = getattr(dataset, attribute, None)
         if samples is not None:
             return [str(path) for path, _ in samples]
-    raise ValueError(f"{type(dataset).__name__} does not list its image files (.files or .samples); a split file of "
+    raise ConfigError(f"{type(dataset).__name__} does not list its image files (.files or .samples); a split file of "
                      "image names needs an image-folder dataset")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -63,7 +64,7 @@ class TransferConfig:
     download: bool = False
     split_seed: int = 0            # caltech101: which 30 images per class train (no published list)
     data: DataConfig = field(default_factory=lambda: DataConfig(name="image_folder"))  # folder datasets
-    protocol: str = "auto"         # auto (sgd for places205 / inat18, else lbfgs) | lbfgs | sgd
+    protocol: Literal["auto", "lbfgs", "sgd"] = "auto"         # auto (sgd for places205 / inat18, else lbfgs) | lbfgs | sgd
     image_size: int = 224          # bicubic resize of the short side, then a centre crop of this size
     val_fraction: float = 0.2      # held out of train when the dataset has no validation split
     l2_grid: list[float] | None = None  # None: 45 log-spaced values in [1e-5, 1e5]
@@ -105,8 +106,6 @@ def _hold_out(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[Tensor,
 
 def transfer(cfg: TransferConfig) -> dict:
     protocol = cfg.protocol if cfg.protocol != "auto" else ("sgd" if cfg.dataset in SGD_EPOCHS else "lbfgs")
-    if protocol not in ("lbfgs", "sgd"):
-        raise ConfigError(f"protocol must be auto, lbfgs or sgd, not '{cfg.protocol}'")
     if cfg.dataset not in TRANSFER_DATASETS and cfg.dataset not in FOLDER_DATASETS:
         raise ConfigError(f"unknown transfer dataset '{cfg.dataset}' (valid: "
                           f"{', '.join([*TRANSFER_DATASETS, *FOLDER_DATASETS])})")
@@ -114,7 +113,7 @@ def transfer(cfg: TransferConfig) -> dict:
     device = resolve_device(cfg.device)
     backbone, _, in_chans = load_eval_backbone(cfg.checkpoint)
     if in_chans != 3:
-        raise ValueError(f"transfer datasets are RGB but the backbone takes {in_chans} input channels")
+        raise ConfigError(f"transfer datasets are RGB but the backbone takes {in_chans} input channels")
     backbone.to(device)
     transform = kornblith_transform(cfg.image_size)
     train_set, val_set, test_set = _splits(cfg)

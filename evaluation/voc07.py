@@ -41,6 +41,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ def read_labels(root: Path, image_id: str) -> np.ndarray:
     for obj in ET.parse(path).getroot().iter("object"):
         name = obj.findtext("name", "").strip()
         if name not in VOC_CLASSES:
-            raise ValueError(f"{path}: unknown VOC class '{name}'")
+            raise DataError(f"{path}: unknown VOC class '{name}'")
         c = VOC_CLASSES.index(name)
         difficult = obj.findtext("difficult", "0").strip() == "1"
         labels[c] = max(labels[c], 0 if difficult else 1)
@@ -100,7 +101,7 @@ class VOCClassification(Dataset):
         self.root = Path(root)
         self.ids = read_image_ids(self.root, split)
         if not self.ids:
-            raise ValueError(f"split '{split}' of {self.root} lists no images")
+            raise DataError(f"split '{split}' of {self.root} lists no images")
         self.labels = np.stack([read_labels(self.root, i) for i in self.ids])
 
     def __len__(self) -> int:
@@ -173,7 +174,7 @@ def svm_mean_ap(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarra
     for c, name in enumerate(class_names):
         labels = train_labels[:, c]
         if (labels == 1).sum() < folds:
-            raise ValueError(f"class '{name}' has {(labels == 1).sum()} positive training images; "
+            raise DataError(f"class '{name}' has {(labels == 1).sum()} positive training images; "
                              f"{folds}-fold cross-validation needs at least {folds}")
         cv_ap = []
         for cost in costs:
@@ -193,9 +194,9 @@ class VOC07Config:
     train_split: str = "trainval"
     test_split: str = "test"
     image_size: int = 224            # input side (see resize)
-    resize: str = "center_crop"      # center_crop: short side to image_size/0.875, centre crop | goyal: short
+    resize: Literal["center_crop", "goyal"] = "center_crop"      # center_crop: short side to image_size/0.875, centre crop | goyal: short
                                      # side to 256, then squashed to image_size x image_size (Goyal et al.)
-    feature: str = "pooled"          # pooled: the backbone's output | res5_6x6: last map, 6x6 stride-1 average
+    feature: Literal["pooled", "res5_6x6"] = "pooled"          # pooled: the backbone's output | res5_6x6: last map, 6x6 stride-1 average
                                      # pooling, flattened (Goyal et al.; 8192-d for ResNet-50 at 224)
     costs: list[float] | None = None  # None: Goyal et al.'s 26 costs
     folds: int = 3
@@ -226,8 +227,6 @@ def voc07_transform(resize: str, image_size: int, in_chans: int) -> v2.Compose:
 
 
 def evaluate_voc07(cfg: VOC07Config) -> dict:
-    if cfg.feature not in ("pooled", "res5_6x6"):
-        raise ConfigError(f"feature must be pooled or res5_6x6, not '{cfg.feature}'")
     device = resolve_device(cfg.device)
     backbone, _, in_chans = load_eval_backbone(cfg.checkpoint)
     transform = voc07_transform(cfg.resize, cfg.image_size, in_chans)

@@ -26,7 +26,7 @@ from common.config_help import parse_command_line
 from common.config_types import PositiveInt
 from common.data import dataset_info
 from common.entry import run_command, usage_text
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from common.method import FeatureSplits, Method
 from common.optim import OptimConfig
 from common.train_config import TrainConfig
@@ -104,7 +104,7 @@ class Finetuned(Method):
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if bool((labels < 0).any()):
-            raise ValueError("fine-tuning needs labels for every training image (got label -1)")
+            raise DataError("fine-tuning needs labels for every training image (got label -1)")
         features, z = self.encode(views[0])
         logits = self.head(z)
         loss = F.cross_entropy(logits, labels)

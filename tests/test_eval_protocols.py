@@ -11,6 +11,7 @@ import torchvision
 from PIL import Image
 
 from common.backbones import BackboneConfig, build_backbone
+from common.errors import DataError
 from evaluation import semi_supervised, voc07
 from evaluation.__main__ import PROTOCOLS
 from evaluation.feature_maps import Res5AvgPool6, last_feature_map
@@ -204,7 +205,7 @@ def test_stratified_fraction_and_name_lists(tmp_path):
     assert indices_of_names(paths, names).tolist() == [1, 2]
     with pytest.raises(ValueError, match="not in the dataset"):
         indices_of_names(paths[:2], names)
-    with pytest.raises(FileNotFoundError, match="subset_file"):
+    with pytest.raises(DataError, match="subset_file"):
         simclr_subset_file(1, str(tmp_path / "missing.txt"))
     with pytest.raises(ValueError, match="1% and 10%"):
         simclr_subset_file(5)

@@ -19,6 +19,7 @@ from torch import nn
 from common.config_types import NonNegativeFloat, PositiveFloat
 from common.distributed import gather_with_grad
 from common.dtypes import at_least_float32
+from common.errors import ConfigError, DataError
 from common.heads import mlp
 from common.method import FeatureSplits, Method
 from evaluation.neural_collapse import collapse_metrics
@@ -38,7 +39,7 @@ class VCRegLayerConfig:
     alpha: NonNegativeFloat = 0.16  # variance term's weight (Algorithm 1)
     beta: NonNegativeFloat = 0.01  # covariance term's weight (Algorithm 1)
     eps: PositiveFloat = 1e-5  # inside the variance term's square root
-    delta: float | None = None      # smooth-L1 covariance threshold (eq. 7); None: squared, as Algorithm 1
+    delta: PositiveFloat | None = None      # smooth-L1 covariance threshold (eq. 7); None: squared, as Algorithm 1
     all_reduce: bool = False           # statistics over all ranks instead of per rank (strength unchanged)
     # algorithm1 (the paper's: beta's strength grows with the rows per device) | batch_mean (alpha and beta mean
     # the same at any per-device batch, accumulation and number of processes)
@@ -103,13 +104,13 @@ class SupervisedClassifier(Method):
                  penalty: tuple[str, float, Callable[[torch.Tensor], torch.Tensor]] | None = None):
         super().__init__(backbone, feature_dim)
         if num_classes < 2:
-            raise ValueError(f"supervised training needs a labelled dataset, got {num_classes} classes")
+            raise ConfigError(f"supervised training needs a labelled dataset, got {num_classes} classes")
         self.classifier = nn.Linear(feature_dim, num_classes)
         self.label_smoothing, self.penalty = label_smoothing, penalty
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
         if bool((labels < 0).any()):
-            raise ValueError("supervised training got unlabelled images (label -1): use a labelled split")
+            raise DataError("supervised training got unlabelled images (label -1): use a labelled split")
         features = self.backbone(views[0])
         logits = self.classifier(features)
         cross_entropy = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
@@ -142,7 +143,7 @@ class JointEmbedding(Method):
     def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(embeddings of view 0, of view 1, detached backbone features of view 0)."""
         if len(views) != 2:
-            raise ValueError(f"{type(self).__name__} takes exactly 2 views (augment.num_views=2), got {len(views)}")
+            raise ConfigError(f"{type(self).__name__} takes exactly 2 views (augment.num_views=2), got {len(views)}")
         features = self.backbone(torch.cat(views))
         z1, z2 = at_least_float32(self.projector(features)).chunk(2)
         return z1, z2, features.chunk(2)[0].detach()

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from common.backbones import SmallConvNet
+from common.errors import ConfigError
 from vcreg.layer import VCReg
 
 PLACEMENTS = ("final", "blocks", "downsample", "blocks+downsample")
@@ -56,14 +57,14 @@ def _find_network(model: nn.Module) -> tuple[str, str, nn.Module]:
         family = _family(module)
         if family is not None:
             return (f"{name}." if name else ""), family, module
-    raise ValueError(f"apply_vcreg supports torchvision ResNets, timm ConvNeXt/ViT models and small_convnet, "
+    raise ConfigError(f"apply_vcreg supports torchvision ResNets, timm ConvNeXt/ViT models and small_convnet, "
                      f"found none inside {type(model).__name__}")
 
 
 def _sites(network: nn.Module, family: str, placement: str) -> list[tuple[str, nn.Module, bool]]:
     """(name, module, on_input) for each layer position; on_input means "before the module" (the classifier)."""
     if placement not in PLACEMENTS:
-        raise ValueError(f"unknown VCReg placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+        raise ConfigError(f"unknown VCReg placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
     named = dict(network.named_modules())
     if placement == "final":
         if family == "small_convnet":  # no classifier: its pooled output is the representation
@@ -94,7 +95,7 @@ def _sites(network: nn.Module, family: str, placement: str) -> list[tuple[str, n
         candidates.extend((f"blocks.{b}", block, False) for b, block in enumerate(network.blocks))
     if placement != "blocks" and not any(is_downsample for _, _, is_downsample in candidates):
         what = "a ViT has none" if family == "vit" else f"{type(network).__name__} downsamples inside its blocks"
-        raise ValueError(f"placement {placement!r} needs downsampling layers and {what}; use 'blocks'")
+        raise ConfigError(f"placement {placement!r} needs downsampling layers and {what}; use 'blocks'")
     wanted = {"blocks": (False,), "downsample": (True,), "blocks+downsample": (False, True)}[placement]
     return [(name, module, False) for name, module, is_downsample in candidates if is_downsample in wanted]
 
@@ -162,7 +163,7 @@ def apply_vcreg(model: nn.Module, placement: str = "blocks", *, alpha: float, be
     for pattern, values in overrides.items():
         unknown = set(values) - set(OVERRIDE_KEYS)
         if unknown:
-            raise ValueError(f"VCReg override {pattern!r} has unknown keys {sorted(unknown)}; "
+            raise ConfigError(f"VCReg override {pattern!r} has unknown keys {sorted(unknown)}; "
                              f"allowed: {', '.join(OVERRIDE_KEYS)}")
     matched: set[str] = set()
 
@@ -178,6 +179,6 @@ def apply_vcreg(model: nn.Module, placement: str = "blocks", *, alpha: float, be
     unmatched = sorted(set(overrides) - matched)
     if unmatched:
         remove_layers(model)
-        raise ValueError(f"VCReg override patterns {unmatched} match no layer of placement {placement!r}; "
+        raise ConfigError(f"VCReg override patterns {unmatched} match no layer of placement {placement!r}; "
                          f"layers are named like {names[0]!r}")
     return names

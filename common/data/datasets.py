@@ -202,7 +202,7 @@ class HFImageDataset(_DecodingDataset):
             return io.BytesIO(cell["bytes"])
         if cell.get("path"):
             return cell["path"]
-        raise ValueError("the image cell holds neither bytes nor a path")
+        raise DataError("the image cell holds neither bytes nor a path")
 
     def _describe(self, index: int) -> str:
         path = self.table[index][self.image_column].get("path")

@@ -26,6 +26,7 @@ from common.data.cifar import load_cifar10, load_cifar100
 from common.data.config import DataConfig
 from common.data.datasets import InMemoryImageDataset
 from common.data.fashion_mnist import load_fashion_mnist
+from common.errors import ConfigError
 
 IMBALANCE_PROFILES = ("exp", "step")
 
@@ -34,16 +35,16 @@ def longtail_counts(images_per_class: int, num_classes: int, imbalance_ratio: fl
                     profile: str = "exp") -> list[int]:
     """Images kept per class, from the head class 0 to the tail class ``num_classes - 1``."""
     if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
+        raise ConfigError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
     if num_classes < 2:
-        raise ValueError(f"a long-tailed split needs at least 2 classes, got {num_classes}")
+        raise ConfigError(f"a long-tailed split needs at least 2 classes, got {num_classes}")
     tail_fraction = 1.0 / imbalance_ratio
     if profile == "exp":
         return [int(images_per_class * tail_fraction ** (i / (num_classes - 1.0))) for i in range(num_classes)]
     if profile == "step":
         head = num_classes // 2
         return [images_per_class] * head + [int(images_per_class * tail_fraction)] * (num_classes - head)
-    raise ValueError(f"imbalance profile must be one of {', '.join(IMBALANCE_PROFILES)}, not '{profile}'")
+    raise ConfigError(f"imbalance profile must be one of {', '.join(IMBALANCE_PROFILES)}, not '{profile}'")
 
 
 def longtail_indices(targets, imbalance_ratio: float, profile: str = "exp", seed: int = 0) -> torch.Tensor:

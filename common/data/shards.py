@@ -186,7 +186,7 @@ class _EpochReader:
     def _decode(self, member: dict) -> tuple[Image.Image, int]:
         suffixes = [key for key in member if key in _IMAGE_SUFFIXES]
         if len(suffixes) != 1:
-            raise ValueError(f"sample {member['__key__']} has {len(suffixes)} image members")
+            raise DataError(f"sample {member['__key__']} has {len(suffixes)} image members")
         with Image.open(io.BytesIO(member[suffixes[0]])) as image:
             decoded = image.convert(self.dataset.mode)
         return decoded, int(member["cls"]) if "cls" in member else -1

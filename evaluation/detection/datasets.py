@@ -16,7 +16,7 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances, register_pascal_voc
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 # name: (folder under the root, image-set split, year)
 VOC_SPLITS = {
@@ -75,5 +75,5 @@ def register_datasets(names: list[str] | tuple[str, ...], root: str | Path | Non
             _unregister(name)
             _register_coco(name, root)
         else:
-            raise ValueError(f"dataset '{name}' is not one of the detection transfer datasets: "
+            raise ConfigError(f"dataset '{name}' is not one of the detection transfer datasets: "
                              f"{sorted(VOC_SPLITS) + sorted(COCO_SPLITS)}")

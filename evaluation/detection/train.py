@@ -62,7 +62,7 @@ class TransferTrainer(DefaultTrainer):
         if evaluator_type == "coco":
             # Without Detectron2's compiled extension this falls back to pycocotools' official COCOeval.
             return COCOEvaluator(dataset_name, output_dir=output_folder or str(Path(cfg.OUTPUT_DIR) / "inference"))
-        raise ValueError(f"no evaluator for dataset '{dataset_name}' (evaluator_type {evaluator_type!r})")
+        raise ConfigError(f"no evaluator for dataset '{dataset_name}' (evaluator_type {evaluator_type!r})")
 
     def train(self):
         """Train, then return the evaluation that ``DefaultTrainer``'s final evaluation hook ran."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import ConfigError
 from common.plots import new_figure, save_figure
 from stochcon.analysis.report import write_numbers
 
@@ -50,7 +51,7 @@ def epoch_of_step(step: int, train_size: int, batch_size: int) -> float:
     batch (`common.batches.BatchStream`), so an epoch is train_size // batch_size steps, not train_size / batch."""
     steps_per_epoch = train_size // batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"a training set of {train_size} images holds no batch of {batch_size}")
+        raise ConfigError(f"a training set of {train_size} images holds no batch of {batch_size}")
     return step / steps_per_epoch
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import RunFolderError
 from common.plots import new_figure, save_figure
 from stochcon.analysis.report import write_numbers
 
@@ -35,7 +36,7 @@ def feature_spectrum(features: np.ndarray) -> FeatureSpectrum:
     eigenvalues = np.clip(np.linalg.eigvalsh(centred.T @ centred / len(centred))[::-1], 0.0, None)
     total = eigenvalues.sum()
     if total <= 0:
-        raise ValueError("feature spectrum: every feature is constant over the images")
+        raise RunFolderError("feature spectrum: every feature is constant over the images")
     return FeatureSpectrum(
         explained=(eigenvalues / total).tolist(),
         participation_ratio=float(total**2 / (eigenvalues**2).sum()),

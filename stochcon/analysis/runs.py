@@ -106,7 +106,7 @@ class LatentEncoder(nn.Module):
     def __init__(self, method: Method):
         super().__init__()
         if not hasattr(method, "branch"):
-            raise ValueError(f"{type(method).__name__} has no latent variable to analyse")
+            raise ConfigError(f"{type(method).__name__} has no latent variable to analyse")
         self.backbone, self.branch = method.backbone, method.branch
 
     def forward(self, images: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from sklearn.datasets import make_moons
 from torch import nn
 
+from common.errors import ConfigError
 from common.plots import new_figure, save_figure
 from vcreg.layer import VCReg
 
@@ -67,7 +68,7 @@ def moons(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train_run(regulariser: str, cfg: TwoMoonsConfig, seed: int, grid_points: torch.Tensor) -> dict:
     if regulariser not in REGULARISERS:
-        raise ValueError(f"unknown regulariser {regulariser!r}; choose from {', '.join(REGULARISERS)}")
+        raise ConfigError(f"unknown regulariser {regulariser!r}; choose from {', '.join(REGULARISERS)}")
     x, y = moons(cfg.samples, cfg.noise, seed)
     x_test, y_test = moons(1000, cfg.noise, 10_000 + seed)
     torch.manual_seed(seed)
