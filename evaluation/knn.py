@@ -46,7 +46,7 @@ DEFAULT_MAX_CHUNK_ELEMENTS = 1 << 26
 
 @dataclass(frozen=True)
 class KNNSettings:
-    k: int              # the headline k (results key knn_top1 in the final evaluation)
+    k: int              # the headline k (results key knn_top1_k<k>)
     k_also: int         # a second k, reported beside it
     temperature: float
 
