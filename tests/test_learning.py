@@ -22,4 +22,4 @@ def test_simclr_on_fashion_mnist_subset_raises_knn_accuracy(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 96
-    assert results["knn_top1"] > results["knn_top1_at_init"] + 0.01
+    assert results["knn_top1_k20"] > results["knn_top1_k20_at_init"] + 0.01

@@ -105,7 +105,7 @@ def test_msbreg_trains_end_to_end_on_fashion_mnist(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all({"loss_mc", "loss_s", "loss_b", "proj_std", "ema_momentum"} <= set(r) for r in records)
-    assert (out / "backbone.safetensors").is_file() and "knn_top1" in json.loads((out / "results.json").read_text())
+    assert (out / "backbone.safetensors").is_file() and "knn_top1_k20" in json.loads((out / "results.json").read_text())
     # Table 3's figures on the trained backbone: alignment in [0, 4], uniformity in [-4, 0] for unit vectors.
     assert alignment_uniformity.main([str(out), "--max-images", "64", "--device", "cpu"]) == 0
     result = json.loads((out / "alignment_uniformity.json").read_text())
