@@ -123,7 +123,8 @@ def brownian_loss(z: Tensor, xi: Tensor) -> Tensor:
     descent moves each normalised embedding by a random step on the sphere (a diffusion). ``z`` [N, D]: online
     projections; ``xi`` [N, D]: the random directions, drawn by the caller (``msbreg.msbreg.brownian_noise``
     draws them per sample, per image or per batch, on the unit sphere or Gaussian); their norm is the scale of
-    the step, so it multiplies the loss's weight.
+    the step, so it multiplies the loss's weight (and so does summing over the N rows instead of averaging,
+    ``MSBRegConfig.brownian_reduction``).
     """
     if z.dim() != 2:
         raise ValueError(f"brownian_loss expects a batch [N, D], got {tuple(z.shape)}")

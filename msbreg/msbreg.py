@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.distributed import gather_with_grad, per_sample_rand
+from common.distributed import gather_with_grad, per_sample_rand, world_size
 from common.errors import ConfigError
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.losses import (
@@ -29,6 +29,7 @@ from msbreg.losses import (
 CENTROID_LOSSES = {"leave_one_out": multiview_centroid_loss, "centroid_to_centroid": centroid_to_centroid_loss}
 BROWNIAN_DIRECTIONS = ("per_sample", "per_image", "per_batch")
 BROWNIAN_NOISES = ("sphere", "gaussian")
+BROWNIAN_REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class MSBRegConfig(BYOLConfig):
     singular_value_normalised: bool = True  # L_s on L2-normalised projections z/||z|| (true) or raw ones
     brownian_direction: str = "per_sample"  # per_sample (every view of every image) | per_image (shared by an image's K views) | per_batch (one for the step)
     brownian_noise: str = "sphere"  # sphere (unit-norm directions) | gaussian (N(0, I), norm about sqrt(d): lambda_b x sqrt(d))
+    brownian_reduction: str = "mean"  # mean over the K x N rows of the global batch | sum over them (lambda_b x K N: a batch-size-free step per embedding)
 
 
 def brownian_noise(num_views: int, batch: int, dim: int, direction: str, noise: str,
@@ -77,15 +79,17 @@ class MSBReg(BYOL):
     Built as ``MSBReg(MSBRegConfig(...), backbone, feature_dim)``, like ``BYOL``.
 
     L_s and L_uniform are computed per view over the global batch (gathered across ranks with gradient) and
-    averaged over the views; L_b is a per-sample force, averaged over every online projection of the rank,
-    with its random directions drawn per sample of the global batch.
+    averaged over the views; L_b is a per-sample force on every online projection of the rank, averaged (or,
+    ``brownian_reduction=sum``, summed over the global batch), with its random directions drawn per sample of
+    the global batch.
     Logged metrics: every loss term, the collapse monitor ``proj_std`` and ``ema_momentum``.
     """
 
     def __init__(self, cfg: MSBRegConfig, backbone: nn.Module, feature_dim: int):
         choices = {"method.centroid_loss": (cfg.centroid_loss, tuple(CENTROID_LOSSES)),
                    "method.brownian_direction": (cfg.brownian_direction, BROWNIAN_DIRECTIONS),
-                   "method.brownian_noise": (cfg.brownian_noise, BROWNIAN_NOISES)}
+                   "method.brownian_noise": (cfg.brownian_noise, BROWNIAN_NOISES),
+                   "method.brownian_reduction": (cfg.brownian_reduction, BROWNIAN_REDUCTIONS)}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not '{value}'")
@@ -109,6 +113,9 @@ class MSBReg(BYOL):
             xi = brownian_noise(num_views, batch, dim, cfg.brownian_direction, cfg.brownian_noise,
                                 projections.device)
             metrics["loss_b"] = brownian_loss(projections.flatten(0, 1), xi)
+            if cfg.brownian_reduction == "sum":
+                # mean x the global row count: the ranks' gradients, averaged, are those of the global sum
+                metrics["loss_b"] = metrics["loss_b"] * (num_views * batch * world_size())
             loss = loss + cfg.lambda_b * metrics["loss_b"]
         if cfg.lambda_u:
             metrics["loss_uniform"] = torch.stack(

@@ -60,7 +60,7 @@ def test_msbreg_with_two_views_and_no_regularisers_reproduces_byol_loss_and_grad
 @pytest.mark.parametrize("readings", [
     {},
     {"centroid_loss": "centroid_to_centroid", "singular_value_centred": True, "singular_value_normalised": False,
-     "brownian_direction": "per_image", "brownian_noise": "gaussian"},
+     "brownian_direction": "per_image", "brownian_noise": "gaussian", "brownian_reduction": "sum"},
     {"singular_value_centred": False, "singular_value_normalised": False, "brownian_direction": "per_batch"},
 ], ids=["defaults", "other_readings", "uncentred_raw_per_batch"])
 def test_msbreg_loss_is_the_weighted_sum_of_its_terms(readings):
@@ -74,7 +74,7 @@ def test_msbreg_loss_is_the_weighted_sum_of_its_terms(readings):
     z = embedded["projections"]
     torch.manual_seed(123)
     xi = brownian_noise(4, 6, 8, cfg.brownian_direction, cfg.brownian_noise)
-    expected_b = brownian_loss(z.flatten(0, 1), xi)
+    expected_b = brownian_loss(z.flatten(0, 1), xi) * (4 * 6 if cfg.brownian_reduction == "sum" else 1)
     centroid = centroid_to_centroid_loss if cfg.centroid_loss == "centroid_to_centroid" else multiview_centroid_loss
     expected_mc = centroid(embedded["predictions"], embedded["targets"])
     expected_s = torch.stack([singular_value_loss(v, cfg.singular_value_centred, cfg.singular_value_normalised)
@@ -95,7 +95,7 @@ def test_msbreg_loss_is_the_weighted_sum_of_its_terms(readings):
 
 
 @pytest.mark.parametrize("key, value", [("centroid_loss", "centroid"), ("brownian_direction", "per_view"),
-                                        ("brownian_noise", "uniform")])
+                                        ("brownian_noise", "uniform"), ("brownian_reduction", "max")])
 def test_msbreg_rejects_unknown_readings(key, value):
     with pytest.raises(ConfigError, match=f"method.{key}"):
         MSBReg(MSBRegConfig(**HEADS, **{key: value}), tiny_backbone(), 6)

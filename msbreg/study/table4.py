@@ -70,6 +70,8 @@ READINGS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "lb_per_batch": (["method.brownian_direction=per_batch"], USES_LB),
     "lb_sphere": (["method.brownian_noise=sphere"], USES_LB),
     "lb_gaussian": (["method.brownian_noise=gaussian"], USES_LB),
+    "lb_mean": (["method.brownian_reduction=mean"], USES_LB),
+    "lb_sum": (["method.brownian_reduction=sum"], USES_LB),
     "mc_leave_one_out": (["method.centroid_loss=leave_one_out"], USES_MC),
     "mc_centroid_to_centroid": (["method.centroid_loss=centroid_to_centroid"], USES_MC),
 }
