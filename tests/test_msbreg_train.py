@@ -165,4 +165,4 @@ def test_table4_study_table_from_run_folders(tmp_path):
     assert rows == ["| defaults | byol_bn | 2 | 0.820 ± 0.028 | 0.0600 ± 0.0141 | 0/2 |",
                     "| defaults | byol_ln | 1 | 0.300 | 0.0090 | 1/1 |"]
     figures = table4.collapse_figures(tmp_path, ["defaults"], list(table4.CELLS))
-    assert figures == [tmp_path / "collapse_defaults.png"] and figures[0].stat().st_size > 1000
+    assert figures == [tmp_path / "msbreg_table4_collapse_defaults.png"] and figures[0].stat().st_size > 1000

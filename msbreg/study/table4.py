@@ -2,7 +2,7 @@
 the collapse curves and the table.
 
     python -m msbreg.study.table4 [--root runs/msbreg/table4_study] [--seeds 0 1 2] [--cells ...]
-                                  [--readings ...] [--report-only] [-- key=value ...]
+                                  [--readings ...] [--report-only] [--figure-dir docs/figures] [-- key=value ...]
 
 Table 4 of the supplement ("An Embedding-Dynamic Approach to Self-supervised Learning", supplement section 4)
 makes three claims: BYOL with layer norm in the heads collapses (10.6 % on STL-10), the Brownian diffusive
@@ -16,7 +16,8 @@ Every run is ``msbreg/train.py --config CELL key=value ... seed=S output_dir=ROO
 study's budget (``BUDGET``, the same for every cell, plus any ``key=value`` given here); a run whose folder
 already has a ``results.json`` is kept. Then, from the runs' ``results.json`` and ``metrics.jsonl``:
 ``ROOT/table4.md`` (20-NN top-1 and the collapse monitor per reading and cell, mean and spread over the seeds
-run) and ``ROOT/collapse_<reading>.png`` (``msbreg.analysis.collapse_curve``, the seed-0 run of each cell).
+run) and ``msbreg_table4_collapse_<reading>.png`` in ROOT or ``--figure-dir`` (``msbreg.analysis.collapse_curve``,
+the lowest-seed run of each cell).
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ def table(root: Path, readings: list[str], cells: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def collapse_figures(root: Path, readings: list[str], cells: list[str]) -> list[Path]:
-    """One PNG per reading: the proj_std curve of the lowest-seed finished run of each cell it ran."""
+def collapse_figures(root: Path, readings: list[str], cells: list[str], figure_dir: Path | None = None) -> list[Path]:
+    """One PNG per reading, ``msbreg_table4_collapse_<reading>.png`` in ``figure_dir`` (default: ``root``): the
+    proj_std curve of the lowest-seed finished run of each cell it ran."""
     written = []
     for reading in readings:
         folders, labels = [], []
@@ -172,7 +174,7 @@ def collapse_figures(root: Path, readings: list[str], cells: list[str]) -> list[
                 folders.append(done[0])
                 labels.append(f"{cell} ({done[0].name})")
         if folders:
-            output = root / f"collapse_{reading}.png"
+            output = (figure_dir or root) / f"msbreg_table4_collapse_{reading}.png"
             write_collapse_curves(folders, output, labels)
             written.append(output)
     return written
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
     parser.add_argument("--readings", nargs="+", choices=list(READINGS), default=list(READINGS))
     parser.add_argument("--report-only", action="store_true", help="only write the table and the figures")
+    parser.add_argument("--figure-dir", help="where the collapse PNGs go (default: --root), e.g. docs/figures")
     parser.add_argument("overrides", nargs="*", help="key=value for every run, after the study's budget")
     args = parser.parse_args(argv)
     root = Path(args.root)
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     (root / "table4.md").write_text(report)
     print(report)
-    for figure in collapse_figures(root, args.readings, args.cells):
+    figure_dir = Path(args.figure_dir) if args.figure_dir else None
+    for figure in collapse_figures(root, args.readings, args.cells, figure_dir):
         print(f"wrote {figure}")
     return 0
 
