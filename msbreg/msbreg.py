@@ -1,9 +1,10 @@
 """MSBReg: BYOL with K views, a multiview centroid loss, a singular value loss and a Brownian diffusive loss.
 
-Total loss (this project's reading of the paper, issue 4):
+Total loss (this project's reading of the paper's Figure 1 caption and supplement):
     L = L_mc + lambda_s * L_s + lambda_b * L_b (+ lambda_u * L_uniform, the "BYOL + L_uniform" baseline of
     supplementary Table 3; 0 in MSBReg itself)
-Every term is a pure function in ``msbreg.losses``; this module only wires them.
+Every term is a pure function in ``msbreg.losses``; where the paper's words allow several formulas, the
+reading is a switch of ``MSBRegConfig``. This module wires the terms and draws the Brownian noise.
 """
 
 from __future__ import annotations
@@ -11,11 +12,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from common.distributed import gather_with_grad, per_sample_rand
+from common.distributed import gather_with_grad, per_sample_rand, world_size
+from common.errors import ConfigError
 from msbreg.byol import BYOL, BYOLConfig
-from msbreg.losses import brownian_loss, multiview_centroid_loss, singular_value_loss, uniformity_loss
+from msbreg.losses import (
+    brownian_loss,
+    centroid_to_centroid_loss,
+    multiview_centroid_loss,
+    singular_value_loss,
+    uniformity_loss,
+)
+
+CENTROID_LOSSES = {"leave_one_out": multiview_centroid_loss, "centroid_to_centroid": centroid_to_centroid_loss}
+BROWNIAN_DIRECTIONS = ("per_sample", "per_image", "per_batch")
+BROWNIAN_NOISES = ("sphere", "gaussian")
+BROWNIAN_REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
@@ -24,6 +38,39 @@ class MSBRegConfig(BYOLConfig):
     lambda_b: float = 0.5     # Brownian diffusive loss weight (best of supplementary Table 5)
     lambda_u: float = 0.0     # Wang & Isola uniformity loss weight: only the Table 3 baseline sets it
     uniformity_t: float = 2.0  # temperature t of the uniformity loss
+    # Readings of the paper's words (its equations are in the unavailable main text); see msbreg/losses.py.
+    centroid_loss: str = "leave_one_out"  # leave_one_out (each prediction to the other views' target centroid) | centroid_to_centroid (online centroid to target centroid)
+    singular_value_centred: bool = False  # L_s on the centred batch (covariance) or not (second moment); centred does not see a collapse
+    singular_value_normalised: bool = True  # L_s on L2-normalised projections z/||z|| (true) or raw ones
+    brownian_direction: str = "per_sample"  # per_sample (every view of every image) | per_image (shared by an image's K views) | per_batch (one for the step)
+    brownian_noise: str = "sphere"  # sphere (unit-norm directions) | gaussian (N(0, I), norm about sqrt(d): lambda_b x sqrt(d))
+    brownian_reduction: str = "mean"  # mean over the K x N rows of the global batch | sum over them (lambda_b x K N: a batch-size-free step per embedding)
+
+
+def brownian_noise(num_views: int, batch: int, dim: int, direction: str, noise: str,
+                   device: torch.device | None = None) -> Tensor:
+    """The random directions xi of ``brownian_loss`` for K views of this rank's ``batch`` images: [K * batch, dim].
+
+    Rows are view-major, like ``projections.flatten(0, 1)``. ``direction``: ``per_sample`` draws one per
+    row; ``per_image`` one per image, the same for its K views; ``per_batch`` one for the whole step.
+    ``noise``: ``gaussian`` keeps the N(0, I_d) draws (a Wiener increment), ``sphere`` normalises them to unit
+    length (uniform on S^{d-1}). Drawn from the global RNG per sample of the global batch
+    (``common.distributed.per_sample_rand``), so that image i gets the same xi on any number of processes.
+    """
+    if direction == "per_sample":
+        xi = per_sample_rand(batch, dim, device=device, dtype=torch.float32, normal=True, groups=num_views)
+    elif direction == "per_image":
+        xi = per_sample_rand(batch, dim, device=device, dtype=torch.float32, normal=True).repeat(num_views, 1)
+    elif direction == "per_batch":
+        # One draw on every rank from the identically seeded global RNG: the same direction everywhere.
+        xi = torch.randn(1, dim, device=device, dtype=torch.float32).expand(num_views * batch, dim)
+    else:
+        raise ValueError(f"brownian direction must be one of {', '.join(BROWNIAN_DIRECTIONS)}, not '{direction}'")
+    if noise == "sphere":
+        return F.normalize(xi, dim=-1)
+    if noise == "gaussian":
+        return xi
+    raise ValueError(f"brownian noise must be one of {', '.join(BROWNIAN_NOISES)}, not '{noise}'")
 
 
 class MSBReg(BYOL):
@@ -32,10 +79,21 @@ class MSBReg(BYOL):
     Built as ``MSBReg(MSBRegConfig(...), backbone, feature_dim)``, like ``BYOL``.
 
     L_s and L_uniform are computed per view over the global batch (gathered across ranks with gradient) and
-    averaged over the views; L_b is a per-sample force, averaged over every online projection of the rank,
-    with its random directions drawn per sample of the global batch.
+    averaged over the views; L_b is a per-sample force on every online projection of the rank, averaged (or,
+    ``brownian_reduction=sum``, summed over the global batch), with its random directions drawn per sample of
+    the global batch.
     Logged metrics: every loss term, the collapse monitor ``proj_std`` and ``ema_momentum``.
     """
+
+    def __init__(self, cfg: MSBRegConfig, backbone: nn.Module, feature_dim: int):
+        choices = {"method.centroid_loss": (cfg.centroid_loss, tuple(CENTROID_LOSSES)),
+                   "method.brownian_direction": (cfg.brownian_direction, BROWNIAN_DIRECTIONS),
+                   "method.brownian_noise": (cfg.brownian_noise, BROWNIAN_NOISES),
+                   "method.brownian_reduction": (cfg.brownian_reduction, BROWNIAN_REDUCTIONS)}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not '{value}'")
+        super().__init__(cfg, backbone, feature_dim)
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if len(views) < 2:
@@ -43,18 +101,21 @@ class MSBReg(BYOL):
         cfg = self.cfg
         out = self.embed(views)
         projections = out["projections"]
-        metrics = {"loss_mc": multiview_centroid_loss(out["predictions"], out["targets"])}
+        metrics = {"loss_mc": CENTROID_LOSSES[cfg.centroid_loss](out["predictions"], out["targets"])}
         loss = metrics["loss_mc"]
         if cfg.lambda_s:
-            metrics["loss_s"] = torch.stack([singular_value_loss(gather_with_grad(z)) for z in projections]).mean()
+            metrics["loss_s"] = torch.stack([
+                singular_value_loss(gather_with_grad(z), cfg.singular_value_centred, cfg.singular_value_normalised)
+                for z in projections]).mean()
             loss = loss + cfg.lambda_s * metrics["loss_s"]
         if cfg.lambda_b:
-            # xi per sample of the global batch (each view's rows sliced per rank): the same draws on any
-            # number of processes; on one process the same as brownian_loss's own draw
             num_views, batch, dim = projections.shape
-            xi = per_sample_rand(batch, dim, device=projections.device, dtype=torch.float32, normal=True,
-                                 groups=num_views)
-            metrics["loss_b"] = brownian_loss(projections.flatten(0, 1), xi=xi)
+            xi = brownian_noise(num_views, batch, dim, cfg.brownian_direction, cfg.brownian_noise,
+                                projections.device)
+            metrics["loss_b"] = brownian_loss(projections.flatten(0, 1), xi)
+            if cfg.brownian_reduction == "sum":
+                # mean x the global row count: the ranks' gradients, averaged, are those of the global sum
+                metrics["loss_b"] = metrics["loss_b"] * (num_views * batch * world_size())
             loss = loss + cfg.lambda_b * metrics["loss_b"]
         if cfg.lambda_u:
             metrics["loss_uniform"] = torch.stack(

@@ -12,6 +12,7 @@ from common.config import ConfigError, load_config
 from msbreg.analysis import alignment_uniformity, collapse_curve
 from msbreg.byol import BYOL
 from msbreg.msbreg import MSBReg
+from msbreg.study import table4
 from msbreg.train import MSBRegTrainConfig, build_method, main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "msbreg" / "configs"
@@ -56,6 +57,13 @@ def test_every_config_resolves(path):
     if cfg.method.name == "byol":
         assert cfg.augment.num_views == 2 and not (cfg.method.lambda_s or cfg.method.lambda_b)
     assert cfg.output_dir.endswith(path.stem)
+    # Every method, the baselines included, uses the augmentation of supplementary Table 1, so that Tables 3
+    # and 4 compare methods only; every run logs to TensorBoard like the other packages' runs.
+    table1 = (cfg.augment.flip_prob, cfg.augment.jitter_prob, cfg.augment.brightness, cfg.augment.contrast,
+              cfg.augment.saturation, cfg.augment.hue, cfg.augment.grayscale_prob)
+    assert table1 == (0.5, 0.8, 0.4, 0.4, 0.2, 0.1, 0.2)
+    assert (cfg.augment.blur_prob, cfg.augment.solarize_prob) == ([1.0], [0.2])
+    assert cfg.tracker == "tensorboard"
 
 
 def test_table4_configs_carry_the_table_values():
@@ -70,7 +78,7 @@ def test_table4_configs_carry_the_table_values():
         0.0005, 0.005, 0.05]
     r50 = method("imagenet_resnet50_msbreg")
     assert (r50.backbone.name, r50.optim.lr, r50.epochs, r50.method.proj_hidden_dim, r50.method.base_momentum) == (
-        "resnet50", 0.15, 300, 4096, 0.996)
+        "resnet50", 0.15, 300, 2048, 0.996)
 
 
 def test_collapse_curve_reads_metrics_and_writes_png_and_json(tmp_path):
@@ -118,3 +126,43 @@ def test_alignment_uniformity_of_paired_features():
     result = alignment_uniformity.alignment_uniformity(first, first.clone())
     assert result["alignment"] == pytest.approx(0.0, abs=1e-6)
     assert result["uniformity"] == pytest.approx(-8.0, abs=1e-5)  # one antipodal pair: log exp(-2 * 4)
+
+
+def test_table4_study_plans_one_reading_at_a_time():
+    runs = table4.planned_runs(["defaults", "lb_per_sample", "lb_per_image", "ls_centred_raw"], list(table4.CELLS),
+                               [0, 1])
+    assert [(r, c) for r, c, s in runs if s == 0] == [
+        ("defaults", "byol_bn"), ("defaults", "byol_ln"), ("defaults", "byol_ln_lb"), ("defaults", "msbreg_bn"),
+        ("defaults", "msbreg_ln"),
+        # lb_per_sample is what the configs already use: not run twice
+        ("lb_per_image", "byol_ln_lb"), ("lb_per_image", "msbreg_bn"), ("lb_per_image", "msbreg_ln"),
+        ("ls_centred_raw", "msbreg_bn"), ("ls_centred_raw", "msbreg_ln")]
+    assert len(runs) == 20
+    command = table4.train_command(Path("/r"), "lb_per_image", "msbreg_ln", 2, ["max_steps=5"])
+    assert command[command.index("--config") + 1].endswith("fashion_mnist_msbreg_ln.yaml")
+    assert command.index("max_steps=5") < command.index("method.brownian_direction=per_image")
+    assert {"seed=2", "output_dir=/r/lb_per_image/msbreg_ln/seed2"} <= set(command)
+    for reading, (overrides, _) in table4.READINGS.items():  # every override is a key of the schema
+        load_config(MSBRegTrainConfig, ["--config", str(CONFIGS / "fashion_mnist_msbreg.yaml"), *overrides])
+
+
+def test_table4_study_table_from_run_folders(tmp_path):
+    def fake_run(reading, cell, seed, knn, proj_std):
+        folder = table4.run_dir(tmp_path, reading, cell, seed)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"knn_top1": knn, "knn_top1_k200": 0.5}))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "proj_std": v}) + "\n"
+                                                      for s, v in ((10, 0.08), (20, proj_std))))
+        (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"proj_output_dim": 100},
+                                                            "eval": {"knn_k": 20}}))
+
+    fake_run("defaults", "byol_bn", 0, 0.80, 0.07)
+    fake_run("defaults", "byol_bn", 1, 0.84, 0.05)
+    fake_run("defaults", "byol_ln", 0, 0.30, 0.009)  # below 0.1 / sqrt(100) = 0.01: collapsed
+    report = table4.table(tmp_path, ["defaults"], list(table4.CELLS))
+    rows = [line for line in report.splitlines() if line.startswith("| defaults")]
+    # mean and sample std of (0.80, 0.84): 0.820 ± 0.028; of (0.07, 0.05): 0.0600 ± 0.0141
+    assert rows == ["| defaults | byol_bn | 2 | 0.820 ± 0.028 | 0.0600 ± 0.0141 | 0/2 |",
+                    "| defaults | byol_ln | 1 | 0.300 | 0.0090 | 1/1 |"]
+    figures = table4.collapse_figures(tmp_path, ["defaults"], list(table4.CELLS))
+    assert figures == [tmp_path / "msbreg_table4_collapse_defaults.png"] and figures[0].stat().st_size > 1000
