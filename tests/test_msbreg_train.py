@@ -62,7 +62,8 @@ def test_every_config_resolves(path):
     table1 = (cfg.augment.flip_prob, cfg.augment.jitter_prob, cfg.augment.brightness, cfg.augment.contrast,
               cfg.augment.saturation, cfg.augment.hue, cfg.augment.grayscale_prob)
     assert table1 == (0.5, 0.8, 0.4, 0.4, 0.2, 0.1, 0.2)
-    assert (cfg.augment.blur_prob, cfg.augment.solarize_prob) == ([1.0], [0.2])
+    no_blur = path.stem.startswith("fashion_mnist")  # 28 px images: no blur, for every method alike
+    assert (cfg.augment.blur_prob, cfg.augment.solarize_prob) == ([0.0] if no_blur else [1.0], [0.2])
     assert cfg.tracker == "tensorboard"
 
 
@@ -142,7 +143,7 @@ def test_table4_study_plans_one_reading_at_a_time():
     assert command[command.index("--config") + 1].endswith("fashion_mnist_msbreg_ln.yaml")
     assert command.index("max_steps=5") < command.index("method.brownian_direction=per_image")
     assert {"seed=2", "output_dir=/r/lb_per_image/msbreg_ln/seed2"} <= set(command)
-    for reading, (overrides, _) in table4.READINGS.items():  # every override is a key of the schema
+    for overrides, _ in table4.READINGS.values():  # every override is a key of the schema
         load_config(MSBRegTrainConfig, ["--config", str(CONFIGS / "fashion_mnist_msbreg.yaml"), *overrides])
 
 
@@ -150,11 +151,10 @@ def test_table4_study_table_from_run_folders(tmp_path):
     def fake_run(reading, cell, seed, knn, proj_std):
         folder = table4.run_dir(tmp_path, reading, cell, seed)
         folder.mkdir(parents=True)
-        (folder / "results.json").write_text(json.dumps({"knn_top1": knn, "knn_top1_k200": 0.5}))
+        (folder / "results.json").write_text(json.dumps({"knn_top1_k20": knn, "knn_top1_k200": 0.5}))
         (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "proj_std": v}) + "\n"
                                                       for s, v in ((10, 0.08), (20, proj_std))))
-        (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"proj_output_dim": 100},
-                                                            "eval": {"knn_k": 20}}))
+        (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"proj_output_dim": 100}}))
 
     fake_run("defaults", "byol_bn", 0, 0.80, 0.07)
     fake_run("defaults", "byol_bn", 1, 0.84, 0.05)

@@ -36,11 +36,9 @@ CONFIGS = REPOSITORY / "msbreg" / "configs"
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(REPOSITORY))
 
-import yaml  # noqa: E402
-
-from common.config import load_config  # noqa: E402
-from msbreg.analysis.collapse_curve import projection_dim, read_curve, write_collapse_curves  # noqa: E402
-from msbreg.train import MSBRegTrainConfig  # noqa: E402
+from common.config import load_config
+from msbreg.analysis.collapse_curve import projection_dim, read_curve, write_collapse_curves
+from msbreg.train import MSBRegTrainConfig
 
 # Table 4's rows on Fashion-MNIST: cell -> config (the two "BYOL" rows and the three "Ours" rows at batch 256;
 # the batch-1024 BYOL-LN row and the other LN lambda_b of "Ours" are left out to keep the study affordable).
@@ -125,9 +123,7 @@ def summarise(folder: Path) -> dict | None:
     results = json.loads(results_path.read_text())
     _, values = read_curve(folder)
     dim = projection_dim(folder)
-    knn_k = yaml.safe_load((folder / "config.yaml").read_text())["eval"]["knn_k"]
-    knn_key = "knn_top1" if knn_k == 20 else "knn_top1_k20"
-    return {"knn20": results[knn_key], "proj_std": values[-1], "proj_std_min": min(values),
+    return {"knn20": results["knn_top1_k20"], "proj_std": values[-1], "proj_std_min": min(values),
             "collapsed": values[-1] < COLLAPSE_FRACTION / math.sqrt(dim), "sphere_level": 1 / math.sqrt(dim)}
 
 
