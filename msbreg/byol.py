@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.config_types import Fraction, PositiveInt
 from common.heads import mlp
 from common.method import Method
 from common.schedules import ema_momentum
@@ -17,13 +19,14 @@ from msbreg.losses import byol_loss
 
 @dataclass
 class BYOLConfig:
+    name: Literal["byol"] = "byol"  # BYOL (Grill et al. 2020), the baseline MSBReg builds on: 2 views
     # Heads: 2-layer MLPs with ReLU (supplement 1.2). ResNet-18: 512 hidden / 128 out; ResNet-50: 4096 / 256.
-    proj_hidden_dim: int = 512
-    proj_output_dim: int = 128
-    pred_hidden_dim: int = 512
-    head_norm: str = "bn"                  # bn | ln | none: normalisation in the heads (supplementary Table 4)
+    proj_hidden_dim: PositiveInt = 512
+    proj_output_dim: PositiveInt = 128
+    pred_hidden_dim: PositiveInt = 512
+    head_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the heads (supplementary Table 4)
     weight_standardization: bool = False   # weight-standardised linear layers in the heads (supplement 1.2)
-    base_momentum: float = 0.99            # target EMA momentum, cosine from this to 1 per step (0.996 on ImageNet)
+    base_momentum: Fraction = 0.99         # target EMA momentum, cosine from this to 1 per step (0.996 on ImageNet)
 
 
 class BYOL(Method):
@@ -69,7 +72,7 @@ class BYOL(Method):
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if len(views) != 2:
-            raise ValueError(f"BYOL takes exactly 2 views, got {len(views)}: set augment.num_views=2")
+            raise ValueError(f"BYOL takes exactly 2 views, got {len(views)}")
         out = self.embed(views)
         p, z = out["predictions"], out["targets"]
         loss = 0.5 * (byol_loss(p[0], z[1]) + byol_loss(p[1], z[0]))

@@ -10,13 +10,14 @@ reading is a switch of ``MSBRegConfig``. This module wires the terms and draws t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from common.config_types import NonNegativeFloat, PositiveFloat
 from common.distributed import gather_with_grad, per_sample_rand, world_size
-from common.errors import ConfigError
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.losses import (
     brownian_loss,
@@ -27,25 +28,25 @@ from msbreg.losses import (
 )
 
 CENTROID_LOSSES = {"leave_one_out": multiview_centroid_loss, "centroid_to_centroid": centroid_to_centroid_loss}
-BROWNIAN_DIRECTIONS = ("per_sample", "per_image", "per_batch")
-BROWNIAN_NOISES = ("sphere", "gaussian")
-BROWNIAN_REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
 class MSBRegConfig(BYOLConfig):
-    lambda_s: float = 0.004   # singular value loss weight (best of supplementary Table 5 for K = 4 and 8)
-    lambda_b: float = 0.5     # Brownian diffusive loss weight (best of supplementary Table 5)
-    lambda_u: float = 0.0     # Wang & Isola uniformity loss weight: only the Table 3 baseline sets it
-    uniformity_t: float = 2.0  # temperature t of the uniformity loss
+    """BYOL's fields, K views (``augment.num_views``) and the three terms; ``lambda_s = lambda_b = 0`` with K = 2
+    is BYOL's loss (the "BYOL + L_b" rows of supplementary Table 4 set only ``lambda_b``)."""
+
+    name: Literal["msbreg"] = "msbreg"  # MSBReg ("An Embedding-Dynamic Approach to Self-supervised Learning")
+    lambda_s: NonNegativeFloat = 0.004  # singular value loss weight (best of supplementary Table 5 for K = 4 and 8)
+    lambda_b: NonNegativeFloat = 0.5    # Brownian diffusive loss weight (best of supplementary Table 5)
+    lambda_u: NonNegativeFloat = 0.0    # Wang & Isola uniformity loss weight: only the Table 3 baseline sets it
+    uniformity_t: PositiveFloat = 2.0   # temperature t of the uniformity loss
     # Readings of the paper's words (its equations are in the unavailable main text); see msbreg/losses.py.
-    centroid_loss: str = "leave_one_out"  # leave_one_out (each prediction to the other views' target centroid) | centroid_to_centroid (online centroid to target centroid)
+    centroid_loss: Literal["leave_one_out", "centroid_to_centroid"] = "leave_one_out"  # each prediction to the other views' target centroid | online centroid to target centroid
     singular_value_centred: bool = False  # L_s on the centred batch (covariance) or not (second moment); centred does not see a collapse
     singular_value_normalised: bool = True  # L_s on L2-normalised projections z/||z|| (true) or raw ones
-    brownian_direction: str = "per_sample"  # per_sample (every view of every image) | per_image (shared by an image's K views) | per_batch (one for the step)
-    brownian_noise: str = "sphere"  # sphere (unit-norm directions) | gaussian (N(0, I), norm about sqrt(d): lambda_b x sqrt(d))
-    brownian_reduction: str = "mean"  # mean over the K x N rows of the global batch | sum over them (lambda_b x K N: a batch-size-free step per embedding)
-
+    brownian_direction: Literal["per_sample", "per_image", "per_batch"] = "per_sample"  # every view of every image | shared by an image's K views | one for the step
+    brownian_noise: Literal["sphere", "gaussian"] = "sphere"  # unit-norm directions | N(0, I), norm about sqrt(d): lambda_b x sqrt(d)
+    brownian_reduction: Literal["mean", "sum"] = "mean"  # mean over the K x N rows of the global batch | sum over them (lambda_b x K N: a batch-size-free step per embedding)
 
 def brownian_noise(num_views: int, batch: int, dim: int, direction: str, noise: str,
                    device: torch.device | None = None) -> Tensor:
@@ -65,12 +66,12 @@ def brownian_noise(num_views: int, batch: int, dim: int, direction: str, noise: 
         # One draw on every rank from the identically seeded global RNG: the same direction everywhere.
         xi = torch.randn(1, dim, device=device, dtype=torch.float32).expand(num_views * batch, dim)
     else:
-        raise ValueError(f"brownian direction must be one of {', '.join(BROWNIAN_DIRECTIONS)}, not '{direction}'")
+        raise ValueError(f"brownian direction must be per_sample, per_image or per_batch, not '{direction}'")
     if noise == "sphere":
         return F.normalize(xi, dim=-1)
     if noise == "gaussian":
         return xi
-    raise ValueError(f"brownian noise must be one of {', '.join(BROWNIAN_NOISES)}, not '{noise}'")
+    raise ValueError(f"brownian noise must be sphere or gaussian, not '{noise}'")
 
 
 class MSBReg(BYOL):
@@ -85,19 +86,9 @@ class MSBReg(BYOL):
     Logged metrics: every loss term, the collapse monitor ``proj_std`` and ``ema_momentum``.
     """
 
-    def __init__(self, cfg: MSBRegConfig, backbone: nn.Module, feature_dim: int):
-        choices = {"method.centroid_loss": (cfg.centroid_loss, tuple(CENTROID_LOSSES)),
-                   "method.brownian_direction": (cfg.brownian_direction, BROWNIAN_DIRECTIONS),
-                   "method.brownian_noise": (cfg.brownian_noise, BROWNIAN_NOISES),
-                   "method.brownian_reduction": (cfg.brownian_reduction, BROWNIAN_REDUCTIONS)}
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not '{value}'")
-        super().__init__(cfg, backbone, feature_dim)
-
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
         if len(views) < 2:
-            raise ValueError(f"MSBReg needs at least 2 views, got {len(views)}: set augment.num_views >= 2")
+            raise ValueError(f"MSBReg needs at least 2 views, got {len(views)}")
         cfg = self.cfg
         out = self.embed(views)
         projections = out["projections"]

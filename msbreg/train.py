@@ -10,7 +10,7 @@ augmentation of supplementary Table 1 with K = 4 views.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import the repository's packages, not this folder's modules
@@ -28,13 +28,6 @@ from evaluation.final import FinalEvalConfig, evaluate_method
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.msbreg import MSBReg, MSBRegConfig
 
-METHODS = ("msbreg", "byol")
-
-
-@dataclass
-class MSBRegMethodConfig(MSBRegConfig):
-    name: str = "msbreg"  # msbreg | byol
-
 
 def msbreg_optim() -> OptimConfig:
     return OptimConfig(name="lars", lr=0.4, lr_scaling="linear_views", weight_decay=1e-5, warmup_epochs=10.0,
@@ -47,7 +40,7 @@ class MSBRegTrainConfig(TrainConfig):
     batch_size: int = 512
     augment: AugmentConfig = field(default_factory=msbreg_augment)
     optim: OptimConfig = field(default_factory=msbreg_optim)
-    method: MSBRegMethodConfig = field(default_factory=MSBRegMethodConfig)
+    method: MSBRegConfig | BYOLConfig = field(default_factory=MSBRegConfig)
     eval: FinalEvalConfig = field(default_factory=FinalEvalConfig)
 
 
@@ -55,19 +48,15 @@ CONFIG_SCHEMA = MSBRegTrainConfig  # the schema common.sweep validates a sweep's
 
 
 def build_method(cfg: MSBRegTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
-    method = cfg.method
-    if method.name not in METHODS:
-        raise ConfigError(f"method.name must be one of {', '.join(METHODS)}, not '{method.name}'")
-    if method.name == "byol":
-        if cfg.augment.num_views != 2:
-            raise ConfigError(f"method.name=byol needs augment.num_views=2, got {cfg.augment.num_views}")
-        if method.lambda_s or method.lambda_b or method.lambda_u:
-            raise ConfigError("method.name=byol has no regularisers: set method.lambda_s, method.lambda_b and "
-                              "method.lambda_u to 0, or use method.name=msbreg with augment.num_views=2")
-        byol_keys = {f.name for f in fields(BYOLConfig)}
-        return BYOL(BYOLConfig(**{k: getattr(method, k) for k in byol_keys}), backbone, feature_dim)
-    msbreg_keys = {f.name for f in fields(MSBRegConfig)}
-    return MSBReg(MSBRegConfig(**{k: getattr(method, k) for k in msbreg_keys}), backbone, feature_dim)
+    """The method ``cfg.method`` (its dataclass) describes, on ``augment.num_views`` views."""
+    views = cfg.augment.num_views
+    if isinstance(cfg.method, MSBRegConfig):
+        if views < 2:
+            raise ConfigError(f"method.name=msbreg needs augment.num_views >= 2, got {views}")
+        return MSBReg(cfg.method, backbone, feature_dim)
+    if views != 2:
+        raise ConfigError(f"method.name=byol needs augment.num_views=2, got {views}")
+    return BYOL(cfg.method, backbone, feature_dim)
 
 
 def main(argv: list[str] | None = None) -> int:

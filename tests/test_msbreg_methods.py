@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.config import load_config
 from common.errors import ConfigError
 from common.schedules import ema_momentum
 from msbreg.byol import BYOL, BYOLConfig
@@ -16,6 +17,7 @@ from msbreg.losses import (
     uniformity_loss,
 )
 from msbreg.msbreg import MSBReg, MSBRegConfig, brownian_noise
+from msbreg.train import MSBRegTrainConfig
 
 HEADS = {"proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16}
 
@@ -95,10 +97,11 @@ def test_msbreg_loss_is_the_weighted_sum_of_its_terms(readings):
 
 
 @pytest.mark.parametrize("key, value", [("centroid_loss", "centroid"), ("brownian_direction", "per_view"),
-                                        ("brownian_noise", "uniform"), ("brownian_reduction", "max")])
-def test_msbreg_rejects_unknown_readings(key, value):
-    with pytest.raises(ConfigError, match=f"method.{key}"):
-        MSBReg(MSBRegConfig(**HEADS, **{key: value}), tiny_backbone(), 6)
+                                        ("brownian_noise", "uniform"), ("brownian_reduction", "max"),
+                                        ("head_norm", "gn"), ("lambda_b", "-0.5"), ("base_momentum", "1.5")])
+def test_msbreg_rejects_unknown_readings_and_values_out_of_range(key, value):
+    with pytest.raises(ConfigError, match=f"'method.{key}'"):
+        load_config(MSBRegTrainConfig, [f"method.{key}={value}"])
 
 
 def test_collapse_monitor_is_zero_for_collapsed_and_near_one_over_sqrt_d_for_spread_projections():
