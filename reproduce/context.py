@@ -1,0 +1,58 @@
+"""What every paper's study needs to describe its jobs: the budget, the seeds, where runs and documents go, and
+the settings every training run shares at each budget."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from reproduce.driver import Job
+
+BUDGETS = ("full", "tiny")
+
+
+@dataclass
+class Context:
+    budget: str  # full: the CPU-scale study on Fashion-MNIST | tiny: every job for a few steps (tests)
+    seeds: list[int]
+    runs: Path  # run folders: <runs>/<paper>/<job>
+    docs: Path  # generated tables and figures
+    data_root: str | None = None  # Fashion-MNIST's IDX files; None: the loader's own search (Debian's copy)
+
+    @property
+    def tiny(self) -> bool:
+        return self.budget == "tiny"
+
+    def pick(self, full, tiny):
+        """The full budget's value or the tiny one's."""
+        return tiny if self.tiny else full
+
+    def data_args(self) -> list[str]:
+        return [f"data.root={self.data_root}"] if self.data_root else []
+
+    def trainer_args(self, folder: Path, seed: int) -> list[str]:
+        """Every training run: its folder and seed, quiet, resumable, no loader workers (2 shared cores)."""
+        return [f"output_dir={folder}", f"seed={seed}", "resume=auto", "progress_bar=false", "tracker=none",
+                "data.num_workers=0"]
+
+    def tiny_trainer_args(self, subset: int | None = 256) -> list[str]:
+        """A few steps of a small batch, a small k-NN bank and a one-epoch probe (``--budget tiny``)."""
+        if not self.tiny:
+            return []
+        return ["max_steps=2", "batch_size=64", *([f"data.subset={subset}"] if subset else []),
+                "eval.max_train_images=200", "eval.linear_epochs=1", "eval.batch_size=256"]
+
+
+def trainer_job(ctx: Context, paper: str, name: str, study: str, module: str, args: list[str], seed: int,
+                tier: int = 0, needs: tuple[str, ...] = ()) -> Job:
+    """A training run (``results.json`` marks it done) in ``<runs>/<paper>/<name>_s<seed>``."""
+    run = f"{name}_s{seed}"
+    folder = ctx.runs / paper / run
+    # the data root first: a run's own data.root (an image folder) comes later and wins
+    return Job(name=f"{paper}/{run}", module=module, argv=[*ctx.data_args(), *args, *ctx.trainer_args(folder, seed)],
+               folder=folder, done=folder / "results.json", study=study, needs=needs, tier=tier)
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None

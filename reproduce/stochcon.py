@@ -1,0 +1,127 @@
+"""The StochCon study's runs at CPU scale (Fashion-MNIST, the 4-stage CNN of width 16): Table 1's pre-training
+and fine-tuning, the bottleneck sweeps of Figures 2 and 3, Figure 4's placements, Appendix A.2's control, and
+the analyses over them.
+
+Every StochCon run follows Algorithm 1 as written (the second view alone through the latent, PyTorch's
+initialisation of pi), not the Fashion-MNIST config's two additions (``both_directions``, ``pi_init_gain``);
+``latent_dim: null`` is the backbone width (128 here, 2048 for the paper's ResNet-50) with pi and rho, as the
+paper-scale configs. The full budget scales the Fashion-MNIST configs down to 2 epochs on 20,000 stratified
+training images (312 steps of 128) so that the 3 seeds of every comparison fit the study's CPU budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reproduce.context import Context, trainer_job
+from reproduce.driver import Job
+
+PAPER = "stochcon"
+TRAIN = "stochcon.train"
+SIMCLR = "stochcon/configs/fashion_mnist_simclr.yaml"
+BERNOULLI = "stochcon/configs/fashion_mnist_bernoulli.yaml"
+GAUSSIAN = "stochcon/configs/fashion_mnist_gaussian.yaml"
+SUPERVISED = "reproduce/configs/fashion_mnist_supervised_bernoulli.yaml"
+ALGORITHM1 = ["method.stochcon.both_directions=false", "method.stochcon.pi_init_gain=1.0"]
+# Figure 4: two 14 px local crops (half the image side, as CIFAR's 16 of 32) after the two global views
+LOCAL_CROPS = ["augment.local_crops=2", "augment.local_size=14", "augment.local_crop_scale=[0.05,0.4]"]
+WIDTHS = (8, 64, 128)  # latent widths of the sweeps; 128 = the backbone width (latent_dim: null)
+FIGURE4 = [("hard", "top"), ("soft", "top"), ("hard", "bottom"), ("soft", "bottom")]
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    name: str  # run name (folder <name>_s<seed>)
+    study: str
+    tier: int
+    args: tuple[str, ...]
+
+
+def latent_dim(width: int) -> str:
+    return f"method.stochcon.latent_dim={'null' if width == 128 else width}"
+
+
+def pretrainings() -> list[Pretraining]:
+    runs = [Pretraining("simclr", "table1", 0, ("--config", SIMCLR, "eval.knn_at_init=true"))]
+    for width in WIDTHS:
+        study, tier = ("table1", 0) if width == 128 else ("figure2_left", 1)
+        runs.append(Pretraining(f"bernoulli_d{width}", study, tier,
+                                ("--config", BERNOULLI, *ALGORITHM1, latent_dim(width))))
+    for width in WIDTHS:
+        study, tier = ("table1", 0) if width == 128 else ("figure3", 1)
+        runs.append(Pretraining(f"gaussian_d{width}", study, tier,
+                                ("--config", GAUSSIAN, "method.stochcon.projectors=true", latent_dim(width))))
+    for variates, placement in FIGURE4:
+        runs.append(Pretraining(f"{variates}_{placement}_local", "figure4", 1,
+                                ("--config", BERNOULLI, *ALGORITHM1, latent_dim(128), *LOCAL_CROPS,
+                                 f"method.stochcon.variates={variates}",
+                                 f"method.stochcon.placement={placement}")))
+    for bypass in (0.5, 1.0):
+        runs.append(Pretraining(f"supervised_bypass{bypass}", "appendix_a2", 0,
+                                ("--config", SUPERVISED, f"method.bypass_prob={bypass}")))
+    return runs
+
+
+def pretraining_scale(ctx: Context, run: Pretraining) -> list[str]:
+    if run.study == "appendix_a2":  # its config is already at CPU scale
+        return ctx.tiny_trainer_args()
+    every = ctx.pick(78, 1)  # checkpoints for Figure 4's bit counts: 4 per run, plus initialisation
+    shared = [f"save_every_steps={every}", "keep_last=100"]
+    return shared + ctx.pick(["data.subset=20000", "epochs=2", "eval.max_train_images=10000",
+                              "eval.linear_epochs=10"], ctx.tiny_trainer_args())
+
+
+def finetune_scale(ctx: Context) -> list[str]:
+    """Appendix A.3's recipe (Adam 3e-4, x0.1 at 80%) for 3 epochs of 10,000 images, mild crops and flips."""
+    shared = ["augment.on=device", "augment.crop_scale=[0.5,1.0]"]
+    return shared + ctx.pick(["epochs=3", "batch_size=128", "data.subset=10000", "eval.max_train_images=5000"],
+                             ["max_steps=2", "batch_size=32", "data.subset=128", "eval.max_train_images=100"])
+
+
+def run_folder(ctx: Context, name: str, seed: int):
+    return ctx.runs / PAPER / f"{name}_s{seed}"
+
+
+def finetunes() -> list[tuple[str, str, str, int]]:
+    """(pre-training run, mode, study, tier): Table 1 frozen and fine-tuned; the sweeps' frozen probes."""
+    table1 = [(run, mode, "table1", 0) for run in ("simclr", "bernoulli_d128", "gaussian_d128")
+              for mode in ("frozen", "finetune")]
+    sweeps = [(f"bernoulli_d{w}", "frozen", "figure2_left", 1) for w in WIDTHS if w != 128]
+    sweeps += [(f"gaussian_d{w}", "frozen", "figure3", 1) for w in WIDTHS if w != 128]
+    return table1 + sweeps
+
+
+def analyses(ctx: Context, seed: int) -> list[tuple[str, str, str, list[str], list[str]]]:
+    """(name, study, done file, runs, arguments) of each analysis over one seed's runs."""
+    images = ctx.pick(5000, 100)
+    rf_args = ["--max-images", str(ctx.pick(3000, 100)), "--units", "1,2,4,8,11,16,32,64,128",
+               "--trees", str(ctx.pick(50, 5)), "--folds", str(ctx.pick(5, 2)), "--seed", str(seed)]
+    bernoulli = [f"bernoulli_d{w}" for w in WIDTHS]
+    gaussian = [f"gaussian_d{w}" for w in WIDTHS]
+    return [
+        ("bits", "figure4", "bit_counts.json",
+         [f"{v}_{p}_local" for v, p in FIGURE4] + bernoulli, ["--max-images", str(ctx.pick(2000, 100))]),
+        ("rf_units", "figure2_right", "rf_units.json", bernoulli + gaussian, rf_args),
+        ("variance", "figure3", "aggregate_variance.json", gaussian, ["--max-images", str(images)]),
+    ]
+
+
+def jobs(ctx: Context) -> list[Job]:
+    out: list[Job] = []
+    for seed in ctx.seeds:
+        for run in pretrainings():
+            out.append(trainer_job(ctx, PAPER, run.name, run.study, TRAIN,
+                                   [*run.args, *pretraining_scale(ctx, run)], seed, tier=run.tier))
+        for run, mode, study, tier in finetunes():
+            args = [f"checkpoint={run_folder(ctx, run, seed)}", f"mode={mode}", *finetune_scale(ctx)]
+            out.append(trainer_job(ctx, PAPER, f"{run}_{mode}", study, "stochcon.finetune", args, seed,
+                                   tier=tier, needs=(f"{PAPER}/{run}_s{seed}",)))
+        for name, study, done, runs, args in analyses(ctx, seed):
+            folder = ctx.runs / PAPER / "analysis" / f"{name}_s{seed}"
+            command = {"rf_units": "rf-units"}.get(name, name)
+            out.append(Job(name=f"{PAPER}/analysis/{name}_s{seed}", module="stochcon.analysis",
+                           argv=[command, *(str(run_folder(ctx, r, seed)) for r in runs), "--out", str(folder),
+                                 *args],
+                           folder=folder, done=folder / done, study=study, tier=1,
+                           needs=tuple(f"{PAPER}/{r}_s{seed}" for r in runs)))
+    return out

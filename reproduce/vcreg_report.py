@@ -1,0 +1,207 @@
+"""VCReg's tables and figures from the study's runs (``reproduce.vcreg``): one markdown table and one PNG per
+paper table or figure, every number a mean ± sd over the seeds that finished, every VCReg setting compared with
+the baseline of the same seed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from reproduce.context import Context, read_json
+from reproduce.report import PerSeed, bar_figure, cell, difference_cell, write_table
+from reproduce.vcreg import PAPER, SSL_VARIANTS
+
+SETTINGS = {
+    "baseline": "baseline (no VCReg)",
+    "blocks": "VCReg blocks, alpha 0.16, beta 0.01",
+    "blocks_strong": "VCReg blocks, alpha 1.28, beta 0.16",
+    "final": "VCReg final, alpha 0.16, beta 0.01",
+    "blocks_batch_mean": "VCReg blocks, batch_mean, alpha 0.16, beta matched",
+}
+SETTINGS_NOTE = ("Settings (`reproduce/vcreg.py`): *blocks* puts a VCReg layer after each of the CNN's 8 "
+                 "conv-BN-ReLU units (Appendix A's choice), *final* only on the pooled features that enter the "
+                 "classifier (Table 7's other main placement); alpha 0.16 / beta 0.01 is the mildest corner of the "
+                 "paper's grid (the point the paper-scale configs use), 1.28 / 0.16 its strongest; *batch_mean* is "
+                 "`vcreg.normalization=batch_mean` with beta chosen so that the last stage's covariance pull equals "
+                 "Algorithm 1's at beta 0.01 (beta = 0.01 x (rows - 1), rows = images per step x 16 locations). "
+                 "\"higher on k/n\": seeds where the setting beats the baseline trained with the same seed.")
+
+
+def values(ctx: Context, run: str, key: str) -> PerSeed:
+    """``{seed: results[key]}`` of a run's ``results.json`` over the seeds that have it."""
+    out = {}
+    for seed in ctx.seeds:
+        data = read_json(ctx.runs / PAPER / f"{run}_s{seed}" / "results.json")
+        if data is not None and key in data:
+            out[seed] = float(data[key])
+    return out
+
+
+def evaluation_values(ctx: Context, run: str, job: str, read) -> PerSeed:
+    """``{seed: read(json)}`` of the ``<run>_s<seed>_<job>/<job>.json`` written by an evaluation of a run."""
+    out = {}
+    for seed in ctx.seeds:
+        data = read_json(ctx.runs / PAPER / f"{run}_s{seed}_{job}" / f"{job}.json")
+        if data:
+            out[seed] = float(read(data))
+    return out
+
+
+def settings_table(ctx: Context, docs: Path, command: str, study: str, title: str,
+                   columns: list[tuple[str, dict[str, PerSeed], float, int]], notes: str, ylabel: str,
+                   names: dict[str, str] = SETTINGS) -> list[Path]:
+    """One row per setting: each column ``(header, {setting: values}, scale, digits)`` as mean ± sd, then the
+    paired difference against the baseline (the first setting) on the first column, which the figure shows."""
+    s = ctx.seeds
+    base = next(iter(names))
+    first = columns[0][1]
+    rows = [[label, *(cell(data[name], s, scale, digits) for _, data, scale, digits in columns),
+             "—" if name == base else difference_cell(first[name], first[base])] for name, label in names.items()]
+    header = ["setting", *(c[0] for c in columns), f"{columns[0][0]}: vs baseline (paired)"]
+    path = write_table(docs / f"vcreg_{study}.md", title, header, rows, notes + "\n\n" + SETTINGS_NOTE, command)
+    png = bar_figure(path.with_suffix(".png"), list(names.values()), {columns[0][0]: [first[n] for n in names]},
+                     ylabel, title, scale=columns[0][2])
+    return [path, png]
+
+
+def per_setting(ctx: Context, study: str, key: str) -> dict[str, PerSeed]:
+    return {name: values(ctx, f"{study}_{name}", key) for name in SETTINGS}
+
+
+def table3(ctx: Context, docs: Path, command: str) -> list[Path]:
+    notes = ("Fashion-MNIST-LT: the training set cut to Cao et al.'s exponential profile with imbalance ratio 100 "
+             "(`data.name=fashion_mnist_lt data.imbalance_ratio=100`: 6,000 images of class 0 down to 60 of class "
+             "9, 14,877 in all), 3 epochs; evaluated on the balanced test set. The paper (Table 3, ResNet-32, 100 "
+             "epochs, `vcreg/configs/cifar10_lt_resnet32_{supervised,vcreg}.yaml`): CIFAR10-LT 69.6 -> 71.2, "
+             "CIFAR100-LT 37.4 -> 40.4.")
+    columns = [("test top-1 % (its classifier)", per_setting(ctx, "table3", "test_top1"), 100, 1),
+               ("linear probe %", per_setting(ctx, "table3", "linear_top1"), 100, 1)]
+    return settings_table(ctx, docs, command, "table3", "VCReg Table 3: long-tailed training (ratio 100)", columns,
+                          notes, "balanced test top-1 (%)")
+
+
+def table5(ctx: Context, docs: Path, command: str) -> list[Path]:
+    notes = ("Trained on Fashion-MNIST's 4 superclasses (`data.labels=coarse`: tops, footwear, trouser, bag), "
+             "then a linear probe of the 10 subclasses on the frozen features (`subclass_probe.enabled=true`: "
+             "Appendix C.2's AdamW, lr 0.016, weight decay 0.05, batch 256, 100 epochs over 10,000 cached training "
+             "features). The paper (Table 5, ConvNeXt-Atto, 200 epochs, e.g. "
+             "`vcreg/configs/cifar100_superclass_convnext_atto_{supervised,vcreg}.yaml`): CIFAR-100 60.7 -> 72.9 and "
+             "+4.9 to +9.7 points on the five ImageNet hierarchies.")
+    columns = [("subclass probe top-1 %", per_setting(ctx, "table5", "subclass_linear_top1"), 100, 1),
+               ("superclass test top-1 %", per_setting(ctx, "table5", "test_top1"), 100, 1)]
+    return settings_table(ctx, docs, command, "table5", "VCReg Table 5: superclass training, subclass probe",
+                          columns, notes, "subclass probe top-1 (%)")
+
+
+def table2(ctx: Context, docs: Path, command: str) -> list[Path]:
+    notes = ("Pre-trained (supervised, 2 epochs) on Fashion-MNIST classes 0-4 written as an image folder (4,000 "
+             "training images per class), then Kornblith et al.'s probe on classes 5-9 (`python -m evaluation "
+             "transfer dataset=image_folder`: L2-regularised logistic regression by L-BFGS on frozen features, the "
+             "strength chosen from 45 values on a 20% validation split; 2,000 training and 1,000 test images per "
+             "class). The paper (Table 2, ImageNet pre-training, `vcreg/configs/imagenet_resnet50_{supervised,vcreg}"
+             ".yaml`, ConvNeXt-T, ViT-B/32): VCReg higher on every downstream set for all three networks (ResNet-50 "
+             "+0.2 to +15.7 points), in-domain top-1 within 0.4.")
+    transfer = {name: evaluation_values(ctx, f"table2_{name}", "transfer", lambda d: d["results"]["top1"])
+                for name in SETTINGS}
+    columns = [("transfer top-1 % (classes 5-9)", transfer, 100, 1),
+               ("in-domain test top-1 % (classes 0-4)", per_setting(ctx, "table2", "test_top1"), 100, 1)]
+    return settings_table(ctx, docs, command, "table2", "VCReg Table 2: transfer to unseen classes", columns, notes,
+                          "transfer top-1 (%)")
+
+
+def table6(ctx: Context, docs: Path, command: str) -> list[Path]:
+    s = ctx.seeds
+    rows = []
+    metrics = {}
+    for name, label in SETTINGS.items():
+        cdnv = values(ctx, f"table2_{name}", "cdnv")
+        ncc = values(ctx, f"table2_{name}", "ncc_top1")
+        mi = evaluation_values(ctx, f"table2_{name}", "collapse", lambda d: d[0]["mutual_information_bits"])
+        metrics[name] = (cdnv, ncc, mi)
+        base = metrics["baseline"]
+        diff = ("—" if name == "baseline" else
+                " / ".join(difference_cell(a, b, scale=1.0, unit="", digits=d)
+                           for a, b, d in zip((cdnv, ncc, mi), base, (3, 3, 2))))
+        rows.append([label, cell(cdnv, s), cell(ncc, s), cell(mi, s, digits=2), diff])
+    notes = ("The Table 2 pre-training runs (classes 0-4): CDNV (eq. 8, mean over class pairs) and the "
+             "nearest-class-centre accuracy (eq. 9) of the penultimate features of 10,000 training images "
+             "(`results.json`: `cdnv`, `ncc_top1`), and MINE's estimate of I(input; feature) in bits on 5,000 "
+             "training images, 2,000 steps (`python -m vcreg.analysis.collapse`). The paper (Table 6, ConvNeXt on "
+             "ImageNet, `vcreg/configs/imagenet_convnext_tiny_{supervised,vcreg}.yaml`): CDNV 0.28 -> 0.56, NCC "
+             "0.99 -> 0.81, MI 2.8 -> 4.6 (its caption calls higher better in every metric, but its own NCC falls "
+             "with VCReg: less collapse means a lower NCC accuracy on the training set). Differences are in the "
+             "metrics' units.")
+    path = write_table(docs / "vcreg_table6.md", "VCReg Table 6: neural collapse and mutual information",
+                       ["setting", "CDNV", "NCC accuracy (train)", "MI (bits)", "vs baseline: CDNV / NCC / MI"],
+                       rows, notes + "\n\n" + SETTINGS_NOTE, command)
+    groups = list(SETTINGS.values())
+    png = bar_figure(path.with_suffix(".png"), groups, {"CDNV": [m[0] for m in metrics.values()],
+                                                        "NCC accuracy": [m[1] for m in metrics.values()]},
+                     "value", "VCReg Table 6: CDNV and NCC (MI in the table)")
+    return [path, png]
+
+
+def table4(ctx: Context, docs: Path, command: str) -> list[Path]:
+    s = ctx.seeds
+    rows, linear = [], {}
+    for method in ("simclr", "vicreg"):
+        base = f"table4_{method}_baseline"
+        rows.append([f"{method}: k-NN at initialisation", cell(values(ctx, base, "knn_top1_k20_at_init"), s, 100, 1),
+                     cell(values(ctx, base, "knn_top1_k200_at_init"), s, 100, 1), "—", "—", "—"])
+        for name in SSL_VARIANTS:
+            run = f"table4_{method}_{name}"
+            k20, lin = values(ctx, run, "knn_top1_k20"), values(ctx, run, "linear_top1")
+            linear[(method, name)] = lin
+            vs = ("—", "—") if name == "baseline" else (
+                difference_cell(k20, values(ctx, base, "knn_top1_k20")),
+                difference_cell(lin, values(ctx, base, "linear_top1")))
+            rows.append([f"{method}: {SETTINGS[name]}", cell(k20, s, 100, 1),
+                         cell(values(ctx, run, "knn_top1_k200"), s, 100, 1), cell(lin, s, 100, 1), *vs])
+    notes = ("Self-supervised pre-training with VCReg layers (`vcreg/train.py method.name=simclr|vicreg`) for 2 "
+             "epochs on 20,000 images at batch 128 (LARS, the CPU SimCLR recipe of "
+             "`stochcon/configs/fashion_mnist_simclr.yaml`; projectors 256 -> 64 for SimCLR, 512 -> 512 for VICReg), "
+             "then the trainer's weighted k-NN (k = 20 and 200, T = 0.1) and linear probe (10 epochs) on frozen "
+             "features, on Fashion-MNIST itself. VCReg's alpha and beta are per Algorithm 1 at 256 rows (two views "
+             "of 128). The paper (Table 4, ResNet-50, ImageNet, 100 epochs, `vcreg/configs/"
+             "imagenet_resnet50_{simclr,vicreg}_{plain,vcreg}.yaml`): ImageNet linear 67.2 -> 67.1 (SimCLR), "
+             "65.2 -> 66.3 (VICReg); transfer higher on most downstream sets.")
+    path = write_table(docs / "vcreg_table4.md", "VCReg Table 4: SimCLR and VICReg with VCReg layers",
+                       ["run", "20-NN %", "200-NN %", "linear probe %", "20-NN vs baseline", "linear vs baseline"],
+                       rows, notes + "\n\n" + SETTINGS_NOTE, command)
+    groups = [SETTINGS[n] for n in SSL_VARIANTS]
+    png = bar_figure(path.with_suffix(".png"), groups,
+                     {m: [linear[(m, n)] for n in SSL_VARIANTS] for m in ("simclr", "vicreg")},
+                     "linear probe top-1 (%)", "VCReg Table 4 (Fashion-MNIST, CPU scale)", scale=100)
+    return [path, png]
+
+
+def figure1(ctx: Context, docs: Path, command: str) -> list[Path]:
+    folder = ctx.runs / PAPER / "two_moons"
+    data = read_json(folder / "two_moons.json")
+    rows = []
+    if data is not None:
+        for name, stats in data["regularisers"].items():
+            rows.append([name, f"{stats['test_accuracy_mean'] * 100:.1f} ± {stats['test_accuracy_std'] * 100:.1f}",
+                         f"{stats['train_accuracy_mean'] * 100:.1f}", f"{stats['boundary_margin']:.3f}"])
+    runs = data["config"]["runs"] if data else 0
+    notes = (f"`python -m vcreg.analysis.two_moons`: a 2 -> 128 -> 128 -> 2 ReLU network, full-batch Adam, 300 "
+             f"moons (noise 0.1) per run, {runs} runs per regulariser (fresh sample and initialisation each; "
+             "accuracy mean ± sd over them, on 1,000 test points); margin: mean distance from 2,000 test points to "
+             "the boundary of the run-averaged prediction. VCReg after both hidden layers at alpha 1.28, beta 0.16. "
+             "The paper (Figure 1, no numbers): the other regularisers keep a boundary close to one moon "
+             "(gradient starvation), VCReg's is wider.")
+    path = write_table(docs / "vcreg_figure1.md", "VCReg Figure 1: two moons",
+                       ["regulariser", "test accuracy %", "train accuracy %", "boundary margin"],
+                       rows or [["not run", "", "", ""]], notes, command)
+    out = [path]
+    if (folder / "two_moons.png").is_file():
+        out.append(Path(shutil.copyfile(folder / "two_moons.png", path.with_suffix(".png"))))
+    return out
+
+
+def report(ctx: Context, command: str) -> list[Path]:
+    out: list[Path] = []
+    for write in (table2, table3, table4, table5, table6, figure1):
+        out += write(ctx, ctx.docs, command)
+    return out
+
