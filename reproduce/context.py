@@ -56,3 +56,13 @@ def trainer_job(ctx: Context, paper: str, name: str, study: str, module: str, ar
 
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def results_per_seed(ctx: Context, paper: str, run: str, key: str) -> dict[int, float]:
+    """``{seed: results[key]}`` of ``<runs>/<paper>/<run>_s<seed>/results.json`` over the seeds that have it."""
+    out = {}
+    for seed in ctx.seeds:
+        results = read_json(ctx.runs / paper / f"{run}_s{seed}" / "results.json")
+        if results is not None and key in results:
+            out[seed] = float(results[key])
+    return out

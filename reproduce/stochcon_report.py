@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from common.plots import new_figure, save_figure
-from reproduce.context import Context, read_json
+from reproduce.context import Context, read_json, results_per_seed
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
 from reproduce.stochcon import FIGURE4, PAPER, WIDTHS
 
@@ -21,13 +21,8 @@ NAMES = {"simclr": "SimCLR", "bernoulli_d128": "StochCon Bernoulli (128 bits)",
 
 
 def values(ctx: Context, run: str, key: str) -> PerSeed:
-    """``{seed: results[key]}`` of a run's (or fine-tuning's) ``results.json`` over the seeds that have it."""
-    out = {}
-    for seed in ctx.seeds:
-        results = read_json(ctx.runs / PAPER / f"{run}_s{seed}" / "results.json")
-        if results is not None and key in results:
-            out[seed] = float(results[key])
-    return out
+    """``{seed: results[key]}`` of one of this paper's runs (or fine-tunings) over the seeds that have it."""
+    return results_per_seed(ctx, PAPER, run, key)
 
 
 def analysis(ctx: Context, name: str, file: str) -> dict[int, dict]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from reproduce.context import Context, read_json
+from reproduce.context import Context, read_json, results_per_seed
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, write_table
 from reproduce.vcreg import PAPER, SSL_VARIANTS
 
@@ -28,13 +28,8 @@ SETTINGS_NOTE = ("Settings (`reproduce/vcreg.py`): *blocks* puts a VCReg layer a
 
 
 def values(ctx: Context, run: str, key: str) -> PerSeed:
-    """``{seed: results[key]}`` of a run's ``results.json`` over the seeds that have it."""
-    out = {}
-    for seed in ctx.seeds:
-        data = read_json(ctx.runs / PAPER / f"{run}_s{seed}" / "results.json")
-        if data is not None and key in data:
-            out[seed] = float(data[key])
-    return out
+    """``{seed: results[key]}`` of one of this paper's runs (or fine-tunings) over the seeds that have it."""
+    return results_per_seed(ctx, PAPER, run, key)
 
 
 def evaluation_values(ctx: Context, run: str, job: str, read) -> PerSeed:
