@@ -1,4 +1,5 @@
-"""``metrics.jsonl``: one JSON object per logged step, continued exactly across resumes."""
+"""``metrics.jsonl``: one JSON object per logged step, continued exactly across resumes; the results table a
+finished run prints."""
 
 from __future__ import annotations
 
@@ -39,3 +40,11 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def print_results(results: dict, output_dir: Path) -> None:
+    width = max(len(k) for k in results) if results else 0
+    print(f"\nresults ({output_dir / 'results.json'}):")
+    for key, value in results.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")

@@ -50,7 +50,7 @@ from common.data import build_dataset, dataset_info, skipped_files
 from common.distributed import check_launch
 from common.errors import RunFolderError
 from common.method import Method
-from common.metrics_log import MetricsLog
+from common.metrics_log import MetricsLog, print_results
 from common.optim import build_optimizer, learning_rate, param_groups, scaled_lr
 from common.probe import OnlineProbe
 from common.seeds import MICRO_BATCH_RNG, derive_seed
@@ -393,10 +393,3 @@ class Trainer:
         acc.wait_for_everyone()
         return results
 
-
-def print_results(results: dict, output_dir: Path) -> None:
-    width = max(len(k) for k in results) if results else 0
-    print(f"\nresults ({output_dir / 'results.json'}):")
-    for key, value in results.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"  {key:<{width}}  {shown}")
