@@ -21,7 +21,7 @@ TRAIN = "stochcon.train"
 SIMCLR = "stochcon/configs/fashion_mnist_simclr.yaml"
 BERNOULLI = "stochcon/configs/fashion_mnist_bernoulli.yaml"
 GAUSSIAN = "stochcon/configs/fashion_mnist_gaussian.yaml"
-SUPERVISED = "reproduce/configs/fashion_mnist_supervised_bernoulli.yaml"
+SUPERVISED = "stochcon/configs/fashion_mnist_supervised_bernoulli.yaml"
 ALGORITHM1 = ["method.stochcon.both_directions=false", "method.stochcon.pi_init_gain=1.0"]
 # Figure 4: two 14 px local crops (half the image side, as CIFAR's 16 of 32) after the two global views
 LOCAL_CROPS = ["augment.local_crops=2", "augment.local_size=14", "augment.local_crop_scale=[0.05,0.4]"]

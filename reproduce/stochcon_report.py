@@ -257,7 +257,7 @@ def appendix_a2(ctx: Context, docs: Path, command: str) -> list[Path]:
             ["StochCon Bernoulli, fine-tuned (Table 1 row)", cell(stochcon, s, 100, 1), difference_cell(stochcon, plain),
              f"{PAPER_TABLE1['bernoulli_d128'][0]:.2f}"]]
     notes = ("`test_top1` on Fashion-MNIST's test set; the supervised runs: 2 epochs on 20,000 images, AdamW "
-             "(`reproduce/configs/fashion_mnist_supervised_bernoulli.yaml`; the paper-scale run: "
+             "(`stochcon/configs/fashion_mnist_supervised_bernoulli.yaml`; the paper-scale run: "
              "`stochcon/configs/cifar10_resnet50_supervised_bernoulli.yaml`). The paper's control figure is derived: "
              "StochCon's 96.42 minus the 1.78 points by which it says StochCon beats the control.")
     path = write_table(docs / "stochcon_appendix_a2.md", "StochCon Appendix A.2: the supervised Gumbel-Bernoulli "
