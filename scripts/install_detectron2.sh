@@ -32,6 +32,7 @@ DEPS=(
     "tabulate"
     "termcolor>=1.1"
     "portalocker"
+    "omegaconf>=2.1,<2.4"
 )
 
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
@@ -42,6 +43,7 @@ already_installed() {
     "$PY" - <<'PY' 2>/dev/null
 import importlib.metadata as md
 import detectron2, fvcore, iopath, pycocotools, yacs, pkg_resources  # noqa: F401
+import detectron2.engine  # what the detection code imports: every dependency, omegaconf included
 from packaging.version import Version
 assert detectron2.__version__.startswith("0.")
 assert Version(md.version("iopath")) < Version("0.1.10")
