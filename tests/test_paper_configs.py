@@ -30,10 +30,17 @@ import pytest
 
 from tests.paper_config_smoke import DETECTION_CONFIGS, ROOT, all_configs, cost_rank, paper_configs, slug
 
-# config -> (the checks it fails, the defect): a config with a known defect waits here for its fix. Empty: the
-# all-ones 2048-bit codes (pi off over ReLU features), the supervised runs without test_top1 and the supervised
-# control whose logits ignored the image, found by this test, are fixed.
-KNOWN_DEFECTS: dict[str, tuple[set[str], str]] = {}
+# config -> (the checks it fails, the defect): a config with a known defect waits here for its fix. Fixed since
+# this test found them: the all-ones 2048-bit codes (pi off over ReLU features), the supervised runs without
+# test_top1 and the supervised control whose logits ignored the image.
+KNOWN_DEFECTS: dict[str, tuple[set[str], str]] = {
+    "stochcon/configs/fashion_mnist_supervised_bernoulli.yaml": (
+        {"code_varies"},
+        ("the 128-bit code is constant over the images at initialisation: the small CNN's pooled ReLU features are "
+        "nearly collinear (on 1,000 real test images every unit is constant at step 0, none after 150 steps of "
+        "this config), and 2 AdamW steps at lr 0.002 do not separate them; pi_init_gain cannot help (it scales "
+        "pi's weight and bias alike, so no sign changes)")),
+}
 
 # Below this, a classifier's logits do not depend on the image: float32 rounding of a logit (a sum of at most a
 # few thousand products) is within ~1e-4 of the logits' scale; real runs give 0.07 (ViT-B/32) to 0.5 (ResNet-50).
