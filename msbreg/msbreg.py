@@ -40,13 +40,18 @@ class MSBRegConfig(BYOLConfig):
     lambda_b: NonNegativeFloat = 0.5    # Brownian diffusive loss weight (best of supplementary Table 5)
     lambda_u: NonNegativeFloat = 0.0    # Wang & Isola uniformity loss weight: only the Table 3 baseline sets it
     uniformity_t: PositiveFloat = 2.0   # temperature t of the uniformity loss
-    # Readings of the paper's words (its equations are in the unavailable main text); see msbreg/losses.py.
+    # Readings of the paper's words (its equations are in the unavailable main text); see msbreg/losses.py. The
+    # defaults are those under which supplementary Table 4's MSBReg-LN row reproduces on Fashion-MNIST
+    # (python -m msbreg.study.table4, README "MSBReg"): with L_s centred on raw projections MSBReg-LN nearly
+    # collapses (20-NN 0.576, proj_std 0.011); uncentred on normalised ones it stays by MSBReg-BN (0.799 vs
+    # 0.812, proj_std 0.086; 3 seeds).
     centroid_loss: Literal["leave_one_out", "centroid_to_centroid"] = "leave_one_out"  # each prediction to the other views' target centroid | online centroid to target centroid
     singular_value_centred: bool = False  # L_s on the centred batch (covariance) or not (second moment); centred does not see a collapse
     singular_value_normalised: bool = True  # L_s on L2-normalised projections z/||z|| (true) or raw ones
     brownian_direction: Literal["per_sample", "per_image", "per_batch"] = "per_sample"  # every view of every image | shared by an image's K views | one for the step
     brownian_noise: Literal["sphere", "gaussian"] = "sphere"  # unit-norm directions | N(0, I), norm about sqrt(d): lambda_b x sqrt(d)
     brownian_reduction: Literal["mean", "sum"] = "mean"  # mean over the K x N rows of the global batch | sum over them (lambda_b x K N: a batch-size-free step per embedding)
+
 
 def brownian_noise(num_views: int, batch: int, dim: int, direction: str, noise: str,
                    device: torch.device | None = None) -> Tensor:
