@@ -20,6 +20,14 @@ NAMES = {"simclr": "SimCLR", "bernoulli_d128": "StochCon Bernoulli (128 bits)",
          "gaussian_d128": "StochCon Gaussian (128 units)"}
 
 
+
+def log2_axis(ax, xlabel: str, title: str, legend_size: int = 8) -> None:
+    """A width or unit-count x axis on a log2 scale, with the figure's title and legend."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=legend_size)
+
 def values(ctx: Context, run: str, key: str) -> PerSeed:
     """``{seed: results[key]}`` of one of this paper's runs (or fine-tunings) over the seeds that have it."""
     return results_per_seed(ctx, PAPER, run, key)
@@ -91,11 +99,8 @@ def figure2_left(ctx: Context, docs: Path, command: str) -> list[Path]:
         line_figure(ax, list(WIDTHS), [data[w] for w in WIDTHS], label, color, scale=100)
     if simclr:
         ax.axhline(np.mean(list(simclr.values())) * 100, color="k", linestyle=":", label="SimCLR frozen")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("latent bits D (log scale)")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("Bernoulli bottleneck width (mean ± sd over seeds)", fontsize=10)
-    ax.legend(fontsize=8)
+    log2_axis(ax, "latent bits D (log scale)", "Bernoulli bottleneck width (mean ± sd over seeds)")
     return [path, save_figure(fig, path.with_suffix(".png"))]
 
 
@@ -138,11 +143,9 @@ def figure2_right(ctx: Context, docs: Path, command: str) -> list[Path]:
         line_figure(ax, units, [curve[u] for u in units], run.replace("_d", ", D = "), f"C{k % 3}",
                     marker="o" if run.startswith("bernoulli") else "s",
                     linestyle="-" if run.startswith("bernoulli") else "--")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("random-forest units (log scale)")
     ax.set_ylabel("mean macro F1 (held-out folds)")
-    ax.set_title("Random-forest units: Bernoulli (solid) vs Gaussian (dashed)", fontsize=10)
-    ax.legend(fontsize=7)
+    log2_axis(ax, "random-forest units (log scale)", "Random-forest units: Bernoulli (solid) vs Gaussian (dashed)",
+              legend_size=7)
     return [path, save_figure(fig, path.with_suffix(".png"))]
 
 
@@ -183,10 +186,7 @@ def figure3(ctx: Context, docs: Path, command: str) -> list[Path]:
     right.set_ylabel("variance (mean over units)")
     right.set_yscale("log")
     for ax, title in ((left, "test top-1"), (right, "test aggregate variance")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("Gaussian bottleneck D (log scale)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=8)
+        log2_axis(ax, "Gaussian bottleneck D (log scale)", title)
     return [path, save_figure(fig, path.with_suffix(".png"))]
 
 
