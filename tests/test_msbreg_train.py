@@ -168,3 +168,13 @@ def test_table4_study_table_from_run_folders(tmp_path):
                     "| defaults | byol_ln | 1 | 0.300 | 0.0090 | 1/1 |"]
     figures = table4.collapse_figures(tmp_path, ["defaults"], list(table4.CELLS))
     assert figures == [tmp_path / "msbreg_table4_collapse_defaults.png"] and figures[0].stat().st_size > 1000
+    curves = json.loads(figures[0].with_suffix(".json").read_text())["runs"]  # every seed, not only the first
+    assert set(curves) == {"byol_bn (seed0)", "byol_bn (seed1)", "byol_ln (seed0)"}
+    summary = table4.readings_figure(tmp_path, ["defaults", "lb_sum"], list(table4.CELLS))
+    assert summary == tmp_path / "msbreg_table4_readings.png" and summary.stat().st_size > 1000
+    numbers = json.loads(summary.with_suffix(".json").read_text())
+    assert list(numbers) == ["defaults"] and list(numbers["defaults"]) == ["byol_bn", "byol_ln"]
+    assert numbers["defaults"]["byol_bn"]["seeds"] == [0, 1]
+    assert [run["knn20"] for run in numbers["defaults"]["byol_bn"]["runs"]] == [0.80, 0.84]
+    assert numbers["defaults"]["byol_ln"]["runs"][0]["collapsed"] is True
+    assert table4.readings_figure(tmp_path, ["lb_sum"], list(table4.CELLS)) is None

@@ -52,22 +52,31 @@ def projection_dim(run_dir: str | Path) -> int | None:
     return method.get("proj_output_dim")
 
 
-def write_collapse_curves(run_dirs: list[str | Path], output: str | Path, labels: list[str] | None = None
-                          ) -> dict:
-    """Plot ``proj_std`` against the step for every run; write ``output`` (PNG) and the same name as JSON."""
+def write_collapse_curves(run_dirs: list[str | Path], output: str | Path, labels: list[str] | None = None,
+                          groups: list[str] | None = None) -> dict:
+    """Plot ``proj_std`` against the step for every run; write ``output`` (PNG) and the same name as JSON.
+
+    ``labels`` name the runs in the JSON (default: the folder names). ``groups``, one per run, draw runs of
+    the same group (the seeds of one setting) in one colour under one legend entry; by default every run is
+    its own group, named by its label."""
     labels = labels or [Path(run).name for run in run_dirs]
-    if len(labels) != len(run_dirs):
+    groups = groups or labels
+    if len(labels) != len(run_dirs) or len(groups) != len(run_dirs):
         raise ValueError(f"--labels: got {len(labels)} labels for {len(run_dirs)} run folders")
     report = {"metric": METRIC, "runs": {}}
     figure, axis = new_figure(figsize=(6, 4))
     dims = set()
-    for run, label in zip(run_dirs, labels):
+    colours: dict[str, str] = {}
+    for run, label, group in zip(run_dirs, labels, groups):
         steps, values = read_curve(run)
         dim = projection_dim(run)
         dims.add(dim)
         report["runs"][label] = {"run_dir": str(run), "proj_output_dim": dim, "step": steps, METRIC: values,
                                  "final": values[-1], "min": min(values)}
-        axis.plot(steps, values, label=label)
+        if group in colours:  # a further seed of a drawn group: its colour, no second legend entry
+            axis.plot(steps, values, color=colours[group], linewidth=1, alpha=0.6)
+        else:
+            colours[group] = axis.plot(steps, values, label=group, linewidth=1)[0].get_color()
     for dim in sorted(d for d in dims if d):
         axis.axhline(1 / math.sqrt(dim), color="gray", linestyle="--", linewidth=1)
         axis.text(0, 1 / math.sqrt(dim), f" 1/sqrt({dim})", va="bottom", color="gray", fontsize=8)

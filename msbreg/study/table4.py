@@ -16,8 +16,8 @@ Every run is ``msbreg/train.py --config CELL key=value ... seed=S output_dir=ROO
 study's budget (``BUDGET``, the same for every cell, plus any ``key=value`` given here); a run whose folder
 already has a ``results.json`` is kept. Then, from the runs' ``results.json`` and ``metrics.jsonl``:
 ``ROOT/table4.md`` (20-NN top-1 and the collapse monitor per reading and cell, mean and spread over the seeds
-run) and ``msbreg_table4_collapse_<reading>.png`` in ROOT or ``--figure-dir`` (``msbreg.analysis.collapse_curve``,
-the lowest-seed run of each cell).
+run), ``msbreg_table4_collapse_<reading>.png`` in ROOT or ``--figure-dir`` (``msbreg.analysis.collapse_curve``,
+every seed of each cell) and ``msbreg_table4_readings.png`` (every reading's 20-NN and final proj_std per seed).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(REPOSITORY))
 
 from common.config import load_config
+from common.plots import new_figure, save_figure
 from msbreg.analysis.collapse_curve import projection_dim, read_curve, write_collapse_curves
 from msbreg.train import MSBRegTrainConfig
 
@@ -160,20 +161,62 @@ def table(root: Path, readings: list[str], cells: list[str]) -> str:
 
 def collapse_figures(root: Path, readings: list[str], cells: list[str], figure_dir: Path | None = None) -> list[Path]:
     """One PNG per reading, ``msbreg_table4_collapse_<reading>.png`` in ``figure_dir`` (default: ``root``): the
-    proj_std curve of the lowest-seed finished run of each cell it ran."""
+    proj_std curve of every finished run of each cell it ran, one colour per cell."""
     written = []
     for reading in readings:
-        folders, labels = [], []
+        folders, labels, groups = [], [], []
         for cell in cells:
             done = finished_seeds(root, reading, cell)
-            if done:
-                folders.append(done[0])
-                labels.append(f"{cell} ({done[0].name})")
+            folders += done
+            labels += [f"{cell} ({folder.name})" for folder in done]
+            groups += [f"{cell} ({len(done)} seed{'s' if len(done) > 1 else ''})"] * len(done)
         if folders:
             output = (figure_dir or root) / f"msbreg_table4_collapse_{reading}.png"
-            write_collapse_curves(folders, output, labels)
+            write_collapse_curves(folders, output, labels, groups)
             written.append(output)
     return written
+
+
+def readings_figure(root: Path, readings: list[str], cells: list[str], figure_dir: Path | None = None
+                    ) -> Path | None:
+    """``msbreg_table4_readings.png`` (and ``.json``) in ``figure_dir`` (default: ``root``): per reading (a row)
+    and cell (a colour), every seed's 20-NN top-1 and final proj_std as dots and their mean as a bar, beside
+    the sphere level 1/sqrt(d) and the collapse threshold. None when no run has finished."""
+    numbers = {reading: {cell: {"seeds": [int(folder.name.removeprefix("seed")) for folder in folders],
+                                "runs": [summarise(folder) for folder in folders]}
+                         for cell in cells if (folders := finished_seeds(root, reading, cell))}
+               for reading in readings}
+    numbers = {reading: by_cell for reading, by_cell in numbers.items() if by_cell}
+    if not numbers:
+        return None
+    figure, (knn_axis, std_axis) = new_figure(1, 2, figsize=(11, 0.9 + 0.55 * len(numbers) * len(cells) / 2.5),
+                                              sharey=True)
+    colours = {cell: f"C{index}" for index, cell in enumerate(cells)}
+    offsets = {cell: 0.8 * (index / max(len(cells) - 1, 1) - 0.5) for index, cell in enumerate(cells)}
+    levels = set()
+    for row, (reading, by_cell) in enumerate(numbers.items()):
+        for cell, entry in by_cell.items():
+            y = row + offsets[cell]
+            for axis, key in ((knn_axis, "knn20"), (std_axis, "proj_std")):
+                values = [run[key] for run in entry["runs"]]
+                axis.scatter(values, [y] * len(values), s=12, color=colours[cell], alpha=0.7)
+                axis.plot([statistics.mean(values)] * 2, [y - 0.07, y + 0.07], color=colours[cell], linewidth=2)
+            levels.add(entry["runs"][0]["sphere_level"])
+    for level in levels:
+        std_axis.axvline(level, color="gray", linestyle="--", linewidth=1)
+        std_axis.axvline(COLLAPSE_FRACTION * level, color="red", linestyle=":", linewidth=1)
+    for cell in cells:  # legend: one entry per cell
+        knn_axis.scatter([], [], s=12, color=colours[cell], label=cell)
+    knn_axis.set_yticks(range(len(numbers)), list(numbers))
+    knn_axis.invert_yaxis()
+    knn_axis.set_xlabel("20-NN top-1 (dots: seeds, bar: mean)")
+    std_axis.set_xlabel("final proj_std (gray: sphere level 1/sqrt(d), red: collapse threshold)")
+    std_axis.set_xlim(left=0)
+    knn_axis.legend(fontsize=7, loc="best")
+    knn_axis.set_title("Supplementary Table 4 on Fashion-MNIST, by reading")
+    output = save_figure(figure, (figure_dir or root) / "msbreg_table4_readings.png")
+    output.with_suffix(".json").write_text(json.dumps(numbers, indent=1))
+    return output
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     (root / "table4.md").write_text(report)
     print(report)
     figure_dir = Path(args.figure_dir) if args.figure_dir else None
-    for figure in collapse_figures(root, args.readings, args.cells, figure_dir):
+    figures = collapse_figures(root, args.readings, args.cells, figure_dir)
+    figures.append(readings_figure(root, args.readings, args.cells, figure_dir))
+    for figure in filter(None, figures):
         print(f"wrote {figure}")
     return 0
 
