@@ -9,7 +9,7 @@ import yaml
 from torch import nn
 
 from common.config import ConfigError, load_config
-from msbreg.analysis import alignment_uniformity, collapse_curve
+from msbreg.analysis import alignment_uniformity, collapse_curve, projection_geometry
 from msbreg.byol import BYOL
 from msbreg.msbreg import MSBReg
 from msbreg.study import table4
@@ -122,6 +122,26 @@ def test_msbreg_trains_end_to_end_on_fashion_mnist(tmp_path):
     result = json.loads((out / "alignment_uniformity.json").read_text())
     assert result["num_images"] == 64
     assert 0.0 <= result["alignment"] <= 4.0 and -4.0 <= result["uniformity"] <= 0.0
+    # The projections' geometry from the last checkpoint: the same proj_std as the function of its projections.
+    assert projection_geometry.main([str(out), "--max-images", "40"]) == 0
+    geometry = json.loads((out / "projection_geometry.json").read_text())
+    projections = projection_geometry.run_projections(out, max_images=40)
+    assert projections.shape == (40, 128) and geometry == projection_geometry.projection_geometry(projections)
+    assert 0.0 <= geometry["mean_share"] <= 1.0 and 1.0 <= geometry["effective_rank"] <= 128.0
+    assert projection_geometry.main([str(tmp_path / "missing")]) == 2
+
+
+def test_projection_geometry_on_hand_checked_directions():
+    # Two images on orthogonal directions (any length): mean (1/2, 1/2), share 1/2; the centred spread is one
+    # line, rank 1; the batch std of each coordinate of (1, 0) and (0, 1) is sqrt(1/2).
+    pair = projection_geometry.projection_geometry(torch.tensor([[3.0, 0.0], [0.0, 2.0]]))
+    assert pair["mean_share"] == pytest.approx(0.5, abs=1e-12)
+    assert pair["effective_rank"] == pytest.approx(1.0, abs=1e-12)
+    assert pair["proj_std"] == pytest.approx(0.5 ** 0.5, abs=1e-12)
+    # +-e1, +-e2: centred at the origin, isotropic covariance diag(1/2, 1/2): share 0, rank 2.
+    cross = projection_geometry.projection_geometry(torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1]]))
+    assert cross["mean_share"] == pytest.approx(0.0, abs=1e-12)
+    assert cross["effective_rank"] == pytest.approx(2.0, abs=1e-12)
 
 
 def test_alignment_uniformity_of_paired_features():

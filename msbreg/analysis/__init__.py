@@ -1,3 +1,5 @@
-"""MSBReg analyses: the collapse curve of training runs (``python -m msbreg.analysis.collapse_curve``) and the
-alignment and uniformity of Wang & Isola, supplementary Table 3 (``python -m msbreg.analysis.alignment_uniformity``).
+"""MSBReg analyses: the collapse curve of training runs (``python -m msbreg.analysis.collapse_curve``), the
+alignment and uniformity of Wang & Isola, supplementary Table 3 (``python -m msbreg.analysis.alignment_uniformity``),
+and the geometry of a run's projections behind its collapse monitor (``python -m
+msbreg.analysis.projection_geometry``).
 """
