@@ -42,9 +42,10 @@ class MSBRegConfig(BYOLConfig):
     uniformity_t: PositiveFloat = 2.0   # temperature t of the uniformity loss
     # Readings of the paper's words (its equations are in the unavailable main text); see msbreg/losses.py. The
     # defaults are those under which supplementary Table 4's MSBReg-LN row reproduces on Fashion-MNIST
-    # (python -m msbreg.study.table4, README "MSBReg"): with L_s centred on raw projections MSBReg-LN nearly
-    # collapses (20-NN 0.576, proj_std 0.011); uncentred on normalised ones it stays by MSBReg-BN (0.799 vs
-    # 0.812, proj_std 0.086; 3 seeds).
+    # (python -m msbreg.study.table4, README "MSBReg"; 3 seeds): with L_s centred, on raw or normalised
+    # projections, MSBReg-LN nearly collapses (20-NN 0.557 / 0.567, proj_std 0.010 / 0.009: every projection
+    # along one shared direction); uncentred on normalised ones it stays by MSBReg-BN (0.799 vs 0.812, proj_std
+    # 0.086). Centroid to centroid learns little (0.598); no averaged L_b reading differs from another.
     centroid_loss: Literal["leave_one_out", "centroid_to_centroid"] = "leave_one_out"  # each prediction to the other views' target centroid | online centroid to target centroid
     singular_value_centred: bool = False  # L_s on the centred batch (covariance) or not (second moment); centred does not see a collapse
     singular_value_normalised: bool = True  # L_s on L2-normalised projections z/||z|| (true) or raw ones
