@@ -61,8 +61,10 @@ def write_collapse_curves(run_dirs: list[str | Path], output: str | Path, labels
     its own group, named by its label."""
     labels = labels or [Path(run).name for run in run_dirs]
     groups = groups or labels
-    if len(labels) != len(run_dirs) or len(groups) != len(run_dirs):
+    if len(labels) != len(run_dirs):
         raise ValueError(f"--labels: got {len(labels)} labels for {len(run_dirs)} run folders")
+    if len(groups) != len(run_dirs):
+        raise ValueError(f"got {len(groups)} groups for {len(run_dirs)} run folders")
     report = {"metric": METRIC, "runs": {}}
     figure, axis = new_figure(figsize=(6, 4))
     dims = set()

@@ -137,18 +137,27 @@ def _mean_spread(values: list[float], digits: int) -> str:
 def finished_seeds(root: Path, reading: str, cell: str) -> list[Path]:
     """The run folders of (reading, cell) that have a ``results.json``, by seed."""
     folders = [path.parent for path in (root / reading / cell).glob("seed*/results.json")]
-    return sorted(folders, key=lambda folder: int(folder.name.removeprefix("seed")))
+    return sorted(folders, key=seed_of)
+
+
+def seed_of(folder: Path) -> int:
+    return int(folder.name.removeprefix("seed"))
+
+
+def finished_runs(root: Path, readings: list[str], cells: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """reading -> cell -> the ``summarise`` of every finished seed (with its ``seed``), only pairs with runs."""
+    runs = {reading: {cell: [{"seed": seed_of(folder), **summarise(folder)} for folder in folders]
+                      for cell in cells if (folders := finished_seeds(root, reading, cell))}
+            for reading in readings}
+    return {reading: by_cell for reading, by_cell in runs.items() if by_cell}
 
 
 def table(root: Path, readings: list[str], cells: list[str]) -> str:
     """Markdown: one row per (reading, cell) with finished runs; 20-NN and final proj_std over every seed run."""
     lines = ["| reading | cell | seeds | 20-NN top-1 | final proj_std | collapsed runs |",
              "|---|---|---|---|---|---|"]
-    for reading in readings:
-        for cell in cells:
-            runs = [summarise(folder) for folder in finished_seeds(root, reading, cell)]
-            if not runs:
-                continue
+    for reading, by_cell in finished_runs(root, readings, cells).items():
+        for cell, runs in by_cell.items():
             lines.append(f"| {reading} | {cell} | {len(runs)} | {_mean_spread([r['knn20'] for r in runs], 3)} | "
                          f"{_mean_spread([r['proj_std'] for r in runs], 4)} | "
                          f"{sum(r['collapsed'] for r in runs)}/{len(runs)} |")
@@ -182,11 +191,9 @@ def readings_figure(root: Path, readings: list[str], cells: list[str], figure_di
     """``msbreg_table4_readings.png`` (and ``.json``) in ``figure_dir`` (default: ``root``): per reading (a row)
     and cell (a colour), every seed's 20-NN top-1 and final proj_std as dots and their mean as a bar, beside
     the sphere level 1/sqrt(d) and the collapse threshold. None when no run has finished."""
-    numbers = {reading: {cell: {"seeds": [int(folder.name.removeprefix("seed")) for folder in folders],
-                                "runs": [summarise(folder) for folder in folders]}
-                         for cell in cells if (folders := finished_seeds(root, reading, cell))}
-               for reading in readings}
-    numbers = {reading: by_cell for reading, by_cell in numbers.items() if by_cell}
+    runs = finished_runs(root, readings, cells)
+    numbers = {reading: {cell: {"seeds": [run["seed"] for run in cell_runs], "runs": cell_runs}
+                         for cell, cell_runs in by_cell.items()} for reading, by_cell in runs.items()}
     if not numbers:
         return None
     figure, (knn_axis, std_axis) = new_figure(1, 2, figsize=(11, 0.9 + 0.55 * len(numbers) * len(cells) / 2.5),
