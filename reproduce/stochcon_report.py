@@ -20,13 +20,13 @@ NAMES = {"simclr": "SimCLR", "bernoulli_d128": "StochCon Bernoulli (128 bits)",
          "gaussian_d128": "StochCon Gaussian (128 units)"}
 
 
-
 def log2_axis(ax, xlabel: str, title: str, legend_size: int = 8) -> None:
     """A width or unit-count x axis on a log2 scale, with the figure's title and legend."""
     ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=legend_size)
+
 
 def values(ctx: Context, run: str, key: str) -> PerSeed:
     """``{seed: results[key]}`` of one of this paper's runs (or fine-tunings) over the seeds that have it."""
