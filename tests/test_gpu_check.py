@@ -57,7 +57,7 @@ def test_quick_gpu_check_runs_every_part(tmp_path):
         assert row["images_per_second"] > 0 and math.isfinite(row["last_loss"])
     by_name = {row["check"]: row for row in rows}
     assert by_name["vcreg_fp16"]["batch"] == by_name["vcreg"]["batch"]
-    assert by_name["stochcon"]["views"][0] == [3, 32, 32] and by_name["stochcon"]["views"][-1] == [3, 16, 16]
+    assert by_name["stochcon"]["views"][0] == [3, 64, 64] and by_name["stochcon"]["views"][-1] == [3, 32, 32]
     assert len(by_name["msbreg"]["views"]) == 4
     for name in ("switches.json", "vcreg_overhead.json", "trainer_throughput.json"):
         assert json.loads((tmp_path / name).read_text())["setup"]["quick"] is True
