@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from reproduce import stochcon, stochcon_report, vcreg, vcreg_report
+from reproduce import msbreg, msbreg_report, stochcon, stochcon_report, vcreg, vcreg_report
 from reproduce.context import BUDGETS, Context
 from reproduce.cpu_time import write_cpu_time
 from reproduce.driver import run_jobs
 
-PAPERS = {"stochcon": (stochcon.jobs, stochcon_report.report), "vcreg": (vcreg.jobs, vcreg_report.report)}
+PAPERS = {"stochcon": (stochcon.jobs, stochcon_report.report), "msbreg": (msbreg.jobs, msbreg_report.report),
+          "vcreg": (vcreg.jobs, vcreg_report.report)}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from reproduce import stochcon, vcreg
+from reproduce import msbreg, stochcon, vcreg
 from reproduce.__main__ import main
 from reproduce.context import Context
 from reproduce.driver import RECORD, Job, run_jobs
@@ -15,8 +15,8 @@ from reproduce.report import cell, paired_difference
 from tests.trainer_runs import write_idx_fashion_mnist
 
 TABLES = ["stochcon_table1", "stochcon_figure2_left", "stochcon_figure2_right", "stochcon_figure3",
-          "stochcon_figure4", "stochcon_appendix_a2", "vcreg_table2", "vcreg_table3", "vcreg_table4", "vcreg_table5",
-          "vcreg_table6", "vcreg_figure1"]
+          "stochcon_figure4", "stochcon_appendix_a2", "msbreg_table5", "msbreg_table3", "vcreg_table2", "vcreg_table3",
+          "vcreg_table4", "vcreg_table5", "vcreg_table6", "vcreg_figure1"]
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_tiny_study_runs_every_job_and_writes_every_table(tmp_path, capsys):
     assert "not run" not in cpu and "| **total** |" in cpu
     records = sorted(runs.rglob(RECORD))
     ctx = Context("tiny", [0], runs, docs, str(data))
-    assert len(records) == len(stochcon.jobs(ctx)) + len(vcreg.jobs(ctx))  # one record per job
+    assert len(records) == len(stochcon.jobs(ctx)) + len(msbreg.jobs(ctx)) + len(vcreg.jobs(ctx))  # one record per job
     assert all(json.loads(r.read_text())["cpu_seconds"] >= 0 for r in records)
     # the same command again: every job is found done and nothing runs
     stamps = {r: r.stat().st_mtime_ns for r in records}

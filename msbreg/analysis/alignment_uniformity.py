@@ -1,13 +1,14 @@
 """Alignment and uniformity (Wang & Isola 2020) of a trained backbone, as in supplementary Table 3.
 
     python -m msbreg.analysis.alignment_uniformity RUN_DIR [--split test] [--max-images 5000] [--seed 0]
+                                                   [--output FILE]
 
 Two augmented views of each image (the run's own ``augment`` settings, two global views) go through the
 frozen backbone; on the L2-normalised features, alignment is the mean squared distance between the two
 views of an image (lower: more invariant) and uniformity the log of the mean pairwise Gaussian potential
 exp(-2 ||u - v||^2) over the first views (lower: more uniform on the sphere). The paper does not say which
 embedding it measures; this command measures the backbone features, the representation that is kept.
-Writes ``<RUN_DIR>/alignment_uniformity.json`` and prints the two figures.
+Writes ``--output`` (default ``<RUN_DIR>/alignment_uniformity.json``) and prints the two figures.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def alignment_uniformity(first: Tensor, second: Tensor) -> dict[str, float]:
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", max_images: int = 5000, seed: int = 0,
-                 batch_size: int = 256, device: str = "cpu") -> dict:
+                 batch_size: int = 256, device: str = "cpu", output: str | Path | None = None) -> dict:
     from msbreg.train import MSBRegTrainConfig
 
     run_dir = Path(run_dir)
@@ -64,7 +65,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", max_images: int = 500
     loader = DataLoader(views, batch_size=batch_size, num_workers=cfg.data.num_workers)
     first, second = pair_features(backbone, loader, torch.device(device))
     result = {"run_dir": str(run_dir), "split": split, "seed": seed, **alignment_uniformity(first, second)}
-    (run_dir / "alignment_uniformity.json").write_text(json.dumps(result, indent=2) + "\n")
+    output = Path(output) if output is not None else run_dir / "alignment_uniformity.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -76,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default=None, help="the JSON file (default: RUN_DIR/alignment_uniformity.json)")
     args = parser.parse_args(argv)
     try:
-        result = evaluate_run(args.run_dir, args.split, args.max_images, args.seed, args.batch_size, args.device)
+        result = evaluate_run(args.run_dir, args.split, args.max_images, args.seed, args.batch_size, args.device,
+                              args.output)
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}")
         return 2

@@ -1,0 +1,90 @@
+"""The MSBReg study's runs at CPU scale (Fashion-MNIST, the quickstart CNN at width 8): supplementary Table 5 on a
+small grid of K x lambda_s x lambda_b, and Table 3's alignment and uniformity of BYOL, BYOL + L_uniform,
+BYOL + L_b + L_s and MSBReg. (Table 4 is its own study, ``python -m msbreg.study.table4``.)
+
+Every run is ``msbreg/configs/fashion_mnist_msbreg.yaml`` (batch norm in the heads; the loss readings that the
+Table 4 study chose) with the Table 4 study's budget (``msbreg.study.table4.BUDGET``: 600 steps of 256 images),
+the linear probe switched back on, since Tables 3 and 5 report linear accuracy; only K and the loss weights
+change, so K = 2 with lambda_s = lambda_b = 0 is BYOL (the multiview centroid loss at K = 2 is BYOL's loss, as
+the supplement says of Table 5 and ``tests/test_msbreg_losses.py`` checks).
+
+- Table 5: K in {2, 4} x lambda_s in {0, 0.004} x lambda_b in {0, 0.5}: the corners of the paper's grid that carry
+  its claims (K = 4's best cell 0.004 / 0.5 against no regulariser; either term alone; the same at K = 2, where
+  the supplement says both terms help BYOL). K = 8 is left out: its runs cost twice K = 4's (18 CPU minutes each).
+- Table 3: BYOL (the K = 2, 0 / 0 cell), BYOL + L_uniform (K = 2, lambda_u = 1, as the paper-scale config),
+  BYOL + L_b + L_s (K = 2, lambda_s = 0.004, lambda_b = 0.25: the K = 2 cell of Table 5 with the row's 72.8 %,
+  as the paper-scale config), MSBReg (the K = 4, 0.004 / 0.5 cell); then ``msbreg.analysis.alignment_uniformity``
+  on each, in its own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from msbreg.study.table4 import BUDGET
+from reproduce.context import Context, trainer_job
+from reproduce.driver import Job
+
+PAPER = "msbreg"
+TRAIN = "msbreg.train"
+CONFIG = "msbreg/configs/fashion_mnist_msbreg.yaml"
+VIEWS = (2, 4)
+LAMBDA_S = (0.0, 0.004)
+LAMBDA_B = (0.0, 0.5)
+# tier 0: BYOL and MSBReg's best cell against K = 4 without the regularisers; the rest of the grid comes after
+MAIN_CELLS = ((2, 0.0, 0.0), (4, 0.0, 0.0), (4, 0.004, 0.5))
+# Table 3's rows: name -> (K, lambda_s, lambda_b, lambda_u)
+TABLE3 = {
+    "byol": (2, 0.0, 0.0, 0.0),
+    "byol_uniformity": (2, 0.0, 0.0, 1.0),
+    "byol_lb_ls": (2, 0.004, 0.25, 0.0),
+    "msbreg": (4, 0.004, 0.5, 0.0),
+}
+
+
+def cell_name(views: int, lambda_s: float, lambda_b: float, lambda_u: float = 0.0) -> str:
+    """The run's name, shared by Tables 3 and 5 where they train the same setting."""
+    return f"k{views}_ls{lambda_s:g}_lb{lambda_b:g}" + (f"_lu{lambda_u:g}" if lambda_u else "")
+
+
+def settings() -> dict[str, tuple[int, float, float, float]]:
+    """Every training setting once: Table 5's grid, then Table 3's rows that are not in it."""
+    out = {cell_name(k, s, b): (k, s, b, 0.0) for k in VIEWS for s in LAMBDA_S for b in LAMBDA_B}
+    for setting in TABLE3.values():
+        out.setdefault(cell_name(*setting), setting)
+    return out
+
+
+def scale(ctx: Context) -> list[str]:
+    """The Table 4 study's budget with the linear probe (on cached features, 20 epochs as the config)."""
+    return [*BUDGET, "eval.linear=true", *ctx.tiny_trainer_args()]
+
+
+def run_folder(ctx: Context, name: str, seed: int) -> Path:
+    return ctx.runs / PAPER / f"{name}_s{seed}"
+
+
+def jobs(ctx: Context) -> list[Job]:
+    out: list[Job] = []
+    table3_runs = {cell_name(*setting) for setting in TABLE3.values()}
+    for seed in ctx.seeds:
+        for name, (views, lambda_s, lambda_b, lambda_u) in settings().items():
+            study = "table3" if lambda_u else "table5"
+            args = ["--config", CONFIG, f"augment.num_views={views}", f"method.lambda_s={lambda_s}",
+                    f"method.lambda_b={lambda_b}", f"method.lambda_u={lambda_u}", *scale(ctx)]
+            tier = 0 if (views, lambda_s, lambda_b) in MAIN_CELLS and not lambda_u else 1
+            run = trainer_job(ctx, PAPER, name, study, TRAIN, args, seed, tier=tier)
+            out.append(run)
+            if name in table3_runs:
+                out.append(alignment_job(ctx, run, seed))
+    return out
+
+
+def alignment_job(ctx: Context, run: Job, seed: int) -> Job:
+    """Alignment and uniformity of one run's backbone on test images, in ``<run>_alignment``."""
+    folder = run.folder.with_name(run.folder.name + "_alignment")
+    return Job(name=f"{run.name}_alignment", module="msbreg.analysis.alignment_uniformity",
+               argv=[str(run.folder), "--max-images", str(ctx.pick(5000, 100)), "--seed", str(seed),
+                     "--device", "cpu", "--output", str(folder / "alignment_uniformity.json")],
+               folder=folder, done=folder / "alignment_uniformity.json", study="table3", tier=run.tier,
+               needs=(run.name,))
