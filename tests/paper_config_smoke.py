@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import io
 import json
 import os
@@ -269,6 +272,17 @@ def run_config(path: str, workdir: Path) -> dict:
     return record
 
 
+def release_memory() -> None:
+    """Free the finished run's objects and hand the freed heap back to the system. Without this a worker keeps
+    what each run held (reference cycles wait for the collector; glibc keeps freed pages): over the costliest
+    configs (ResNet-200, then ViT-B/32), the resident size after each run grew from 2.4 to 8.2 GB without it and
+    stayed between 1.3 and 2.3 GB with it; a worker was killed for memory beside another on the 24 GB machine."""
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc is not None and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only
+        ctypes.CDLL(libc).malloc_trim(0)
+
+
 def claim(out: Path, name: str) -> bool:
     try:
         os.close(os.open(out / f"{name}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -290,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if not claim(args.out, name):
             continue
         record = run_config(path, workdir)
+        release_memory()
         partial = args.out / f"{name}.json.part"
         partial.write_text(json.dumps(record, indent=1))
         partial.rename(args.out / f"{name}.json")
