@@ -66,3 +66,14 @@ def results_per_seed(ctx: Context, paper: str, run: str, key: str) -> dict[int, 
         if results is not None and key in results:
             out[seed] = float(results[key])
     return out
+
+
+def evaluation_per_seed(ctx: Context, paper: str, run: str, job: str, file: str, read) -> dict[int, float]:
+    """``{seed: read(json)}`` of ``<runs>/<paper>/<run>_s<seed>_<job>/<file>``, written by an evaluation of a run,
+    over the seeds that have it."""
+    out = {}
+    for seed in ctx.seeds:
+        data = read_json(ctx.runs / paper / f"{run}_s{seed}_{job}" / file)
+        if data:
+            out[seed] = float(read(data))
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from common.plots import new_figure, save_figure
-from reproduce.context import Context, read_json, results_per_seed
+from reproduce.context import Context, evaluation_per_seed, results_per_seed
 from reproduce.msbreg import LAMBDA_B, LAMBDA_S, PAPER, TABLE3, VIEWS, cell_name
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, mean_sd, write_table
 
@@ -33,12 +33,7 @@ def values(ctx: Context, run: str, key: str) -> PerSeed:
 
 def alignment_values(ctx: Context, run: str, key: str) -> PerSeed:
     """``{seed: value}`` from ``<run>_s<seed>_alignment/alignment_uniformity.json``."""
-    out = {}
-    for seed in ctx.seeds:
-        data = read_json(ctx.runs / PAPER / f"{run}_s{seed}_alignment" / "alignment_uniformity.json")
-        if data is not None:
-            out[seed] = float(data[key])
-    return out
+    return evaluation_per_seed(ctx, PAPER, run, "alignment", "alignment_uniformity.json", lambda data: data[key])
 
 
 def weights_label(lambda_s: float, lambda_b: float) -> str:

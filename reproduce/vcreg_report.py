@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from reproduce.context import Context, read_json, results_per_seed
+from reproduce.context import Context, evaluation_per_seed, read_json, results_per_seed
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, write_table
 from reproduce.vcreg import PAPER, SSL_VARIANTS
 
@@ -34,12 +34,7 @@ def values(ctx: Context, run: str, key: str) -> PerSeed:
 
 def evaluation_values(ctx: Context, run: str, job: str, read) -> PerSeed:
     """``{seed: read(json)}`` of the ``<run>_s<seed>_<job>/<job>.json`` written by an evaluation of a run."""
-    out = {}
-    for seed in ctx.seeds:
-        data = read_json(ctx.runs / PAPER / f"{run}_s{seed}_{job}" / f"{job}.json")
-        if data:
-            out[seed] = float(read(data))
-    return out
+    return evaluation_per_seed(ctx, PAPER, run, job, f"{job}.json", read)
 
 
 def settings_table(ctx: Context, docs: Path, command: str, study: str, title: str,
