@@ -14,13 +14,15 @@ the supplement says of Table 5 and ``tests/test_msbreg_losses.py`` checks).
 - Table 3: BYOL (the K = 2, 0 / 0 cell), BYOL + L_uniform (K = 2, lambda_u = 1, as the paper-scale config),
   BYOL + L_b + L_s (K = 2, lambda_s = 0.004, lambda_b = 0.25: the K = 2 cell of Table 5 with the row's 72.8 %,
   as the paper-scale config), MSBReg (the K = 4, 0.004 / 0.5 cell); then ``msbreg.analysis.alignment_uniformity``
-  on each, in its own folder.
+  on each, in its own folder, once on the backbone features and once on the online projections (the paper does
+  not say which embedding its figures are of).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from msbreg.analysis.alignment_uniformity import EMBEDDINGS
 from msbreg.study.table4 import BUDGET
 from reproduce.context import Context, trainer_job
 from reproduce.driver import Job
@@ -76,15 +78,17 @@ def jobs(ctx: Context) -> list[Job]:
             run = trainer_job(ctx, PAPER, name, study, TRAIN, args, seed, tier=tier)
             out.append(run)
             if name in table3_runs:
-                out.append(alignment_job(ctx, run, seed))
+                out += [alignment_job(ctx, run, seed, embedding) for embedding in EMBEDDINGS]
     return out
 
 
-def alignment_job(ctx: Context, run: Job, seed: int) -> Job:
-    """Alignment and uniformity of one run's backbone on test images, in ``<run>_alignment``."""
-    folder = run.folder.with_name(run.folder.name + "_alignment")
-    return Job(name=f"{run.name}_alignment", module="msbreg.analysis.alignment_uniformity",
+def alignment_job(ctx: Context, run: Job, seed: int, embedding: str) -> Job:
+    """Alignment and uniformity of one run's ``embedding`` (backbone or projection) on test images, in
+    ``<run>_alignment_<embedding>``."""
+    folder = run.folder.with_name(f"{run.folder.name}_alignment_{embedding}")
+    return Job(name=f"{run.name}_alignment_{embedding}", module="msbreg.analysis.alignment_uniformity",
                argv=[str(run.folder), "--max-images", str(ctx.pick(5000, 100)), "--seed", str(seed),
-                     "--device", "cpu", "--output", str(folder / "alignment_uniformity.json")],
+                     "--device", "cpu", "--embedding", embedding, "--output",
+                     str(folder / "alignment_uniformity.json")],
                folder=folder, done=folder / "alignment_uniformity.json", study="table3", tier=run.tier,
                needs=(run.name,))

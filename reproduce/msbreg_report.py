@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from common.plots import new_figure, save_figure
+from msbreg.analysis.alignment_uniformity import EMBEDDINGS
 from reproduce.context import Context, evaluation_per_seed, results_per_seed
 from reproduce.msbreg import LAMBDA_B, LAMBDA_S, PAPER, TABLE3, VIEWS, cell_name
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, mean_sd, write_table
@@ -31,9 +30,10 @@ def values(ctx: Context, run: str, key: str) -> PerSeed:
     return results_per_seed(ctx, PAPER, run, key)
 
 
-def alignment_values(ctx: Context, run: str, key: str) -> PerSeed:
-    """``{seed: value}`` from ``<run>_s<seed>_alignment/alignment_uniformity.json``."""
-    return evaluation_per_seed(ctx, PAPER, run, "alignment", "alignment_uniformity.json", lambda data: data[key])
+def alignment_values(ctx: Context, run: str, embedding: str, key: str) -> PerSeed:
+    """``{seed: value}`` from ``<run>_s<seed>_alignment_<embedding>/alignment_uniformity.json``."""
+    return evaluation_per_seed(ctx, PAPER, run, f"alignment_{embedding}", "alignment_uniformity.json",
+                               lambda data: data[key])
 
 
 def weights_label(lambda_s: float, lambda_b: float) -> str:
@@ -76,48 +76,56 @@ def table5(ctx: Context, docs: Path, command: str) -> list[Path]:
 
 def table3(ctx: Context, docs: Path, command: str) -> list[Path]:
     s = ctx.seeds
-    rows, points = [], {}
+    rows, points = [], {embedding: {} for embedding in EMBEDDINGS}
     for key, label in TABLE3_NAMES.items():
         run = cell_name(*TABLE3[key])
-        alignment, uniformity = alignment_values(ctx, run, "alignment"), alignment_values(ctx, run, "uniformity")
-        points[label] = (alignment, uniformity)
+        measured = []
+        for embedding in EMBEDDINGS:
+            alignment = alignment_values(ctx, run, embedding, "alignment")
+            uniformity = alignment_values(ctx, run, embedding, "uniformity")
+            points[embedding][label] = (alignment, uniformity)
+            measured += [cell(alignment, s, digits=3), cell(uniformity, s, digits=3)]
         accuracy, paper_alignment, paper_uniformity = PAPER_TABLE3[key]
         rows.append([label, cell(values(ctx, run, "linear_top1"), s, 100, 1),
-                     cell(values(ctx, run, "knn_top1_k20"), s, 100, 1), cell(alignment, s, digits=3),
-                     cell(uniformity, s, digits=3), f"{accuracy:.1f}", f"{paper_alignment:.2f}",
-                     f"{paper_uniformity:.2f}"])
-    header = ["method", "linear top-1 %", "20-NN top-1 %", "alignment", "uniformity", "paper top-1 %",
-              "paper alignment", "paper uniformity"]
+                     cell(values(ctx, run, "knn_top1_k20"), s, 100, 1), *measured, f"{accuracy:.1f}",
+                     f"{paper_alignment:.2f}", f"{paper_uniformity:.2f}"])
+    header = ["method", "linear top-1 %", "20-NN top-1 %",
+              *[f"{figure} ({embedding})" for embedding in EMBEDDINGS for figure in ("alignment", "uniformity")],
+              "paper top-1 %", "paper alignment", "paper uniformity"]
     notes = (BUDGET_NOTE + " Alignment (mean squared distance between two views of an image, lower: more "
              "invariant) and uniformity (log of the mean pairwise Gaussian potential exp(-2 ||u - v||^2), lower: "
-             "more uniform) of Wang & Isola on the L2-normalised backbone features of 5,000 test images "
-             "(`python -m msbreg.analysis.alignment_uniformity`; the paper does not say which embedding it "
-             "measures). BYOL is Table 5's K = 2 cell without regularisers, MSBReg its K = 4 cell (0.004, 0.5); "
-             "BYOL + L_uniform adds Wang & Isola's loss with weight 1, BYOL + L_b + L_s is K = 2 with λ_s 0.004 "
-             "and λ_b 0.25, as the paper-scale configs `msbreg/configs/imagenet100_resnet18_{byol,byol_uniformity,"
-             "byol_lb_ls,msbreg}.yaml`.")
+             "more uniform) of Wang & Isola on 5,000 test images, L2-normalised, measured twice since the paper "
+             "does not say which embedding it measures: on the backbone features (the kept representation, "
+             "non-negative after the last ReLU) and on the online projections (where L_s, L_b and L_uniform act) "
+             "(`python -m msbreg.analysis.alignment_uniformity --embedding backbone|projection`). BYOL is Table 5's "
+             "K = 2 cell without regularisers, MSBReg its K = 4 cell (0.004, 0.5); BYOL + L_uniform adds Wang & "
+             "Isola's loss with weight 1, BYOL + L_b + L_s is K = 2 with λ_s 0.004 and λ_b 0.25, as the "
+             "paper-scale configs `msbreg/configs/imagenet100_resnet18_{byol,byol_uniformity,byol_lb_ls,msbreg}"
+             ".yaml`.")
     path = write_table(docs / "msbreg_table3.md", "MSBReg Table 3: alignment and uniformity", header, rows, notes,
                        command)
     return [path, alignment_uniformity_figure(path.with_suffix(".png"), points)]
 
 
-def alignment_uniformity_figure(path: Path, points: dict[str, tuple[PerSeed, PerSeed]]) -> Path:
-    """Wang & Isola's plane: alignment against uniformity, each seed a dot, the mean a larger marker."""
-    fig, ax = new_figure(figsize=(5.2, 3.8))
-    for k, (label, (alignment, uniformity)) in enumerate(points.items()):
-        seeds = sorted(set(alignment) & set(uniformity))
-        if not seeds:
-            continue
-        x = np.array([alignment[s] for s in seeds])
-        y = np.array([uniformity[s] for s in seeds])
-        ax.scatter(x, y, color=f"C{k}", s=14, alpha=0.6)
-        ax.scatter([mean_sd(alignment)[0]], [mean_sd(uniformity)[0]], color=f"C{k}", s=70, marker="D",
-                   edgecolors="k", label=label)
-    ax.set_xlabel("alignment (lower: views closer)")
-    ax.set_ylabel("uniformity (lower: more uniform)")
-    ax.set_title("MSBReg Table 3 (Fashion-MNIST, CPU scale)", fontsize=10)
-    if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=8)
+def alignment_uniformity_figure(path: Path, points: dict[str, dict[str, tuple[PerSeed, PerSeed]]]) -> Path:
+    """Wang & Isola's plane, one panel per embedding: alignment against uniformity, each seed a dot, the mean a
+    larger marker."""
+    fig, axes = new_figure(1, len(points), figsize=(4.6 * len(points), 3.8), squeeze=False)
+    for ax, (embedding, runs) in zip(axes[0], points.items()):
+        for k, (label, (alignment, uniformity)) in enumerate(runs.items()):
+            seeds = sorted(set(alignment) & set(uniformity))
+            if not seeds:
+                continue
+            ax.scatter([alignment[s] for s in seeds], [uniformity[s] for s in seeds], color=f"C{k}", s=14,
+                       alpha=0.6)
+            ax.scatter([mean_sd(alignment)[0]], [mean_sd(uniformity)[0]], color=f"C{k}", s=70, marker="D",
+                       edgecolors="k", label=label)
+        ax.set_xlabel("alignment (lower: views closer)")
+        ax.set_ylabel("uniformity (lower: more uniform)")
+        ax.set_title(f"{embedding} embedding", fontsize=10)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8)
+    fig.suptitle("MSBReg Table 3 (Fashion-MNIST, CPU scale)", fontsize=10)
     return save_figure(fig, path)
 
 

@@ -120,8 +120,17 @@ def test_msbreg_trains_end_to_end_on_fashion_mnist(tmp_path):
     # Table 3's figures on the trained backbone: alignment in [0, 4], uniformity in [-4, 0] for unit vectors.
     assert alignment_uniformity.main([str(out), "--max-images", "64", "--device", "cpu"]) == 0
     result = json.loads((out / "alignment_uniformity.json").read_text())
-    assert result["num_images"] == 64
+    assert result["num_images"] == 64 and result["embedding"] == "backbone"
     assert 0.0 <= result["alignment"] <= 4.0 and -4.0 <= result["uniformity"] <= 0.0
+    # ... and on the online projections, rebuilt from the last checkpoint: the projector's 128 dimensions.
+    projected = tmp_path / "projection.json"
+    assert alignment_uniformity.main([str(out), "--max-images", "64", "--device", "cpu", "--embedding", "projection",
+                                      "--output", str(projected)]) == 0
+    result = json.loads(projected.read_text())
+    assert result["embedding"] == "projection" and result["dim"] == 128
+    # Signed now: by Jensen, uniformity >= -2 x the mean squared distance over the pairs of 64 unit vectors,
+    # which is at most 2 x 64 / 63.
+    assert 0.0 <= result["alignment"] <= 4.0 and -4.0 * 64 / 63 <= result["uniformity"] <= 0.0
     # The projections' geometry from the last checkpoint: the same proj_std as the function of its projections.
     assert projection_geometry.main([str(out), "--max-images", "40"]) == 0
     geometry = json.loads((out / "projection_geometry.json").read_text())

@@ -24,11 +24,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from common.augment import build_eval_transform
-from common.checkpoint import latest_checkpoint, load_checkpoint
-from common.config import load_config
 from common.data import build_dataset, dataset_info
 from common.errors import InputError
-from common.trainer import build_initial_method
+from msbreg.analysis.trained_run import load_trained_method
 
 
 def projection_geometry(projections: Tensor) -> dict[str, float]:
@@ -47,21 +45,9 @@ def projection_geometry(projections: Tensor) -> dict[str, float]:
 def run_projections(run_dir: str | Path, split: str = "test", max_images: int = 2000,
                     batch_size: int = 256) -> Tensor:
     """Online projections [N, D] of the first ``max_images`` images of ``split`` under the run's last checkpoint."""
-    from msbreg.train import MSBRegTrainConfig, build_method
-
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.yaml"
-    checkpoint = latest_checkpoint(run_dir)
-    if not config_file.is_file() or checkpoint is None:
-        raise FileNotFoundError(f"'{run_dir}' is not a finished run folder (config.yaml and a checkpoint)")
-    cfg = load_config(MSBRegTrainConfig, ["--config", str(config_file)])
+    cfg, method = load_trained_method(run_dir)
     info = dataset_info(cfg.data)
     in_chans = cfg.backbone.in_chans or info.channels
-    method = build_initial_method(cfg, build_method, in_chans)
-    state = load_checkpoint(checkpoint)["model"]
-    method.load_state_dict({key.removeprefix("method."): value for key, value in state.items()
-                            if key.startswith("method.")})
-    method.eval()
     dataset = build_dataset(cfg.data, split)
     transform = build_eval_transform(info, in_chans)
     count = min(max_images, len(dataset))
