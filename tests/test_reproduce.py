@@ -67,6 +67,22 @@ def test_a_changed_command_runs_again_and_so_do_the_jobs_after_it(tmp_path):
     assert run([changed, second]).skipped == ["a", "b"]
 
 
+def test_one_paper_reports_its_tables_and_every_paper_in_cpu_time(tmp_path):
+    runs, docs = tmp_path / "runs", tmp_path / "docs"
+    ctx = Context("tiny", [0], runs.resolve(), docs)
+    record = stochcon.jobs(ctx)[0]  # one finished StochCon job, as the driver records it
+    record.folder.mkdir(parents=True)
+    record.done.write_text("{}")
+    (record.folder / RECORD).write_text(json.dumps({"cpu_seconds": 90.0, "wall_seconds": 100.0}))
+    assert main(["--paper", "msbreg", "--report-only", "--budget", "tiny", "--seeds", "0", "--runs", str(runs),
+                 "--docs", str(docs)]) == 0
+    assert (docs / "msbreg_table5.md").is_file() and not (docs / "stochcon_table1.md").exists()
+    cpu = (docs / "cpu_time.md").read_text()
+    assert all(f"| {paper} " in cpu for paper in ("stochcon", "msbreg", "vcreg"))
+    total = len(stochcon.jobs(ctx)) + len(msbreg.jobs(ctx)) + len(vcreg.jobs(ctx))
+    assert f"| **total** | 1 of {total} | **1.5** (0.03 h)" in cpu  # 90 CPU s of the one finished job
+
+
 def test_paired_difference_on_a_hand_checked_example():
     values, baseline = {0: 0.80, 1: 0.70, 2: 0.90}, {0: 0.75, 1: 0.72, 2: 0.85}
     diff = paired_difference(values, baseline)
