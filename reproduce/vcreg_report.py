@@ -7,8 +7,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from common.plots import new_figure, save_figure
 from reproduce.context import Context, evaluation_per_seed, read_json, results_per_seed
-from reproduce.report import PerSeed, bar_figure, cell, difference_cell, write_table
+from reproduce.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
 from reproduce.vcreg import PAPER, SSL_VARIANTS
 
 SETTINGS = {
@@ -189,9 +190,58 @@ def figure1(ctx: Context, docs: Path, command: str) -> list[Path]:
     return out
 
 
+def gradient_share(ctx: Context, docs: Path, command: str) -> list[Path]:
+    """Per VCReg layer and setting: the gradient the layer adds over the one arriving from above, at the first
+    and the last step of the Table 2 runs (``vcreg.analysis.gradient_share``)."""
+    s = ctx.seeds
+    shares: dict[tuple[str, str], dict[int, PerSeed]] = {}  # (setting, moment) -> {layer: {seed: share}}
+    shapes: dict[int, str] = {}
+    for name in SETTINGS:
+        for seed in s:
+            data = read_json(ctx.runs / PAPER / f"table2_{name}_s{seed}_gradient_share" / "gradient_share.json")
+            for moment in ("init", "end"):
+                for k, layer in enumerate((data or {}).get(moment, [])):
+                    shares.setdefault((name, moment), {}).setdefault(k, {})[seed] = layer["share"]
+                    shapes.setdefault(k, " x ".join(map(str, layer["shape"][1:])))
+    regularised = [name for name in SETTINGS if name != "baseline"]
+    moments = ("init", "end")
+    header = ["layer (channels x map)", *(f"{SETTINGS[n]}: {m}" for n in regularised for m in moments)]
+
+    def share_cell(name: str, moment: str, k: int) -> str:
+        measured = shares.get((name, moment))
+        if measured and k not in measured:
+            return "—"  # the setting has fewer layers (final: one)
+        return cell((measured or {}).get(k, {}), s, digits=2)
+
+    rows = [[f"{k + 1}: {shapes[k]}", *(share_cell(n, m, k) for n in regularised for m in moments)]
+            for k in sorted(shapes)]
+    notes = ("`python -m vcreg.analysis.gradient_share --run RUN --at init end`: on one batch of 256 training images "
+             "(the runs' batch, in training mode, no augmentation), the norm of the gradient each VCReg layer adds "
+             "in backward divided by the norm of the gradient reaching it from above (the task's and the later "
+             "layers' VCReg gradients), at the run's initial weights (its seed) and its last checkpoint. Above 1, "
+             "the layer's input follows the regulariser more than the loss. *final* has one layer, on the pooled "
+             "128 features, listed as layer 1.")
+    path = write_table(docs / "vcreg_gradient_share.md", "VCReg: how hard each layer pulls (Table 2 runs)", header,
+                       rows or [["not run", *([""] * (len(header) - 1))]], notes + "\n\n" + SETTINGS_NOTE, command)
+    fig, ax = new_figure(figsize=(6.5, 3.8))
+    for k, name in enumerate(regularised):
+        for moment, style in zip(moments, ("-", ":")):
+            per_layer = shares.get((name, moment), {})
+            layers = sorted(per_layer)
+            line_figure(ax, [n + 1 for n in layers], [per_layer[n] for n in layers], f"{SETTINGS[name]}, {moment}",
+                        f"C{k}", linestyle=style)
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("VCReg layer (1: after the first conv unit)")
+    ax.set_ylabel("added / incoming gradient norm")
+    ax.set_title("VCReg's pull against the task, first step (solid) and last (dotted)", fontsize=10)
+    ax.legend(fontsize=6)
+    return [path, save_figure(fig, path.with_suffix(".png"))]
+
+
 def report(ctx: Context, command: str) -> list[Path]:
     out: list[Path] = []
-    for write in (table2, table3, table4, table5, table6, figure1):
+    for write in (table2, table3, table4, table5, table6, figure1, gradient_share):
         out += write(ctx, ctx.docs, command)
     return out
 
