@@ -54,6 +54,7 @@ def variants(batch: int) -> dict[str, list[str]]:
 
 
 MAIN = ("baseline", "blocks")  # tier 0: the paper's comparison; the other settings come after
+LONGER_EPOCHS = 6  # Table 2's budget check: does VCReg's gap to the baseline close with training?
 SSL_VARIANTS = ("baseline", "blocks", "final")
 
 
@@ -95,25 +96,38 @@ def ssl_args(ctx: Context, method: str) -> list[str]:
     return recipe + ctx.pick(["data.subset=20000", "epochs=2"], ctx.tiny_trainer_args())
 
 
+def setting_tier(study: str, name: str) -> int:
+    """0: the paper's comparison; 1: Table 2's other settings (with the gradient shares that explain them);
+    2: the other tables' other settings."""
+    return 0 if name in MAIN else 1 if study == "table2" else 2
+
+
 def jobs(ctx: Context) -> list[Job]:
     out: list[Job] = []
     settings = variants(images_per_step(ctx))
+    split_needed = (f"{PAPER}/fashion_mnist_split",)
     for seed in ctx.seeds:
         for study, (full, tiny) in supervised_tables(ctx).items():
-            needs = (f"{PAPER}/fashion_mnist_split",) if study == "table2" else ()
             for name, args in settings.items():
                 run = trainer_job(ctx, PAPER, f"{study}_{name}", study, TRAIN,
                                   ["--config", SUPERVISED, *full, *args, *(tiny if ctx.tiny else [])], seed,
-                                  tier=0 if name in MAIN else 1, needs=needs)
+                                  tier=setting_tier(study, name), needs=split_needed if study == "table2" else ())
                 out.append(run)
                 if study == "table2":
-                    out += table2_evaluations(ctx, run, seed, tier=run.tier, regularised=name != "baseline")
+                    out += [transfer_job(ctx, run, seed), collapse_job(ctx, run)]
+                    out += [gradient_share_job(ctx, run)] if name != "baseline" else []
+        full, tiny = supervised_tables(ctx)["table2"]
+        for name in MAIN:  # the budget check: Table 2's comparison at 3x the epochs
+            run = trainer_job(ctx, PAPER, f"table2_{name}_{LONGER_EPOCHS}epochs", "table2_budget", TRAIN,
+                              ["--config", SUPERVISED, *full, *settings[name], f"epochs={LONGER_EPOCHS}",
+                               *(tiny if ctx.tiny else [])], seed, tier=1, needs=split_needed)
+            out += [run, transfer_job(ctx, run, seed)]
         for method in ("simclr", "vicreg"):
             for name in SSL_VARIANTS:
                 extra = ["eval.knn_at_init=true"] if name == "baseline" else []
                 out.append(trainer_job(ctx, PAPER, f"table4_{method}_{name}", "table4", TRAIN,
                                        [*ssl_args(ctx, method), *variants(ctx.pick(128, 64) * 2)[name], *extra],
-                                       seed, tier=0 if name in MAIN else 1))
+                                       seed, tier=setting_tier("table4", name)))
     folder = split_folders(ctx)[0].parent
     per_class = ctx.pick(["4000", "1000", "2000", "1000"], ["1000"] * 4)
     split = Job(name=f"{PAPER}/fashion_mnist_split", module="reproduce.fashion_mnist_split",
@@ -128,28 +142,35 @@ def jobs(ctx: Context) -> list[Job]:
     return [split, two_moons, *out]
 
 
-def table2_evaluations(ctx: Context, run: Job, seed: int, tier: int, regularised: bool) -> list[Job]:
-    """Kornblith's L-BFGS probe on the other five classes (Table 2) and MINE (Table 6) of one pre-training, and
-    for a run with VCReg layers, each layer's gradient share at the first and the last step."""
+def evaluation_folder(run: Job, kind: str) -> Path:
+    return run.folder.with_name(f"{run.folder.name}_{kind}")
+
+
+def transfer_job(ctx: Context, run: Job, seed: int) -> Job:
+    """Table 2: Kornblith's L-BFGS probe of a pre-training on the other five classes."""
     _, second = split_folders(ctx)
-    transfer = run.folder.with_name(run.folder.name + "_transfer")
-    collapse = run.folder.with_name(run.folder.name + "_collapse")
-    share = run.folder.with_name(run.folder.name + "_gradient_share")
-    share_job = Job(name=f"{run.name}_gradient_share", module="vcreg.analysis.gradient_share",
-                    argv=["--run", str(run.folder), "--at", "init", "end", "--images", str(images_per_step(ctx)),
-                          "--output", str(share / "gradient_share.json")],
-                    folder=share, done=share / "gradient_share.json", study="gradient_share", tier=tier,
-                    needs=(run.name,))
-    probe = ctx.pick([], ["l2_grid=[0.01,1.0]", "max_iter=20"])
-    mine = ctx.pick([], ["--mine-images", "100", "--mine-steps", "5"])
-    return [
-        Job(name=f"{run.name}_transfer", module="evaluation",
-            argv=["transfer", f"checkpoint={run.folder}", "dataset=image_folder", f"data.root={second}",
-                  "image_size=28", "num_workers=0", "progress_bar=false", f"seed={seed}",
-                  f"output={transfer / 'transfer.json'}", *probe],
-            folder=transfer, done=transfer / "transfer.json", study="table2", tier=tier, needs=(run.name,)),
-        Job(name=f"{run.name}_collapse", module="vcreg.analysis.collapse",
-            argv=["--runs", str(run.folder), "--output", str(collapse / "collapse.json"), *mine],
-            folder=collapse, done=collapse / "collapse.json", study="table6", tier=tier, needs=(run.name,)),
-        *([share_job] if regularised else []),
-    ]
+    folder = evaluation_folder(run, "transfer")
+    return Job(name=f"{run.name}_transfer", module="evaluation",
+               argv=["transfer", f"checkpoint={run.folder}", "dataset=image_folder", f"data.root={second}",
+                     "image_size=28", "num_workers=0", "progress_bar=false", f"seed={seed}",
+                     f"output={folder / 'transfer.json'}", *ctx.pick([], ["l2_grid=[0.01,1.0]", "max_iter=20"])],
+               folder=folder, done=folder / "transfer.json", study=run.study, tier=run.tier, needs=(run.name,))
+
+
+def collapse_job(ctx: Context, run: Job) -> Job:
+    """Table 6: MINE's mutual information of a Table 2 pre-training (CDNV and NCC are in its results.json)."""
+    folder = evaluation_folder(run, "collapse")
+    return Job(name=f"{run.name}_collapse", module="vcreg.analysis.collapse",
+               argv=["--runs", str(run.folder), "--output", str(folder / "collapse.json"),
+                     *ctx.pick([], ["--mine-images", "100", "--mine-steps", "5"])],
+               folder=folder, done=folder / "collapse.json", study="table6", tier=run.tier, needs=(run.name,))
+
+
+def gradient_share_job(ctx: Context, run: Job) -> Job:
+    """Each VCReg layer's gradient against the task's, at a regularised run's first and last step."""
+    folder = evaluation_folder(run, "gradient_share")
+    return Job(name=f"{run.name}_gradient_share", module="vcreg.analysis.gradient_share",
+               argv=["--run", str(run.folder), "--at", "init", "end", "--images", str(images_per_step(ctx)),
+                     "--output", str(folder / "gradient_share.json")],
+               folder=folder, done=folder / "gradient_share.json", study="gradient_share", tier=run.tier,
+               needs=(run.name,))

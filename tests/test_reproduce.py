@@ -16,7 +16,8 @@ from tests.trainer_runs import write_idx_fashion_mnist
 
 TABLES = ["stochcon_table1", "stochcon_figure2_left", "stochcon_figure2_right", "stochcon_figure3",
           "stochcon_figure4", "stochcon_appendix_a2", "msbreg_table5", "msbreg_table3", "vcreg_table2", "vcreg_table3",
-          "vcreg_table4", "vcreg_table5", "vcreg_table6", "vcreg_figure1", "vcreg_gradient_share"]
+          "vcreg_table4", "vcreg_table5", "vcreg_table6", "vcreg_figure1", "vcreg_gradient_share",
+          "vcreg_table2_budget"]
 
 
 @pytest.mark.slow
