@@ -88,12 +88,15 @@ def remove_run_files(output_dir: str | Path) -> None:
             path.unlink()
 
 
-def prepare_run_folder(output_dir: str | Path, resume: str, overwrite: bool) -> Path | None:
+def prepare_run_folder(output_dir: str | Path, resume: str, overwrite: bool, config_text: str | None = None
+                       ) -> Path | None:
     """The checkpoint to resume from, or None for a new run; refuses to start a new run over another one.
 
     ``resume``: "false" (a new run; a folder holding another run is refused unless ``overwrite``), "true"
     (continue the latest checkpoint, which must exist) or "auto" (continue it if there is one, else start:
-    what a requeued cluster job wants).
+    what a requeued cluster job wants). Under "auto", a folder whose run was stopped before its first
+    checkpoint, with the same config (``config_text``, the ``config.yaml`` this run writes), starts again:
+    nothing in it can be continued, and refusing would fail every requeue of a job preempted that early.
     """
     folder = Path(output_dir)
     checkpoint = latest_checkpoint(folder) if resume in ("true", "auto") else None
@@ -101,10 +104,14 @@ def prepare_run_folder(output_dir: str | Path, resume: str, overwrite: bool) -> 
         raise RunFolderError(f"resume=true but output_dir '{folder}' has no checkpoint to continue (resume=auto "
                              "starts a new run when there is none)")
     if checkpoint is None:
-        if holds_run(folder) and not overwrite:
+        saved_config = folder / "config.yaml"
+        same_run_unsaved = (resume == "auto" and config_text is not None and saved_config.is_file()
+                            and saved_config.read_text() == config_text and not (folder / "results.json").exists())
+        if holds_run(folder) and not (overwrite or same_run_unsaved):
             raise RunFolderError(f"output_dir '{folder}' holds another run: pass resume=true to continue it, "
                                  "overwrite=true to replace it, or choose another output_dir")
-        remove_run_files(folder)  # the other run (overwrite=true), or what a failed start left
+        remove_run_files(folder)  # the other run (overwrite=true), the same run before its first checkpoint, or
+        # what a failed start left
     folder.mkdir(parents=True, exist_ok=True)
     return checkpoint
 

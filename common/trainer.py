@@ -158,7 +158,8 @@ class Trainer:
         self.method: Method = acc.unwrap_model(self.module).method
         attach_backward_scale(self.module, BackwardScale(getattr(acc, "scaler", None), cfg.grad_accum_steps,
                                                          acc.num_processes))
-        checkpoint = prepare_run_folder(self.output_dir, cfg.resume, cfg.overwrite) if acc.is_main_process else None
+        checkpoint = (prepare_run_folder(self.output_dir, cfg.resume, cfg.overwrite, to_yaml(cfg))
+                      if acc.is_main_process else None)
         acc.wait_for_everyone()
         return checkpoint
 

@@ -113,6 +113,29 @@ def test_resume_true_needs_a_checkpoint_and_auto_starts_without_one(data_root, t
     assert json.loads((out / "results.json").read_text())["steps"] == 8
 
 
+def test_resume_auto_restarts_its_own_run_stopped_before_the_first_checkpoint(data_root, tmp_path):
+    """A job killed before its first checkpoint leaves config.yaml and logged steps; its requeue (resume=auto,
+    same config) starts again instead of failing forever, and another run's folder is still refused."""
+    out = tmp_path / "run"
+    args = tiny(data_root, out, "epochs=1", "resume=auto", "eval.linear=false", "eval.knn_at_init=false")
+
+    def stopped_before_first_checkpoint():
+        for name in ("results.json", "backbone.safetensors", "timing.json", "checkpoints"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        assert (out / "config.yaml").is_file() and (out / "metrics.jsonl").stat().st_size > 0
+
+    assert run(SCRIPT, args).returncode == 0
+    stopped_before_first_checkpoint()
+    other = run(SCRIPT, [*args, "seed=1"])
+    assert other.returncode == 2 and "holds another run" in other.stderr and one_line(other.stderr)
+    requeued = run(SCRIPT, args)
+    assert requeued.returncode == 0, requeued.stderr[-1500:]
+    assert json.loads((out / "results.json").read_text())["steps"] == 8
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 9))  # the old log was replaced, not appended to
+
+
 def test_resume_compares_configs_by_meaning(data_root, tmp_path):
     """Another spelling of output_dir, a moved folder, and keys that cannot change the result all resume;
     a key that changes what is computed is refused, by name."""
