@@ -18,7 +18,7 @@ PAPER_TABLE1["bernoulli_d128_additions"] = PAPER_TABLE1["bernoulli_d128"]  # the
 PAPER_SUPERVISED = 95.00
 PAPER_A2_MARGIN = 1.78  # StochCon Bernoulli fine-tuned minus the supervised Gumbel-Bernoulli control
 NAMES = {"simclr": "SimCLR", "bernoulli_d128": "StochCon Bernoulli (128 bits)",
-         "bernoulli_d128_additions": "StochCon Bernoulli, the config's additions (not in the paper)",
+         "bernoulli_d128_additions": "StochCon Bernoulli + additions",
          "gaussian_d128": "StochCon Gaussian (128 units)"}
 
 
@@ -67,9 +67,10 @@ def table1(ctx: Context, docs: Path, command: str) -> list[Path]:
              "epochs (fine-tuned) or 15 (frozen) on 10,000 images, a linear head on the latent (the Bernoulli "
              "code at Gumbel temperature 0.1, the Gaussian's mean; h for SimCLR); `test_top1` of that head. The "
              "supervised row is trained from scratch for 2 epochs on 20,000 images (a different budget: context "
-             "only). Paper columns: CIFAR-10 ResNet-50, Table 1. The additions row is Algorithm 1 with the "
+             "only). Paper columns: CIFAR-10 ResNet-50, Table 1. The \"+ additions\" row is Algorithm 1 with the "
              "Fashion-MNIST config's two settings (`both_directions=true`, `pi_init_gain=3`): a second setting "
-             "for the Bernoulli latent. \"higher on k/n\": seeds where the row beats SimCLR with the same seed.")
+             "for the Bernoulli latent, not in the paper. \"higher on k/n\": seeds where the row beats SimCLR "
+             "with the same seed.")
     path = write_table(docs / "stochcon_table1.md", "StochCon Table 1: fine-tuned and frozen test top-1", header,
                        rows, notes, command)
     groups = list(NAMES.values())
