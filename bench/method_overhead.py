@@ -239,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="steps per measurement")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, 2 rounds (the test)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 3 rounds (the test)")
     parser.add_argument("--output", default="bench/results/method_overhead.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.width, args.rounds, args.warmup, args.repeat = 16, 4, 2, 1, 1
+        args.batch, args.width, args.rounds, args.warmup, args.repeat = 16, 4, 3, 1, 1
     args.threads = set_threads(args.threads, args.quick)
     setup = machine() | {"rounds": args.rounds, "warmup": args.warmup, "repeat": args.repeat, "quick": args.quick,
                          "lr": LR}

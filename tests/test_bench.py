@@ -83,6 +83,7 @@ def positive_quartiles(q: dict) -> None:
 
 def test_method_overhead_quick(quick_runs):
     results = finished(quick_runs, "method_overhead")
+    assert json.loads(quick_runs["method_overhead"][1].read_text())["setup"]["rounds"] % 2 == 1
     variants = results["variants"]
     methods = {"simclr", "stochcon_bernoulli", "stochcon_gaussian", "byol", "msbreg_k4", "byol_4views",
                "vcreg_blocks", "supervised"}
@@ -94,13 +95,16 @@ def test_method_overhead_quick(quick_runs):
         assert row["images_per_second"] > 0
         if name in methods:
             positive_quartiles(row["ratio_to_bare"])
-            assert row["method_share"]["median"] == pytest.approx(
-                1 - 1 / row["ratio_to_bare"]["median"], abs=0.5)  # median of per-round shares, close
+            # --quick times an odd number of rounds, so both medians come from the same round (the share,
+            # 1 - 1 / ratio, increases with the ratio): equal up to float rounding, whatever the machine's load
+            assert row["method_share"]["median"] == pytest.approx(1 - 1 / row["ratio_to_bare"]["median"],
+                                                                  rel=1e-12, abs=1e-12)
             assert variants[row["bare"]]["views"] == row["views"]
     for name in ("byol", "msbreg_k4", "byol_4views"):  # also divided by the floor with the EMA target's forward
         floor = variants[name]["target_floor"]
         assert floor == variants[name]["bare"] + "_target" and floor in variants
-        assert variants[name]["share_beyond_target"]["median"] < variants[name]["method_share"]["median"] + 0.5
+        share = variants[name]["share_beyond_target"]
+        assert share["q25"] <= share["median"] <= share["q75"] < 1  # 1 - floor / method, both times positive
     assert variants["msbreg_k4"]["views"] == 4 and variants["byol_4views"]["views"] == 4
     positive_quartiles(variants["msbreg_k4"]["ratio_to_reference"])
     positive_quartiles(variants["vcreg_blocks"]["ratio_to_reference"])
