@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from common.config import diff_configs
 from common.errors import RunFolderError
@@ -31,6 +32,9 @@ RESUMABLE_KEYS = {"output_dir", "resume", "overwrite", "progress_bar", "log_ever
 # before its first step are removed by the next start.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "timing.json", "backbone.safetensors", CHECKPOINT_DIR,
              "train")  # train/: the TensorBoard events of Accelerate's tracker (init_trackers("train"))
+# The trainer saves the method and the online probe as one module (common.trainer.TrainingModule): the
+# method's weights are the model state's keys under this prefix.
+METHOD_PREFIX = "method."
 RUN_FILE_PATTERNS = ("eval_*.json", "eval_*.png")  # evaluation commands' results written next to the run
 
 
@@ -164,6 +168,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 (torch raises several types for truncated or foreign files)
         raise RunFolderError(f"checkpoint '{file}' cannot be read: {type(error).__name__}: "
                              f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}") from None
+
+
+def load_method_weights(method: nn.Module, state: dict[str, Any], source: str | Path) -> nn.Module:
+    """Put the method weights of a loaded checkpoint ``state`` (read from ``source``) into ``method``, built as
+    the run built it; returns it in eval mode. A checkpoint of another method is a ``RunFolderError``."""
+    weights = {key.removeprefix(METHOD_PREFIX): value for key, value in state["model"].items()
+               if key.startswith(METHOD_PREFIX)}
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as error:  # "Error(s) in loading state_dict for X:", then one line per mismatch
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        raise RunFolderError(f"checkpoint '{source}' does not fit the method it names: "
+                             f"{lines[1] if len(lines) > 1 else lines[0]}") from None
+    return method.eval()
 
 
 def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:

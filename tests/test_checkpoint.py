@@ -1,5 +1,5 @@
 """Checkpoints that survive crashes: atomic saves under SIGKILL, keep_last, the recorded code version, and a
-saved backbone that does not fit its architecture."""
+saved backbone that does not fit its architecture, and a method rebuilt from the trainer's saved model state."""
 
 import json
 import signal
@@ -18,8 +18,11 @@ from common.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_method_weights,
     save_checkpoint,
 )
+from common.errors import RunFolderError
+from common.trainer import TrainingModule
 
 # A child process that saves checkpoints of ~16 MB as fast as it can, until it is killed.
 SAVER = """
@@ -104,3 +107,18 @@ def test_backbone_of_another_architecture_is_a_one_line_error(tmp_path):
     save_file({k: v.contiguous() for k, v in resnet.state_dict().items()}, str(path), metadata=metadata)
     with pytest.raises(ValueError, match="missing keys"):
         load_backbone(path)
+
+
+def test_method_weights_come_back_from_the_trainers_model_state_without_the_probe(tmp_path):
+    torch.manual_seed(0)
+    method, probe = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)), torch.nn.Linear(2, 4)
+    method[1].running_mean.fill_(0.5)
+    save_checkpoint(tmp_path, 7, {"model": TrainingModule(method, probe).state_dict()})
+    folder = latest_checkpoint(tmp_path)
+    rebuilt = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    assert load_method_weights(rebuilt, load_checkpoint(folder), folder) is rebuilt and not rebuilt.training
+    for name, value in method.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], value), name
+    other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5))
+    with pytest.raises(RunFolderError, match=r"checkpoint '.*step_0+7' does not fit the method it names: size mismatch for 0.weight"):
+        load_method_weights(other, load_checkpoint(folder), folder)

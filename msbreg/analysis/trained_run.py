@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.checkpoint import latest_checkpoint, load_checkpoint
+from common.checkpoint import latest_checkpoint, load_checkpoint, load_method_weights
 from common.config import load_config
 from common.data import dataset_info
 from common.method import Method
@@ -24,7 +24,4 @@ def load_trained_method(run_dir: str | Path):
     cfg = load_config(MSBRegTrainConfig, ["--config", str(config_file)])
     in_chans = cfg.backbone.in_chans or dataset_info(cfg.data).channels
     method: Method = build_initial_method(cfg, build_method, in_chans)
-    state = load_checkpoint(checkpoint)["model"]
-    method.load_state_dict({key.removeprefix("method."): value for key, value in state.items()
-                            if key.startswith("method.")})
-    return cfg, method.eval()
+    return cfg, load_method_weights(method, load_checkpoint(checkpoint), checkpoint)

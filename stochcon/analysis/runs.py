@@ -18,15 +18,13 @@ from torch import Tensor, nn
 
 from common.augment import build_eval_transform
 from common.backbones import build_backbone
-from common.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint
+from common.checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, load_method_weights
 from common.config import config_from_dict
 from common.data import build_dataset, dataset_info, stratified_subset
 from common.errors import ConfigError, RunFolderError
 from common.method import Method
 from common.trainer import build_initial_method
 from evaluation.features import extract_features
-
-METHOD_PREFIX = "method."
 
 
 def checkpoints_of(path: str | Path) -> list[Path]:
@@ -63,15 +61,7 @@ def load_trained_method(
         raise ConfigError(f"checkpoint '{folder}': its config does not fit {schema.__name__}: {error}") from None
     in_chans = cfg.backbone.in_chans or dataset_info(cfg.data).channels
     backbone, feature_dim = build_backbone(cfg.backbone, in_chans)
-    method = build_method(cfg, backbone, feature_dim)
-    weights = {k[len(METHOD_PREFIX) :]: v for k, v in state["model"].items() if k.startswith(METHOD_PREFIX)}
-    try:
-        method.load_state_dict(weights)
-    except RuntimeError as error:
-        raise RunFolderError(
-            f"checkpoint '{folder}' does not fit the method it names: {str(error).splitlines()[0]}"
-        ) from None
-    return method.eval(), cfg, state
+    return load_method_weights(build_method(cfg, backbone, feature_dim), state, folder), cfg, state
 
 
 def initial_method(cfg: Any, build_method: Callable | None = None) -> Method:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from common.augment import build_eval_transform
-from common.checkpoint import latest_checkpoint, load_checkpoint
+from common.checkpoint import latest_checkpoint, load_checkpoint, load_method_weights
 from common.config import load_config
 from common.data import build_dataset, dataset_info, stratified_subset
 from common.errors import ConfigError
@@ -79,8 +79,7 @@ def load_method(cfg: VCRegTrainConfig, run: Path | None, at: str) -> torch.nn.Mo
         checkpoint = latest_checkpoint(run)
         if checkpoint is None:
             raise ConfigError(f"run '{run}' has no checkpoint to measure at its end")
-        state = load_checkpoint(checkpoint)["model"]
-        method.load_state_dict({k.removeprefix("method."): v for k, v in state.items() if k.startswith("method.")})
+        load_method_weights(method, load_checkpoint(checkpoint), checkpoint)
     return method
 
 
