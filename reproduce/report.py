@@ -9,6 +9,7 @@ A difference against a baseline is paired by seed (same initialisation and data 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from common.plots import new_figure, save_figure
+
+# A bar group is at least 1.1 inches wide; at 8 pt a character is about 0.06 inches, so 16 fit on a line.
+TICK_LABEL_CHARACTERS = 16
 
 PerSeed = dict[int, float]
 
@@ -83,7 +87,7 @@ def bar_figure(path: Path, groups: Sequence[str], series: dict[str, Sequence[Per
                title: str, scale: float = 1.0) -> Path:
     """Grouped bars (one group per entry of ``groups``, one bar per series), the mean with its sd as an
     error bar and each seed as a dot."""
-    fig, ax = new_figure(figsize=(max(4.5, 1.2 * len(groups) * max(1, len(series)) / 2 + 2), 3.6))
+    fig, ax = new_figure(figsize=(max(4.5, len(groups) * max(1.1, 0.6 * len(series)) + 1.5), 3.6))
     width = 0.8 / max(1, len(series))
     for k, (label, per_group) in enumerate(series.items()):
         for g, values in enumerate(per_group):
@@ -96,7 +100,7 @@ def bar_figure(path: Path, groups: Sequence[str], series: dict[str, Sequence[Per
                 yerr=None if math.isnan(sd) else sd, capsize=3)
             ax.scatter([x] * len(values), [v * scale for v in values.values()], color="k", s=8, zorder=3)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=15, fontsize=8)
+    ax.set_xticklabels([textwrap.fill(g, TICK_LABEL_CHARACTERS) for g in groups], fontsize=8)  # never overlap
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     if len(series) > 1:

@@ -249,7 +249,7 @@ def gradient_share(ctx: Context, docs: Path, command: str) -> list[Path]:
              "128 features, listed as layer 1.")
     path = write_table(docs / "vcreg_gradient_share.md", "VCReg: how hard each layer pulls (Table 2 runs)", header,
                        rows or [["not run", *([""] * (len(header) - 1))]], notes + "\n\n" + SETTINGS_NOTE, command)
-    fig, ax = new_figure(figsize=(6.5, 3.8))
+    fig, ax = new_figure(figsize=(10.0, 3.8))
     for k, name in enumerate(regularised):
         for moment, style in zip(moments, ("-", ":")):
             per_layer = shares.get((name, moment), {})
@@ -261,7 +261,7 @@ def gradient_share(ctx: Context, docs: Path, command: str) -> list[Path]:
     ax.set_xlabel("VCReg layer (1: after the first conv unit)")
     ax.set_ylabel("added / incoming gradient norm")
     ax.set_title("VCReg's pull against the task, first step (solid) and last (dotted)", fontsize=10)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the lines fill them
     return [path, save_figure(fig, path.with_suffix(".png"))]
 
 
