@@ -104,7 +104,7 @@ def bar_figure(path: Path, groups: Sequence[str], series: dict[str, Sequence[Per
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     if len(series) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     _zoom(ax, [v * scale for per_group in series.values() for values in per_group for v in values.values()])
     return save_figure(fig, path)
 
