@@ -10,7 +10,7 @@ from pathlib import Path
 from common.plots import new_figure, save_figure
 from reproduce.context import Context, evaluation_per_seed, read_json, results_per_seed
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
-from reproduce.vcreg import LONGER_EPOCHS, MAIN, PAPER, SSL_VARIANTS
+from reproduce.vcreg import LONGER_EPOCHS, MAIN, PAPER, TWO_MOONS
 
 SETTINGS = {
     "baseline": "baseline (no VCReg)",
@@ -167,14 +167,14 @@ def table4(ctx: Context, docs: Path, command: str) -> list[Path]:
         base = f"table4_{method}_baseline"
         rows.append([f"{method}: k-NN at initialisation", cell(values(ctx, base, "knn_top1_k20_at_init"), s, 100, 1),
                      cell(values(ctx, base, "knn_top1_k200_at_init"), s, 100, 1), "—", "—", "—"])
-        for name in SSL_VARIANTS:
+        for name, label in SETTINGS.items():
             run = f"table4_{method}_{name}"
             k20, lin = values(ctx, run, "knn_top1_k20"), values(ctx, run, "linear_top1")
             linear[(method, name)] = lin
             vs = ("—", "—") if name == "baseline" else (
                 difference_cell(k20, values(ctx, base, "knn_top1_k20")),
                 difference_cell(lin, values(ctx, base, "linear_top1")))
-            rows.append([f"{method}: {SETTINGS[name]}", cell(k20, s, 100, 1),
+            rows.append([f"{method}: {label}", cell(k20, s, 100, 1),
                          cell(values(ctx, run, "knn_top1_k200"), s, 100, 1), cell(lin, s, 100, 1), *vs])
     notes = ("Self-supervised pre-training with VCReg layers (`vcreg/train.py method.name=simclr|vicreg`) for 2 "
              "epochs on 20,000 images at batch 128 (LARS, the CPU SimCLR recipe of "
@@ -187,9 +187,8 @@ def table4(ctx: Context, docs: Path, command: str) -> list[Path]:
     path = write_table(docs / "vcreg_table4.md", "VCReg Table 4: SimCLR and VICReg with VCReg layers",
                        ["run", "20-NN %", "200-NN %", "linear probe %", "20-NN vs baseline", "linear vs baseline"],
                        rows, notes + "\n\n" + SETTINGS_NOTE, command)
-    groups = [SETTINGS[n] for n in SSL_VARIANTS]
-    png = bar_figure(path.with_suffix(".png"), groups,
-                     {m: [linear[(m, n)] for n in SSL_VARIANTS] for m in ("simclr", "vicreg")},
+    png = bar_figure(path.with_suffix(".png"), list(SETTINGS.values()),
+                     {m: [linear[(m, n)] for n in SETTINGS] for m in ("simclr", "vicreg")},
                      "linear probe top-1 (%)", "VCReg Table 4 (Fashion-MNIST, CPU scale)", scale=100)
     return [path, png]
 
@@ -198,15 +197,19 @@ def figure1(ctx: Context, docs: Path, command: str) -> list[Path]:
     folder = ctx.runs / PAPER / "two_moons"
     data = read_json(folder / "two_moons.json")
     rows = []
-    if data is not None:
-        for name, stats in data["regularisers"].items():
-            rows.append([name, f"{stats['test_accuracy_mean'] * 100:.1f} ± {stats['test_accuracy_std'] * 100:.1f}",
+    for run in TWO_MOONS:
+        moons = read_json(ctx.runs / PAPER / run / "two_moons.json")
+        for name, stats in (moons or {"regularisers": {}})["regularisers"].items():
+            label = f"{name}, alpha {moons['config']['alpha']:g}, beta {moons['config']['beta']:g}" if (
+                name == "vcreg") else name
+            rows.append([label, f"{stats['test_accuracy_mean'] * 100:.1f} ± {stats['test_accuracy_std'] * 100:.1f}",
                          f"{stats['train_accuracy_mean'] * 100:.1f}", f"{stats['boundary_margin']:.3f}"])
     runs = data["config"]["runs"] if data else 0
     notes = (f"`python -m vcreg.analysis.two_moons`: a 2 -> 128 -> 128 -> 2 ReLU network, full-batch Adam, 300 "
              f"moons (noise 0.1) per run, {runs} runs per regulariser (fresh sample and initialisation each; "
              "accuracy mean ± sd over them, on 1,000 test points); margin: mean distance from 2,000 test points to "
-             "the boundary of the run-averaged prediction. VCReg after both hidden layers at alpha 1.28, beta 0.16. "
+             "the boundary of the run-averaged prediction. VCReg after both hidden layers; the figure shows alpha 1.28, "
+             "beta 0.16. "
              "The paper (Figure 1, no numbers): the other regularisers keep a boundary close to one moon "
              "(gradient starvation), VCReg's is wider.")
     path = write_table(docs / "vcreg_figure1.md", "VCReg Figure 1: two moons",
