@@ -4,11 +4,13 @@ the baseline of the same seed."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 from common.plots import new_figure, save_figure
 from reproduce.context import Context, evaluation_per_seed, read_json, results_per_seed
+from reproduce.driver import LOG
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
 from reproduce.vcreg import LONGER_EPOCHS, MAIN, PAPER, TWO_MOONS
 
@@ -30,9 +32,24 @@ SETTINGS_NOTE = ("Settings (`reproduce/vcreg.py`): *blocks* puts a VCReg layer a
                  "\"higher on k/n\": seeds where the setting beats the baseline trained with the same seed.")
 
 
+NON_FINITE = re.compile(r"non-finite loss at step (\d+)")
+
+
 def values(ctx: Context, run: str, key: str) -> PerSeed:
     """``{seed: results[key]}`` of one of this paper's runs (or fine-tunings) over the seeds that have it."""
     return results_per_seed(ctx, PAPER, run, key)
+
+
+def diverged_at(ctx: Context, run: str) -> dict[int, int]:
+    """``{seed: step}`` of the seeds whose run stopped on a non-finite loss (the trainer's error, in the driver's
+    log), so that a table says "diverged" where it would say "not run"."""
+    out = {}
+    for seed in ctx.seeds:
+        log = ctx.runs / PAPER / f"{run}_s{seed}" / LOG
+        found = NON_FINITE.search(log.read_text(errors="replace")) if log.is_file() else None
+        if found:
+            out[seed] = int(found.group(1))
+    return out
 
 
 def evaluation_values(ctx: Context, run: str, job: str, read) -> PerSeed:
@@ -174,8 +191,12 @@ def table4(ctx: Context, docs: Path, command: str) -> list[Path]:
             vs = ("—", "—") if name == "baseline" else (
                 difference_cell(k20, values(ctx, base, "knn_top1_k20")),
                 difference_cell(lin, values(ctx, base, "linear_top1")))
-            rows.append([f"{method}: {label}", cell(k20, s, 100, 1),
-                         cell(values(ctx, run, "knn_top1_k200"), s, 100, 1), cell(lin, s, 100, 1), *vs])
+            diverged = diverged_at(ctx, run)
+            if diverged:
+                label += (f" (diverged on {len(diverged)} of {len(s)} seeds, non-finite loss at step "
+                          f"{', '.join(str(step) for step in diverged.values())})")
+            row = [cell(k20, s, 100, 1), cell(values(ctx, run, "knn_top1_k200"), s, 100, 1), cell(lin, s, 100, 1)]
+            rows.append([f"{method}: {label}", *("diverged" if diverged and not lin else c for c in row), *vs])
     notes = ("Self-supervised pre-training with VCReg layers (`vcreg/train.py method.name=simclr|vicreg`) for 2 "
              "epochs on 20,000 images at batch 128 (LARS, the CPU SimCLR recipe of "
              "`stochcon/configs/fashion_mnist_simclr.yaml`; projectors 256 -> 64 for SimCLR, 512 -> 512 for VICReg), "

@@ -10,8 +10,9 @@ import pytest
 from reproduce import msbreg, stochcon, vcreg
 from reproduce.__main__ import main
 from reproduce.context import Context
-from reproduce.driver import RECORD, Job, run_jobs
+from reproduce.driver import LOG, RECORD, Job, run_jobs
 from reproduce.report import cell, paired_difference
+from reproduce.vcreg_report import diverged_at
 from tests.trainer_runs import write_idx_fashion_mnist
 
 TABLES = ["stochcon_table1", "stochcon_figure2_left", "stochcon_figure2_right", "stochcon_figure3",
@@ -102,3 +103,13 @@ def test_cell_says_how_many_seeds_it_has():
     assert cell({0: 0.5, 1: 0.7}, [0, 1]) == "0.600 ± 0.141"
     assert cell({0: 0.5}, [0, 1, 2], scale=100, digits=1) == "50.0 (1 of 3 seeds)"
     assert cell({}, [0]) == "not run"
+
+
+def test_a_run_stopped_by_a_non_finite_loss_is_reported_as_diverged(tmp_path):
+    ctx = Context("tiny", [0, 1, 2], tmp_path, tmp_path / "docs")
+    for seed, text in ((0, "error: non-finite loss at step 7 (terms: loss); no checkpoint was written yet\n"),
+                       (1, "error: no such file 'x'\n")):  # seed 1 failed otherwise, seed 2 never ran
+        folder = tmp_path / "vcreg" / f"table4_simclr_blocks_strong_s{seed}"
+        folder.mkdir(parents=True)
+        (folder / LOG).write_text("$ python -m vcreg.train ...\n" + text)
+    assert diverged_at(ctx, "table4_simclr_blocks_strong") == {0: 7}
