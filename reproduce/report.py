@@ -84,9 +84,9 @@ def write_table(path: Path, title: str, header: Sequence[str], rows: Sequence[Se
 
 
 def bar_figure(path: Path, groups: Sequence[str], series: dict[str, Sequence[PerSeed]], ylabel: str,
-               title: str, scale: float = 1.0) -> Path:
+               title: str, scale: float = 1.0, empty: str = "not run") -> Path:
     """Grouped bars (one group per entry of ``groups``, one bar per series), the mean with its sd as an
-    error bar and each seed as a dot."""
+    error bar and each seed as a dot; a group without any value says ``empty`` instead."""
     fig, ax = new_figure(figsize=(max(4.5, len(groups) * max(1.1, 0.6 * len(series)) + 1.5), 3.6))
     width = 0.8 / max(1, len(series))
     for k, (label, per_group) in enumerate(series.items()):
@@ -106,6 +106,10 @@ def bar_figure(path: Path, groups: Sequence[str], series: dict[str, Sequence[Per
     if len(series) > 1:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     _zoom(ax, [v * scale for per_group in series.values() for values in per_group for v in values.values()])
+    low, high = ax.get_ylim()
+    for g in range(len(groups)):
+        if not any(per_group[g] for per_group in series.values()):
+            ax.text(g, (low + high) / 2, empty, ha="center", va="center", fontsize=8, color="0.4")
     return save_figure(fig, path)
 
 

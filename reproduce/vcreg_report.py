@@ -210,7 +210,8 @@ def table4(ctx: Context, docs: Path, command: str) -> list[Path]:
                        rows, notes + "\n\n" + SETTINGS_NOTE, command)
     png = bar_figure(path.with_suffix(".png"), list(SETTINGS.values()),
                      {m: [linear[(m, n)] for n in SETTINGS] for m in ("simclr", "vicreg")},
-                     "linear probe top-1 (%)", "VCReg Table 4 (Fashion-MNIST, CPU scale)", scale=100)
+                     "linear probe top-1 (%)", "VCReg Table 4 (Fashion-MNIST, CPU scale)", scale=100,
+                     empty="diverged")
     return [path, png]
 
 
