@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.backbones import SmallConvNet
+from common.errors import ConfigError
 from evaluation.mine import mine_bits
 from evaluation.neural_collapse import cdnv, ncc_accuracy
 from stochcon.losses import info_nce
-from vcreg.analysis.two_moons import TwoMoonsConfig, boundary_margin, train_run
+from vcreg.analysis.two_moons import TwoMoonsConfig, boundary_margin, three_layer_net, train_run
 from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 from vcreg.method import (
     DeCovConfig,
@@ -106,6 +108,12 @@ def test_two_moons_run_and_margin():
     for regulariser in ("none", "vcreg"):
         result = train_run(regulariser, cfg, seed=0, grid_points=grid)
         assert result["train_accuracy"] > 0.8 and result["grid_probability"].shape == (2,)
+    layers = {placement: [type(m).__name__ for m in three_layer_net("vcreg", replace(cfg, placement=placement))]
+              for placement in ("blocks", "final")}
+    assert layers["blocks"] == ["Linear", "ReLU", "VCReg", "Linear", "ReLU", "VCReg", "Linear"]
+    assert layers["final"] == ["Linear", "ReLU", "Linear", "ReLU", "VCReg", "Linear"]
+    with pytest.raises(ConfigError, match="unknown placement 'middle'"):
+        train_run("vcreg", replace(cfg, placement="middle"), seed=0, grid_points=grid)
     # a vertical boundary between columns x=0 and x=1 of a 3x3 grid: a point at x=-1 is 1 to 1.5 away
     xs = ys = torch.tensor([0.0, 1.0, 2.0]).numpy()
     probability = torch.tensor([[0.0, 1.0, 1.0]] * 3).numpy()

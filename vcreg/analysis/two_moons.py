@@ -29,6 +29,7 @@ from common.plots import new_figure, save_figure
 from vcreg.layer import VCReg
 
 REGULARISERS = ("none", "weight_decay", "dropout", "batchnorm", "vcreg")
+PLACEMENTS = ("blocks", "final")
 
 
 @dataclass
@@ -42,22 +43,23 @@ class TwoMoonsConfig:
     dropout: float = 0.3
     alpha: float = 1.28         # VCReg: the paper's strongest grid values
     beta: float = 0.16
+    placement: str = "blocks"   # VCReg after both hidden layers (Appendix A), or "final": the last one only
     runs: int = 10
     grid: int = 200
 
 
 def three_layer_net(regulariser: str, cfg: TwoMoonsConfig) -> nn.Sequential:
-    def after_hidden() -> list[nn.Module]:
+    def after_hidden(last: bool) -> list[nn.Module]:
         if regulariser == "dropout":
             return [nn.Dropout(cfg.dropout)]
         if regulariser == "batchnorm":
             return [nn.BatchNorm1d(cfg.hidden)]
-        if regulariser == "vcreg":
+        if regulariser == "vcreg" and (last or cfg.placement == "blocks"):
             return [VCReg(cfg.alpha, cfg.beta)]
         return []
 
-    return nn.Sequential(nn.Linear(2, cfg.hidden), nn.ReLU(), *after_hidden(),
-                         nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), *after_hidden(),
+    return nn.Sequential(nn.Linear(2, cfg.hidden), nn.ReLU(), *after_hidden(last=False),
+                         nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), *after_hidden(last=True),
                          nn.Linear(cfg.hidden, 2))
 
 
@@ -69,6 +71,8 @@ def moons(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train_run(regulariser: str, cfg: TwoMoonsConfig, seed: int, grid_points: torch.Tensor) -> dict:
     if regulariser not in REGULARISERS:
         raise ConfigError(f"unknown regulariser {regulariser!r}; choose from {', '.join(REGULARISERS)}")
+    if cfg.placement not in PLACEMENTS:
+        raise ConfigError(f"unknown placement {cfg.placement!r}; choose from {', '.join(PLACEMENTS)}")
     x, y = moons(cfg.samples, cfg.noise, seed)
     x_test, y_test = moons(1000, cfg.noise, 10_000 + seed)
     torch.manual_seed(seed)
@@ -144,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Two moons decision boundaries with and without VCReg (Figure 1)")
     parser.add_argument("--output", type=Path, default=Path("outputs/two_moons.json"))
     for name, value in asdict(TwoMoonsConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
+                            choices=PLACEMENTS if name == "placement" else None)
     parser.add_argument("--regularisers", nargs="+", default=list(REGULARISERS), choices=REGULARISERS)
     args = parser.parse_args(argv)
     cfg = TwoMoonsConfig(**{name: getattr(args, name) for name in asdict(TwoMoonsConfig())})
