@@ -57,10 +57,11 @@ def variants(batch: int) -> dict[str, list[str]]:
 
 
 # Figure 1: every regulariser, VCReg after both hidden layers at the two_moons default (the grid's strongest
-# corner); then VCReg alone at the grid's mildest corner, and after the last hidden layer only
+# corner); then VCReg alone at the grid's mildest corner, after the last hidden layer only, and with batch_mean
 TWO_MOONS = {"two_moons": [],
              "two_moons_mildest": ["--alpha", "0.16", "--beta", "0.01", "--regularisers", "vcreg"],
-             "two_moons_final": ["--placement", "final", "--regularisers", "vcreg"]}
+             "two_moons_final": ["--placement", "final", "--regularisers", "vcreg"],
+             "two_moons_batch_mean": ["--normalization", "batch_mean", "--regularisers", "vcreg"]}
 MAIN = ("baseline", "blocks")  # tier 0: the paper's comparison; the other settings come after
 LONGER_EPOCHS = 6  # Table 2's budget check: does VCReg's gap to the baseline close with training?
 

@@ -223,8 +223,8 @@ def figure1(ctx: Context, docs: Path, command: str) -> list[Path]:
         moons = read_json(ctx.runs / PAPER / run / "two_moons.json")
         for name, stats in (moons or {"regularisers": {}})["regularisers"].items():
             config = moons["config"]
-            label = f"{name} {config['placement']}, alpha {config['alpha']:g}, beta {config['beta']:g}" if (
-                name == "vcreg") else name
+            label = (f"{name} {config['placement']}, {config['normalization']}, alpha {config['alpha']:g}, "
+                     f"beta {config['beta']:g}") if name == "vcreg" else name
             rows.append([label, f"{stats['test_accuracy_mean'] * 100:.1f} ± {stats['test_accuracy_std'] * 100:.1f}",
                          f"{stats['train_accuracy_mean'] * 100:.1f}", f"{stats['boundary_margin']:.3f}"])
     runs = data["config"]["runs"] if data else 0
@@ -232,7 +232,8 @@ def figure1(ctx: Context, docs: Path, command: str) -> list[Path]:
              f"moons (noise 0.1) per run, {runs} runs per regulariser (fresh sample and initialisation each; "
              "accuracy mean ± sd over them, on 1,000 test points); margin: mean distance from 2,000 test points to "
              "the boundary of the run-averaged prediction. VCReg *blocks*: after both hidden layers (the figure, "
-             "at alpha 1.28, beta 0.16); *final*: after the last hidden layer only. "
+             "at alpha 1.28, beta 0.16); *final*: after the last hidden layer only; *batch_mean* with full-batch training is Algorithm 1 with beta "
+             "divided by n - 1 = 299 (`vcreg/layer.py`). "
              "The paper (Figure 1, no numbers): the other regularisers keep a boundary close to one moon "
              "(gradient starvation), VCReg's is wider.")
     path = write_table(docs / "vcreg_figure1.md", "VCReg Figure 1: two moons",

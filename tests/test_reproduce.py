@@ -35,7 +35,8 @@ def test_tiny_study_runs_every_job_and_writes_every_table(tmp_path, capsys):
         assert "not run" not in text, name  # every row has its number
         assert (docs / f"{name}.png").stat().st_size > 1000, name
     moons = (docs / "vcreg_figure1.md").read_text()
-    for setting in ("blocks, alpha 1.28, beta 0.16", "blocks, alpha 0.16, beta 0.01", "final, alpha 1.28, beta 0.16"):
+    for setting in ("blocks, algorithm1, alpha 1.28, beta 0.16", "blocks, algorithm1, alpha 0.16, beta 0.01",
+                    "final, algorithm1, alpha 1.28, beta 0.16", "blocks, batch_mean, alpha 1.28, beta 0.16"):
         assert f"| vcreg {setting} |" in moons
     cpu = (docs / "cpu_time.md").read_text()
     assert "not run" not in cpu and "| **total** |" in cpu

@@ -112,6 +112,8 @@ def test_two_moons_run_and_margin():
               for placement in ("blocks", "final")}
     assert layers["blocks"] == ["Linear", "ReLU", "VCReg", "Linear", "ReLU", "VCReg", "Linear"]
     assert layers["final"] == ["Linear", "ReLU", "Linear", "ReLU", "VCReg", "Linear"]
+    batch_mean = three_layer_net("vcreg", replace(cfg, normalization="batch_mean"))
+    assert [m.normalization for m in batch_mean if type(m).__name__ == "VCReg"] == ["batch_mean"] * 2
     with pytest.raises(ConfigError, match="unknown placement 'middle'"):
         train_run("vcreg", replace(cfg, placement="middle"), seed=0, grid_points=grid)
     # a vertical boundary between columns x=0 and x=1 of a 3x3 grid: a point at x=-1 is 1 to 1.5 away

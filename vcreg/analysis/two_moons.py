@@ -26,7 +26,7 @@ from torch import nn
 
 from common.errors import ConfigError
 from common.plots import new_figure, save_figure
-from vcreg.layer import VCReg
+from vcreg.layer import NORMALIZATIONS, VCReg
 
 REGULARISERS = ("none", "weight_decay", "dropout", "batchnorm", "vcreg")
 PLACEMENTS = ("blocks", "final")
@@ -44,6 +44,7 @@ class TwoMoonsConfig:
     alpha: float = 1.28         # VCReg: the paper's strongest grid values
     beta: float = 0.16
     placement: str = "blocks"   # VCReg after both hidden layers (Appendix A), or "final": the last one only
+    normalization: str = "algorithm1"  # or "batch_mean" (vcreg/layer.py)
     runs: int = 10
     grid: int = 200
 
@@ -55,7 +56,7 @@ def three_layer_net(regulariser: str, cfg: TwoMoonsConfig) -> nn.Sequential:
         if regulariser == "batchnorm":
             return [nn.BatchNorm1d(cfg.hidden)]
         if regulariser == "vcreg" and (last or cfg.placement == "blocks"):
-            return [VCReg(cfg.alpha, cfg.beta)]
+            return [VCReg(cfg.alpha, cfg.beta, normalization=cfg.normalization)]
         return []
 
     return nn.Sequential(nn.Linear(2, cfg.hidden), nn.ReLU(), *after_hidden(last=False),
@@ -71,8 +72,9 @@ def moons(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def train_run(regulariser: str, cfg: TwoMoonsConfig, seed: int, grid_points: torch.Tensor) -> dict:
     if regulariser not in REGULARISERS:
         raise ConfigError(f"unknown regulariser {regulariser!r}; choose from {', '.join(REGULARISERS)}")
-    if cfg.placement not in PLACEMENTS:
-        raise ConfigError(f"unknown placement {cfg.placement!r}; choose from {', '.join(PLACEMENTS)}")
+    if cfg.placement not in PLACEMENTS or cfg.normalization not in NORMALIZATIONS:
+        raise ConfigError(f"unknown placement {cfg.placement!r} or normalization {cfg.normalization!r}; choose "
+                          f"from {', '.join(PLACEMENTS)} and {', '.join(NORMALIZATIONS)}")
     x, y = moons(cfg.samples, cfg.noise, seed)
     x_test, y_test = moons(1000, cfg.noise, 10_000 + seed)
     torch.manual_seed(seed)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("outputs/two_moons.json"))
     for name, value in asdict(TwoMoonsConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
-                            choices=PLACEMENTS if name == "placement" else None)
+                            choices={"placement": PLACEMENTS, "normalization": NORMALIZATIONS}.get(name))
     parser.add_argument("--regularisers", nargs="+", default=list(REGULARISERS), choices=REGULARISERS)
     args = parser.parse_args(argv)
     cfg = TwoMoonsConfig(**{name: getattr(args, name) for name in asdict(TwoMoonsConfig())})
