@@ -103,7 +103,7 @@ def bar_figure(path: Path, groups: Sequence[str], series: dict[str, Sequence[Per
     ax.set_xticklabels([textwrap.fill(g, TICK_LABEL_CHARACTERS) for g in groups], fontsize=8)  # never overlap
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    if len(series) > 1:
+    if len(series) > 1 and ax.get_legend_handles_labels()[0]:  # nothing to name while no series has run
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     _zoom(ax, [v * scale for per_group in series.values() for values in per_group for v in values.values()])
     low, high = ax.get_ylim()
