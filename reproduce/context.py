@@ -4,10 +4,14 @@ the settings every training run shares at each budget."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from reproduce.driver import Job
+from reproduce.driver import LOG, Job
+
+# common.trainer's NonFiniteLossError, as the driver's log of a failed run holds it
+NON_FINITE = re.compile(r"non-finite loss at step (\d+)")
 
 BUDGETS = ("full", "tiny")
 
@@ -65,6 +69,18 @@ def results_per_seed(ctx: Context, paper: str, run: str, key: str) -> dict[int, 
         results = read_json(ctx.runs / paper / f"{run}_s{seed}" / "results.json")
         if results is not None and key in results:
             out[seed] = float(results[key])
+    return out
+
+
+def diverged_at(ctx: Context, paper: str, run: str) -> dict[int, int]:
+    """``{seed: step}`` of the seeds whose ``<runs>/<paper>/<run>_s<seed>`` stopped on a non-finite loss, so that a
+    table says "diverged" where it would say "not run"."""
+    out = {}
+    for seed in ctx.seeds:
+        log = ctx.runs / paper / f"{run}_s{seed}" / LOG
+        found = NON_FINITE.search(log.read_text(errors="replace")) if log.is_file() else None
+        if found:
+            out[seed] = int(found.group(1))
     return out
 
 

@@ -4,13 +4,11 @@ the baseline of the same seed."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from common.plots import new_figure, save_figure
-from reproduce.context import Context, evaluation_per_seed, read_json, results_per_seed
-from reproduce.driver import LOG
+from reproduce.context import Context, diverged_at, evaluation_per_seed, read_json, results_per_seed
 from reproduce.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
 from reproduce.vcreg import LONGER_EPOCHS, MAIN, PAPER, TWO_MOONS
 
@@ -32,24 +30,9 @@ SETTINGS_NOTE = ("Settings (`reproduce/vcreg.py`): *blocks* puts a VCReg layer a
                  "\"higher on k/n\": seeds where the setting beats the baseline trained with the same seed.")
 
 
-NON_FINITE = re.compile(r"non-finite loss at step (\d+)")
-
-
 def values(ctx: Context, run: str, key: str) -> PerSeed:
     """``{seed: results[key]}`` of one of this paper's runs (or fine-tunings) over the seeds that have it."""
     return results_per_seed(ctx, PAPER, run, key)
-
-
-def diverged_at(ctx: Context, run: str) -> dict[int, int]:
-    """``{seed: step}`` of the seeds whose run stopped on a non-finite loss (the trainer's error, in the driver's
-    log), so that a table says "diverged" where it would say "not run"."""
-    out = {}
-    for seed in ctx.seeds:
-        log = ctx.runs / PAPER / f"{run}_s{seed}" / LOG
-        found = NON_FINITE.search(log.read_text(errors="replace")) if log.is_file() else None
-        if found:
-            out[seed] = int(found.group(1))
-    return out
 
 
 def evaluation_values(ctx: Context, run: str, job: str, read) -> PerSeed:
@@ -191,7 +174,7 @@ def table4(ctx: Context, docs: Path, command: str) -> list[Path]:
             vs = ("—", "—") if name == "baseline" else (
                 difference_cell(k20, values(ctx, base, "knn_top1_k20")),
                 difference_cell(lin, values(ctx, base, "linear_top1")))
-            diverged = diverged_at(ctx, run)
+            diverged = diverged_at(ctx, PAPER, run)
             if diverged:
                 label += (f" (diverged on {len(diverged)} of {len(s)} seeds, non-finite loss at step "
                           f"{', '.join(str(step) for step in diverged.values())})")
@@ -217,23 +200,22 @@ def table4(ctx: Context, docs: Path, command: str) -> list[Path]:
 
 def figure1(ctx: Context, docs: Path, command: str) -> list[Path]:
     folder = ctx.runs / PAPER / "two_moons"
-    data = read_json(folder / "two_moons.json")
+    results = {run: read_json(ctx.runs / PAPER / run / "two_moons.json") for run in TWO_MOONS}
     rows = []
-    for run in TWO_MOONS:
-        moons = read_json(ctx.runs / PAPER / run / "two_moons.json")
-        for name, stats in (moons or {"regularisers": {}})["regularisers"].items():
-            config = moons["config"]
+    for moons in filter(None, results.values()):
+        config = moons["config"]
+        for name, stats in moons["regularisers"].items():
             label = (f"{name} {config['placement']}, {config['normalization']}, alpha {config['alpha']:g}, "
                      f"beta {config['beta']:g}") if name == "vcreg" else name
             rows.append([label, f"{stats['test_accuracy_mean'] * 100:.1f} ± {stats['test_accuracy_std'] * 100:.1f}",
                          f"{stats['train_accuracy_mean'] * 100:.1f}", f"{stats['boundary_margin']:.3f}"])
-    runs = data["config"]["runs"] if data else 0
+    runs = results["two_moons"]["config"]["runs"] if results["two_moons"] else 0
     notes = (f"`python -m vcreg.analysis.two_moons`: a 2 -> 128 -> 128 -> 2 ReLU network, full-batch Adam, 300 "
              f"moons (noise 0.1) per run, {runs} runs per regulariser (fresh sample and initialisation each; "
              "accuracy mean ± sd over them, on 1,000 test points); margin: mean distance from 2,000 test points to "
              "the boundary of the run-averaged prediction. VCReg *blocks*: after both hidden layers (the figure, "
-             "at alpha 1.28, beta 0.16); *final*: after the last hidden layer only; *batch_mean* with full-batch training is Algorithm 1 with beta "
-             "divided by n - 1 = 299 (`vcreg/layer.py`). "
+             "at alpha 1.28, beta 0.16); *final*: after the last hidden layer only; *batch_mean* with full-batch "
+             "training is Algorithm 1 with beta divided by n - 1 = 299 (`vcreg/layer.py`). "
              "The paper (Figure 1, no numbers): the other regularisers keep a boundary close to one moon "
              "(gradient starvation), VCReg's is wider.")
     path = write_table(docs / "vcreg_figure1.md", "VCReg Figure 1: two moons",

@@ -9,10 +9,9 @@ import pytest
 
 from reproduce import msbreg, stochcon, vcreg
 from reproduce.__main__ import main
-from reproduce.context import Context
+from reproduce.context import Context, diverged_at
 from reproduce.driver import LOG, RECORD, Job, run_jobs
 from reproduce.report import cell, paired_difference
-from reproduce.vcreg_report import diverged_at
 from tests.trainer_runs import write_idx_fashion_mnist
 
 TABLES = ["stochcon_table1", "stochcon_figure2_left", "stochcon_figure2_right", "stochcon_figure3",
@@ -114,4 +113,4 @@ def test_a_run_stopped_by_a_non_finite_loss_is_reported_as_diverged(tmp_path):
         folder = tmp_path / "vcreg" / f"table4_simclr_blocks_strong_s{seed}"
         folder.mkdir(parents=True)
         (folder / LOG).write_text("$ python -m vcreg.train ...\n" + text)
-    assert diverged_at(ctx, "table4_simclr_blocks_strong") == {0: 7}
+    assert diverged_at(ctx, "vcreg", "table4_simclr_blocks_strong") == {0: 7}
