@@ -10,9 +10,9 @@ from torch import nn
 
 from common.config_types import NonNegativeInt, PositiveFloat, PositiveInt
 from common.heads import mlp
+from common.info_nce import multicrop_info_nce
 from common.method import Method
 from common.views import encode_views, project
-from stochcon.losses import multicrop_info_nce
 
 
 @dataclass

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from common.errors import ConfigError
+from common.info_nce import info_nce
 from common.schedules import cosine_anneal
 from common.views import encode_views, project
 from stochcon.latents import GumbelBernoulli, IsotropicGaussian, LatentConfig
-from stochcon.losses import info_nce
 from stochcon.simclr import SimCLR, SimCLRConfig
 
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from common.distributed import all_reduce_mean_with_grad, gather_with_grad
-from stochcon.losses import info_nce
+from common.info_nce import info_nce
 
 
 def _free_port() -> int:

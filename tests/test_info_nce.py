@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from stochcon.losses import info_nce, multicrop_info_nce
+from common.info_nce import info_nce, multicrop_info_nce
 
 
 def direct_nt_xent(z1, z2, temperature):

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from common.errors import ConfigError
+from common.info_nce import info_nce, multicrop_info_nce
 from common.method import FeatureSplits
 from stochcon.latents import LatentConfig, sample_gumbel_bernoulli
-from stochcon.losses import info_nce, multicrop_info_nce
 from stochcon.simclr import SimCLRConfig
 from stochcon.stochcon import StochasticBranch, StochCon, StochConConfig
 from stochcon.supervised import SupervisedBernoulli, SupervisedConfig

@@ -11,9 +11,9 @@ from torch import nn
 
 from common.backbones import SmallConvNet
 from common.errors import ConfigError
+from common.info_nce import info_nce
 from evaluation.mine import mine_bits
 from evaluation.neural_collapse import cdnv, ncc_accuracy
-from stochcon.losses import info_nce
 from vcreg.analysis.two_moons import TwoMoonsConfig, boundary_margin, three_layer_net, train_run
 from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 from vcreg.method import (

@@ -21,9 +21,9 @@ from common.distributed import gather_with_grad
 from common.dtypes import at_least_float32
 from common.errors import ConfigError, DataError
 from common.heads import mlp
+from common.info_nce import info_nce
 from common.method import FeatureSplits, Method
 from evaluation.neural_collapse import collapse_metrics
-from stochcon.losses import info_nce
 from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 
 
