@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from common.data.pixels import to_mode
 from common.errors import ConfigError, DataError
 
 # What PIL raises for a file it cannot open or decode (SyntaxError: some malformed PNG/GIF headers).
@@ -124,7 +125,7 @@ class _DecodingDataset(Dataset, abc.ABC):
 
     def _decode(self, index: int) -> Image.Image:
         with Image.open(self._source(index)) as image:
-            return image.convert(self.mode)  # convert() forces the full decode, so truncation is caught here
+            return to_mode(image, self.mode)
 
     def _corrupt_error(self, index: int, error: Exception) -> CorruptImageError:
         return corrupt_image_error(self._describe(index), error)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from common.data.config import DataConfig, DatasetInfo
 from common.data.datasets import DECODE_ERRORS, corrupt_image_error, report_skipped, seeded_views, view_seed
 from common.data.folders import IMAGE_EXTENSIONS
+from common.data.pixels import to_mode
 from common.data.shard_plan import EpochPlan, sample_order, shard_order, worker_stretches
 from common.errors import ConfigError, DataError
 
@@ -188,7 +189,7 @@ class _EpochReader:
         if len(suffixes) != 1:
             raise DataError(f"sample {member['__key__']} has {len(suffixes)} image members")
         with Image.open(io.BytesIO(member[suffixes[0]])) as image:
-            decoded = image.convert(self.dataset.mode)
+            decoded = to_mode(image, self.dataset.mode)
         return decoded, int(member["cls"]) if "cls" in member else -1
 
 
