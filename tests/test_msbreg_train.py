@@ -9,6 +9,7 @@ import yaml
 from torch import nn
 
 from common.config import ConfigError, load_config
+from common.study.context import Context
 from msbreg.analysis import alignment_uniformity, collapse_curve, projection_geometry
 from msbreg.byol import BYOL
 from msbreg.msbreg import MSBReg
@@ -160,50 +161,52 @@ def test_alignment_uniformity_of_paired_features():
     assert result["uniformity"] == pytest.approx(-8.0, abs=1e-5)  # one antipodal pair: log exp(-2 * 4)
 
 
-def test_table4_study_plans_one_reading_at_a_time():
-    runs = table4.planned_runs(["defaults", "lb_per_sample", "lb_per_image", "ls_centred_raw"], list(table4.CELLS),
-                               [0, 1])
-    assert [(r, c) for r, c, s in runs if s == 0] == [
+def test_table4_study_plans_one_reading_at_a_time(tmp_path):
+    chosen = ("defaults", "lb_per_sample", "lb_per_image", "ls_centred_raw")
+    assert [pair for pair in table4.planned() if pair[0] in chosen] == [
         ("defaults", "byol_bn"), ("defaults", "byol_ln"), ("defaults", "byol_ln_lb"), ("defaults", "msbreg_bn"),
-        ("defaults", "msbreg_ln"),
+        ("defaults", "msbreg_ln"), ("ls_centred_raw", "msbreg_bn"), ("ls_centred_raw", "msbreg_ln"),
         # lb_per_sample is what the configs already use: not run twice
-        ("lb_per_image", "byol_ln_lb"), ("lb_per_image", "msbreg_bn"), ("lb_per_image", "msbreg_ln"),
-        ("ls_centred_raw", "msbreg_bn"), ("ls_centred_raw", "msbreg_ln")]
-    assert len(runs) == 20
-    command = table4.train_command(Path("/r"), "lb_per_image", "msbreg_ln", 2, ["max_steps=5"])
-    assert command[command.index("--config") + 1].endswith("fashion_mnist_msbreg_ln.yaml")
-    assert command.index("max_steps=5") < command.index("method.brownian_direction=per_image")
-    assert {"seed=2", "output_dir=/r/lb_per_image/msbreg_ln/seed2"} <= set(command)
+        ("lb_per_image", "byol_ln_lb"), ("lb_per_image", "msbreg_bn"), ("lb_per_image", "msbreg_ln")]
+    assert len(table4.planned()) == 25  # the 25 (reading, cell) rows of the study
+    jobs = {job.name: job for job in table4.jobs(Context("full", [0, 1], tmp_path, tmp_path / "docs"))}
+    assert len(jobs) == 50
+    argv = jobs["msbreg/table4_lb_per_image_msbreg_ln_s1"].argv
+    assert argv[argv.index("--config") + 1].endswith("fashion_mnist_msbreg_ln.yaml")
+    assert argv.index("max_steps=600") < argv.index("method.brownian_direction=per_image")
+    assert {"seed=1", f"output_dir={tmp_path / 'msbreg' / 'table4_lb_per_image_msbreg_ln_s1'}"} <= set(argv)
     for overrides, _ in table4.READINGS.values():  # every override is a key of the schema
         load_config(MSBRegTrainConfig, ["--config", str(CONFIGS / "fashion_mnist_msbreg.yaml"), *overrides])
 
 
 def test_table4_study_table_from_run_folders(tmp_path):
+    ctx = Context("full", [0, 1], tmp_path / "runs", tmp_path / "docs")
+
     def fake_run(reading, cell, seed, knn, proj_std):
-        folder = table4.run_dir(tmp_path, reading, cell, seed)
+        folder = ctx.runs / "msbreg" / f"{table4.run_name(reading, cell)}_s{seed}"
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps({"knn_top1_k20": knn, "knn_top1_k200": 0.5}))
         (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "proj_std": v}) + "\n"
                                                       for s, v in ((10, 0.08), (20, proj_std))))
-        (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"proj_output_dim": 100}}))
+        (folder / "config.yaml").write_text(yaml.safe_dump({"method": {"projector": [512, 100]}}))
 
+    assert table4.readings_figure(ctx) is None  # nothing finished yet
     fake_run("defaults", "byol_bn", 0, 0.80, 0.07)
     fake_run("defaults", "byol_bn", 1, 0.84, 0.05)
     fake_run("defaults", "byol_ln", 0, 0.30, 0.009)  # below 0.1 / sqrt(100) = 0.01: collapsed
-    report = table4.table(tmp_path, ["defaults"], list(table4.CELLS))
+    written = table4.report(ctx, "python -m msbreg.study --report-only")
+    report = (ctx.docs / "msbreg_table4.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| defaults")]
-    # mean and sample std of (0.80, 0.84): 0.820 ± 0.028; of (0.07, 0.05): 0.0600 ± 0.0141
+    # mean and sample sd of (0.80, 0.84): 0.820 ± 0.028; of (0.07, 0.05): 0.0600 ± 0.0141
     assert rows == ["| defaults | byol_bn | 2 | 0.820 ± 0.028 | 0.0600 ± 0.0141 | 0/2 |",
-                    "| defaults | byol_ln | 1 | 0.300 | 0.0090 | 1/1 |"]
-    figures = table4.collapse_figures(tmp_path, ["defaults"], list(table4.CELLS))
-    assert figures == [tmp_path / "msbreg_table4_collapse_defaults.png"] and figures[0].stat().st_size > 1000
-    curves = json.loads(figures[0].with_suffix(".json").read_text())["runs"]  # every seed, not only the first
+                    "| defaults | byol_ln | 1 | 0.300 (1 of 2 seeds) | 0.0090 (1 of 2 seeds) | 1/1 |"]
+    figure = ctx.docs / "msbreg_table4_collapse_defaults.png"
+    summary = ctx.docs / "msbreg_table4_readings.png"
+    assert written == [ctx.docs / "msbreg_table4.md", figure, summary]
+    assert figure.stat().st_size > 1000 and summary.stat().st_size > 1000
+    curves = json.loads(figure.with_suffix(".json").read_text())["runs"]  # every seed, not only the first
     assert set(curves) == {"byol_bn (seed0)", "byol_bn (seed1)", "byol_ln (seed0)"}
-    summary = table4.readings_figure(tmp_path, ["defaults", "lb_sum"], list(table4.CELLS))
-    assert summary == tmp_path / "msbreg_table4_readings.png" and summary.stat().st_size > 1000
     numbers = json.loads(summary.with_suffix(".json").read_text())
     assert list(numbers) == ["defaults"] and list(numbers["defaults"]) == ["byol_bn", "byol_ln"]
-    assert numbers["defaults"]["byol_bn"]["seeds"] == [0, 1]
-    assert [run["knn20"] for run in numbers["defaults"]["byol_bn"]["runs"]] == [0.80, 0.84]
-    assert numbers["defaults"]["byol_ln"]["runs"][0]["collapsed"] is True
-    assert table4.readings_figure(tmp_path, ["lb_sum"], list(table4.CELLS)) is None
+    assert [run["knn20"] for run in numbers["defaults"]["byol_bn"].values()] == [0.80, 0.84]
+    assert numbers["defaults"]["byol_ln"]["0"]["collapsed"] is True

@@ -1,8 +1,5 @@
-"""Supplementary Table 4 on Fashion-MNIST under each reading of L_s, L_b and L_mc: one command for every run,
-the collapse curves and the table.
-
-    python -m msbreg.study.table4 [--root runs/msbreg/table4_study] [--seeds 0 1 2] [--cells ...]
-                                  [--readings ...] [--report-only] [--figure-dir docs/figures] [-- key=value ...]
+"""Supplementary Table 4 on Fashion-MNIST under each reading of L_s, L_b and L_mc: part of MSBReg's study
+(``python -m msbreg.study``), its runs, collapse curves and table on the shared runner (``common.study``).
 
 Table 4 of the supplement ("An Embedding-Dynamic Approach to Self-supervised Learning", supplement section 4)
 makes three claims: BYOL with layer norm in the heads collapses (10.6 % on STL-10), the Brownian diffusive
@@ -12,34 +9,31 @@ MSBReg with batch norm (82.3 % against 91.4 %). Its five cells are the five ``fa
 switch (``msbreg.msbreg.MSBRegConfig``); to keep the study affordable the readings are varied one at a time
 from the configs' defaults (``READINGS``), not crossed, and a reading only runs the cells it changes.
 
-Every run is ``msbreg/train.py --config CELL key=value ... seed=S output_dir=ROOT/READING/CELL/seedS`` with the
-study's budget (``BUDGET``, the same for every cell, plus any ``key=value`` given here); a run whose folder
-already has a ``results.json`` is kept. Then, from the runs' ``results.json`` and ``metrics.jsonl``:
-``ROOT/table4.md`` (20-NN top-1 and the collapse monitor per reading and cell, mean and spread over the seeds
-run), ``msbreg_table4_collapse_<reading>.png`` in ROOT or ``--figure-dir`` (``msbreg.analysis.collapse_curve``,
-every seed of each cell) and ``msbreg_table4_readings.png`` (every reading's 20-NN and final proj_std per seed).
+Every run is ``msbreg.train --config CELL`` with the study's budget (``BUDGET``, the same for every cell) and
+the reading's switches, in ``<runs>/msbreg/table4_<reading>_<cell>_s<seed>``. The report: ``msbreg_table4.md``
+(20-NN top-1 and the collapse monitor per reading and cell, mean ± sd over the seeds run),
+``msbreg_table4_collapse_<reading>.png`` (``msbreg.analysis.collapse_curve``, every seed of each cell) and
+``msbreg_table4_readings.png`` (every reading's 20-NN and final proj_std per seed).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import math
-import statistics
-import subprocess
-import sys
 from pathlib import Path
-
-REPOSITORY = Path(__file__).resolve().parents[2]
-CONFIGS = REPOSITORY / "msbreg" / "configs"
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(REPOSITORY))
 
 from common.config import load_config
 from common.plots import new_figure, save_figure
+from common.study.context import Context, config_path, trainer_job
+from common.study.jobs import Job
+from common.study.report import PerSeed, cell, mean_sd, write_table
 from msbreg.analysis.collapse_curve import projection_dim, read_curve, write_collapse_curves
 from msbreg.train import MSBRegTrainConfig
+
+PAPER = "msbreg"
+TRAIN = "msbreg.train"
+CONFIGS = "msbreg/configs"
 
 # Table 4's rows on Fashion-MNIST: cell -> config (the two "BYOL" rows and the three "Ours" rows at batch 256;
 # the batch-1024 BYOL-LN row and the other LN lambda_b of "Ours" are left out to keep the study affordable).
@@ -88,32 +82,37 @@ BUDGET = ["epochs=3", "max_steps=600", "backbone.width=8", "eval.max_train_image
 COLLAPSE_FRACTION = 0.1
 
 
-def run_dir(root: Path, reading: str, cell: str, seed: int) -> Path:
-    return root / reading / cell / f"seed{seed}"
+def config(cell_name: str) -> str:
+    return config_path(f"{CONFIGS}/{CELLS[cell_name]}")
 
 
-def changes_cell(reading: str, cell: str) -> bool:
-    """Whether ``reading`` applies to ``cell`` and changes its config's method settings."""
+def run_name(reading: str, cell_name: str) -> str:
+    return f"table4_{reading}_{cell_name}"
+
+
+def changes_cell(reading: str, cell_name: str) -> bool:
+    """Whether ``reading`` applies to ``cell_name`` and changes its config's method settings."""
     overrides, applies_to = READINGS[reading]
-    if cell not in applies_to:
+    if cell_name not in applies_to:
         return False
     if not overrides:
         return True
-    config = ["--config", str(CONFIGS / CELLS[cell])]
-    return load_config(MSBRegTrainConfig, config).method != load_config(MSBRegTrainConfig, config + overrides).method
+    argv = ["--config", config(cell_name)]
+    return load_config(MSBRegTrainConfig, argv).method != load_config(MSBRegTrainConfig, argv + overrides).method
 
 
-def planned_runs(readings: list[str], cells: list[str], seeds: list[int]) -> list[tuple[str, str, int]]:
-    """(reading, cell, seed) for every run the arguments ask for, readings first, in the order given."""
-    return [(reading, cell, seed) for reading in readings for cell in cells if changes_cell(reading, cell)
-            for seed in seeds]
+@functools.cache
+def planned() -> list[tuple[str, str]]:
+    """(reading, cell) of every setting the study trains, in the order of ``READINGS``, then ``CELLS``."""
+    return [(reading, cell_name) for reading in READINGS for cell_name in CELLS if changes_cell(reading, cell_name)]
 
 
-def train_command(root: Path, reading: str, cell: str, seed: int, extra: list[str]) -> list[str]:
-    overrides = READINGS[reading][0]
-    return [sys.executable, str(REPOSITORY / "msbreg" / "train.py"), "--config", str(CONFIGS / CELLS[cell]),
-            *BUDGET, *extra, *overrides, f"seed={seed}", f"output_dir={run_dir(root, reading, cell, seed)}",
-            "overwrite=true"]
+def jobs(ctx: Context) -> list[Job]:
+    """One training run per (reading, cell) and seed; the configs' own readings (tier 1) before the others."""
+    return [trainer_job(ctx, PAPER, run_name(reading, cell_name), "table4", TRAIN,
+                        ["--config", config(cell_name), *BUDGET, *READINGS[reading][0], *ctx.tiny_trainer_args()],
+                        seed, tier=1 if reading == "defaults" else 2)
+            for seed in ctx.seeds for reading, cell_name in planned()]
 
 
 def summarise(folder: Path) -> dict | None:
@@ -128,137 +127,91 @@ def summarise(folder: Path) -> dict | None:
             "collapsed": values[-1] < COLLAPSE_FRACTION / math.sqrt(dim), "sphere_level": 1 / math.sqrt(dim)}
 
 
-def _mean_spread(values: list[float], digits: int) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def finished_runs(ctx: Context) -> dict[str, dict[str, dict[int, dict]]]:
+    """reading -> cell -> {seed: ``summarise`` of its run}, over the pairs with a finished seed."""
+    out: dict[str, dict[str, dict[int, dict]]] = {}
+    for reading, cell_name in planned():
+        by_seed = {seed: summary for seed in ctx.seeds
+                   if (summary := summarise(ctx.runs / PAPER / f"{run_name(reading, cell_name)}_s{seed}"))}
+        if by_seed:
+            out.setdefault(reading, {})[cell_name] = by_seed
+    return out
 
 
-def finished_seeds(root: Path, reading: str, cell: str) -> list[Path]:
-    """The run folders of (reading, cell) that have a ``results.json``, by seed."""
-    folders = [path.parent for path in (root / reading / cell).glob("seed*/results.json")]
-    return sorted(folders, key=seed_of)
+def per_seed(runs: dict[int, dict], key: str) -> PerSeed:
+    return {seed: float(summary[key]) for seed, summary in runs.items()}
 
 
-def seed_of(folder: Path) -> int:
-    return int(folder.name.removeprefix("seed"))
+def table(ctx: Context, command: str) -> Path:
+    """``msbreg_table4.md``: one row per (reading, cell) with finished runs."""
+    rows = [[reading, cell_name, str(len(runs)), cell(per_seed(runs, "knn20"), ctx.seeds),
+             cell(per_seed(runs, "proj_std"), ctx.seeds, digits=4),
+             f"{sum(r['collapsed'] for r in runs.values())}/{len(runs)}"]
+            for reading, by_cell in finished_runs(ctx).items() for cell_name, runs in by_cell.items()]
+    notes = ("proj_std: mean per-dimension std of the L2-normalised online projections at the last logged step; "
+             "spread over the sphere about 1/sqrt(d) (0.088 for d = 128), 0 when collapsed; a run counts as "
+             f"collapsed below {COLLAPSE_FRACTION} x 1/sqrt(d). Mean ± sd over the seeds run. The study's budget: "
+             "600 steps of 256 images, the quickstart network at half width (`msbreg.study.table4.BUDGET`).")
+    return write_table(ctx.docs / "msbreg_table4.md", "MSBReg supplementary Table 4 under each reading of the losses",
+                       ["reading", "cell", "seeds", "20-NN top-1", "final proj_std", "collapsed runs"],
+                       rows or [["not run", "", "", "", "", ""]], notes, command)
 
 
-def finished_runs(root: Path, readings: list[str], cells: list[str]) -> dict[str, dict[str, list[dict]]]:
-    """reading -> cell -> the ``summarise`` of every finished seed (with its ``seed``), only pairs with runs."""
-    runs = {reading: {cell: [{"seed": seed_of(folder), **summarise(folder)} for folder in folders]
-                      for cell in cells if (folders := finished_seeds(root, reading, cell))}
-            for reading in readings}
-    return {reading: by_cell for reading, by_cell in runs.items() if by_cell}
-
-
-def table(root: Path, readings: list[str], cells: list[str]) -> str:
-    """Markdown: one row per (reading, cell) with finished runs; 20-NN and final proj_std over every seed run."""
-    lines = ["| reading | cell | seeds | 20-NN top-1 | final proj_std | collapsed runs |",
-             "|---|---|---|---|---|---|"]
-    for reading, by_cell in finished_runs(root, readings, cells).items():
-        for cell, runs in by_cell.items():
-            lines.append(f"| {reading} | {cell} | {len(runs)} | {_mean_spread([r['knn20'] for r in runs], 3)} | "
-                         f"{_mean_spread([r['proj_std'] for r in runs], 4)} | "
-                         f"{sum(r['collapsed'] for r in runs)}/{len(runs)} |")
-    lines.append("")
-    lines.append("proj_std: mean per-dimension std of the L2-normalised online projections at the last logged "
-                 "step; spread over the sphere about 1/sqrt(d) (0.088 for d = 128), 0 when collapsed; a run "
-                 f"counts as collapsed below {COLLAPSE_FRACTION} x 1/sqrt(d). Mean ± std over the seeds run.")
-    return "\n".join(lines) + "\n"
-
-
-def collapse_figures(root: Path, readings: list[str], cells: list[str], figure_dir: Path | None = None) -> list[Path]:
-    """One PNG per reading, ``msbreg_table4_collapse_<reading>.png`` in ``figure_dir`` (default: ``root``): the
-    proj_std curve of every finished run of each cell it ran, one colour per cell."""
+def collapse_figures(ctx: Context) -> list[Path]:
+    """One PNG per reading, ``msbreg_table4_collapse_<reading>.png``: the proj_std curve of every finished run
+    of each cell it ran, one colour per cell."""
     written = []
-    for reading in readings:
+    for reading, by_cell in finished_runs(ctx).items():
         folders, labels, groups = [], [], []
-        for cell in cells:
-            done = finished_seeds(root, reading, cell)
-            folders += done
-            labels += [f"{cell} ({folder.name})" for folder in done]
-            groups += [f"{cell} ({len(done)} seed{'s' if len(done) > 1 else ''})"] * len(done)
-        if folders:
-            output = (figure_dir or root) / f"msbreg_table4_collapse_{reading}.png"
-            write_collapse_curves(folders, output, labels, groups)
-            written.append(output)
+        for cell_name, runs in by_cell.items():
+            folders += [ctx.runs / PAPER / f"{run_name(reading, cell_name)}_s{seed}" for seed in runs]
+            labels += [f"{cell_name} (seed{seed})" for seed in runs]
+            groups += [f"{cell_name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"] * len(runs)
+        output = ctx.docs / f"msbreg_table4_collapse_{reading}.png"
+        write_collapse_curves(folders, output, labels, groups)
+        written.append(output)
     return written
 
 
-def readings_figure(root: Path, readings: list[str], cells: list[str], figure_dir: Path | None = None
-                    ) -> Path | None:
-    """``msbreg_table4_readings.png`` (and ``.json``) in ``figure_dir`` (default: ``root``): per reading (a row)
-    and cell (a colour), every seed's 20-NN top-1 and final proj_std as dots and their mean as a bar, beside
-    the sphere level 1/sqrt(d) and the collapse threshold. None when no run has finished."""
-    runs = finished_runs(root, readings, cells)
-    numbers = {reading: {cell: {"seeds": [run["seed"] for run in cell_runs], "runs": cell_runs}
-                         for cell, cell_runs in by_cell.items()} for reading, by_cell in runs.items()}
-    if not numbers:
+def readings_figure(ctx: Context) -> Path | None:
+    """``msbreg_table4_readings.png`` (and ``.json``): per reading (a row) and cell (a colour), every seed's
+    20-NN top-1 and final proj_std as dots and their mean as a bar, beside the sphere level 1/sqrt(d) and the
+    collapse threshold. None when no run has finished."""
+    runs = finished_runs(ctx)
+    if not runs:
         return None
-    figure, (knn_axis, std_axis) = new_figure(1, 2, figsize=(11, 0.9 + 0.55 * len(numbers) * len(cells) / 2.5),
+    cells = list(CELLS)
+    figure, (knn_axis, std_axis) = new_figure(1, 2, figsize=(11, 0.9 + 0.55 * len(runs) * len(cells) / 2.5),
                                               sharey=True)
-    colours = {cell: f"C{index}" for index, cell in enumerate(cells)}
-    offsets = {cell: 0.8 * (index / max(len(cells) - 1, 1) - 0.5) for index, cell in enumerate(cells)}
+    colours = {name: f"C{index}" for index, name in enumerate(cells)}
+    offsets = {name: 0.8 * (index / max(len(cells) - 1, 1) - 0.5) for index, name in enumerate(cells)}
     levels = set()
-    for row, (reading, by_cell) in enumerate(numbers.items()):
-        for cell, entry in by_cell.items():
-            y = row + offsets[cell]
+    for row, (reading, by_cell) in enumerate(runs.items()):
+        for cell_name, by_seed in by_cell.items():
+            y = row + offsets[cell_name]
             for axis, key in ((knn_axis, "knn20"), (std_axis, "proj_std")):
-                values = [run[key] for run in entry["runs"]]
-                axis.scatter(values, [y] * len(values), s=12, color=colours[cell], alpha=0.7)
-                axis.plot([statistics.mean(values)] * 2, [y - 0.07, y + 0.07], color=colours[cell], linewidth=2)
-            levels.add(entry["runs"][0]["sphere_level"])
+                values = per_seed(by_seed, key)
+                axis.scatter(list(values.values()), [y] * len(values), s=12, color=colours[cell_name], alpha=0.7)
+                axis.plot([mean_sd(values)[0]] * 2, [y - 0.07, y + 0.07], color=colours[cell_name], linewidth=2)
+            levels.update(summary["sphere_level"] for summary in by_seed.values())
     for level in levels:
         std_axis.axvline(level, color="gray", linestyle="--", linewidth=1)
         std_axis.axvline(COLLAPSE_FRACTION * level, color="red", linestyle=":", linewidth=1)
-    for cell in cells:  # legend: one entry per cell
-        knn_axis.scatter([], [], s=12, color=colours[cell], label=cell)
-    knn_axis.set_yticks(range(len(numbers)), list(numbers))
+    for name in cells:  # legend: one entry per cell
+        knn_axis.scatter([], [], s=12, color=colours[name], label=name)
+    knn_axis.set_yticks(range(len(runs)), list(runs))
     knn_axis.invert_yaxis()
     knn_axis.set_xlabel("20-NN top-1 (dots: seeds, bar: mean)")
     std_axis.set_xlabel("final proj_std (gray: sphere level 1/sqrt(d), red: collapse threshold)")
     std_axis.set_xlim(left=0)
     knn_axis.legend(fontsize=7, loc="best")
     knn_axis.set_title("Supplementary Table 4 on Fashion-MNIST, by reading")
-    output = save_figure(figure, (figure_dir or root) / "msbreg_table4_readings.png")
-    output.with_suffix(".json").write_text(json.dumps(numbers, indent=1))
+    output = save_figure(figure, ctx.docs / "msbreg_table4_readings.png")
+    output.with_suffix(".json").write_text(json.dumps(
+        {reading: {name: {str(seed): summary for seed, summary in by_seed.items()}
+                   for name, by_seed in by_cell.items()} for reading, by_cell in runs.items()}, indent=1))
     return output
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default="runs/msbreg/table4_study", help="folder of every run and the report")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds to run (default: 0)")
-    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
-    parser.add_argument("--readings", nargs="+", choices=list(READINGS), default=list(READINGS))
-    parser.add_argument("--report-only", action="store_true", help="only write the table and the figures")
-    parser.add_argument("--figure-dir", help="where the collapse PNGs go (default: --root), e.g. docs/figures")
-    parser.add_argument("overrides", nargs="*", help="key=value for every run, after the study's budget")
-    args = parser.parse_args(argv)
-    root = Path(args.root)
-    if not args.report_only:
-        for reading, cell, seed in planned_runs(args.readings, args.cells, args.seeds):
-            folder = run_dir(root, reading, cell, seed)
-            if (folder / "results.json").is_file():
-                continue
-            print(f"== {reading} / {cell} / seed {seed}", flush=True)
-            command = train_command(root, reading, cell, seed, args.overrides)
-            code = subprocess.call(command, cwd=REPOSITORY)
-            if code != 0:
-                print(f"error: run {folder} exited with {code}: {' '.join(command)}")
-                return code
-    report = table(root, args.readings, args.cells)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "table4.md").write_text(report)
-    print(report)
-    figure_dir = Path(args.figure_dir) if args.figure_dir else None
-    figures = collapse_figures(root, args.readings, args.cells, figure_dir)
-    figures.append(readings_figure(root, args.readings, args.cells, figure_dir))
-    for figure in filter(None, figures):
-        print(f"wrote {figure}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def report(ctx: Context, command: str) -> list[Path]:
+    return [table(ctx, command), *collapse_figures(ctx), *filter(None, [readings_figure(ctx)])]

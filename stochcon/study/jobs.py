@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reproduce.context import Context, trainer_job
-from reproduce.driver import Job
+from common.study.context import Context, config_path, trainer_job
+from common.study.jobs import Job
 
 PAPER = "stochcon"
 TRAIN = "stochcon.train"
-SIMCLR = "stochcon/configs/fashion_mnist_simclr.yaml"
-BERNOULLI = "stochcon/configs/fashion_mnist_bernoulli.yaml"
-GAUSSIAN = "stochcon/configs/fashion_mnist_gaussian.yaml"
-SUPERVISED = "stochcon/configs/fashion_mnist_supervised_bernoulli.yaml"
+SIMCLR = config_path("stochcon/configs/fashion_mnist_simclr.yaml")
+BERNOULLI = config_path("stochcon/configs/fashion_mnist_bernoulli.yaml")
+GAUSSIAN = config_path("stochcon/configs/fashion_mnist_gaussian.yaml")
+SUPERVISED = config_path("stochcon/configs/fashion_mnist_supervised_bernoulli.yaml")
 ALGORITHM1 = ["method.stochcon.both_directions=false", "method.stochcon.pi_init_gain=1.0"]
 # Figure 4: two 14 px local crops (half the image side, as CIFAR's 16 of 32) after the two global views
 LOCAL_CROPS = ["augment.local_crops=2", "augment.local_size=14", "augment.local_crop_scale=[0.05,0.4]"]

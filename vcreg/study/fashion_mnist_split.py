@@ -2,7 +2,7 @@
 classes 5-9 to transfer to, so that ``data.name=image_folder`` trains and ``python -m evaluation transfer
 dataset=image_folder`` probes them with no change to either command.
 
-    python -m reproduce.fashion_mnist_split --out DIR --per-class 4000 1000 2000 1000 [--data-root IDX_DIR]
+    python -m vcreg.study.fashion_mnist_split --out DIR --per-class 4000 1000 2000 1000 [--data-root IDX_DIR]
 
 writes ``DIR/classes_0-4/{train,val}/<class>/<index>.png`` and ``DIR/classes_5-9/...`` (the first N images of
 each class, in file order, from Fashion-MNIST's training and test files), then ``DIR/split.json``. Images are

@@ -1,6 +1,6 @@
 """The MSBReg study's runs at CPU scale (Fashion-MNIST, the quickstart CNN at width 8): supplementary Table 5 on a
 small grid of K x lambda_s x lambda_b, and Table 3's alignment and uniformity of BYOL, BYOL + L_uniform,
-BYOL + L_b + L_s and MSBReg. (Table 4 is its own study, ``python -m msbreg.study.table4``.)
+BYOL + L_b + L_s and MSBReg; then supplementary Table 4 under each reading of the losses (``msbreg.study.table4``).
 
 Every run is ``msbreg/configs/fashion_mnist_msbreg.yaml`` (batch norm in the heads; the loss readings that the
 Table 4 study chose) with the Table 4 study's budget (``msbreg.study.table4.BUDGET``: 600 steps of 256 images),
@@ -22,14 +22,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.study.context import Context, config_path, trainer_job
+from common.study.jobs import Job
 from msbreg.analysis.alignment_uniformity import EMBEDDINGS
-from msbreg.study.table4 import BUDGET
-from reproduce.context import Context, trainer_job
-from reproduce.driver import Job
+from msbreg.study import table4
+from msbreg.study.table4 import BUDGET, PAPER, TRAIN
 
-PAPER = "msbreg"
-TRAIN = "msbreg.train"
-CONFIG = "msbreg/configs/fashion_mnist_msbreg.yaml"
+CONFIG = config_path("msbreg/configs/fashion_mnist_msbreg.yaml")
 VIEWS = (2, 4)
 LAMBDA_S = (0.0, 0.004)
 LAMBDA_B = (0.0, 0.5)
@@ -79,7 +78,7 @@ def jobs(ctx: Context) -> list[Job]:
             out.append(run)
             if name in table3_runs:
                 out += [alignment_job(ctx, run, seed, embedding) for embedding in EMBEDDINGS]
-    return out
+    return out + table4.jobs(ctx)
 
 
 def alignment_job(ctx: Context, run: Job, seed: int, embedding: str) -> Job:

@@ -1,4 +1,4 @@
-"""MSBReg's tables and figures from the study's runs (``reproduce.msbreg``): supplementary Table 5's grid and
+"""MSBReg's tables and figures from the study's runs (``msbreg.study.jobs``): supplementary Table 5's grid and
 Table 3's alignment and uniformity, every number a mean ± sd over the seeds that finished."""
 
 from __future__ import annotations
@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.plots import new_figure, save_figure
+from common.study.context import Context, evaluation_per_seed, results_per_seed
+from common.study.report import PerSeed, bar_figure, cell, difference_cell, mean_sd, write_table
 from msbreg.analysis.alignment_uniformity import EMBEDDINGS
-from reproduce.context import Context, evaluation_per_seed, results_per_seed
-from reproduce.msbreg import LAMBDA_B, LAMBDA_S, PAPER, TABLE3, VIEWS, cell_name
-from reproduce.report import PerSeed, bar_figure, cell, difference_cell, mean_sd, write_table
+from msbreg.study import table4
+from msbreg.study.jobs import LAMBDA_B, LAMBDA_S, PAPER, TABLE3, VIEWS, cell_name
 
 # Supplementary Table 5 (ImageNet-100, ResNet-18, 300 epochs, linear top-1 %) at the study's grid points
 PAPER_TABLE5 = {(2, 0.0, 0.0): 71.9, (2, 0.0, 0.5): 72.8, (2, 0.004, 0.0): 72.8, (2, 0.004, 0.5): 72.4,
@@ -130,4 +131,4 @@ def alignment_uniformity_figure(path: Path, points: dict[str, dict[str, tuple[Pe
 
 
 def report(ctx: Context, command: str) -> list[Path]:
-    return [*table5(ctx, ctx.docs, command), *table3(ctx, ctx.docs, command)]
+    return [*table5(ctx, ctx.docs, command), *table3(ctx, ctx.docs, command), *table4.report(ctx, command)]

@@ -1,4 +1,4 @@
-"""StochCon's tables and figures from the study's runs (``reproduce.stochcon``): one markdown table and one PNG
+"""StochCon's tables and figures from the study's runs (``stochcon.study.jobs``): one markdown table and one PNG
 per paper table or figure, every number a mean ± sd over the seeds that finished."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from common.plots import new_figure, save_figure
-from reproduce.context import Context, read_json, results_per_seed
-from reproduce.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
-from reproduce.stochcon import FIGURE4, PAPER, WIDTHS
+from common.study.context import Context, read_json, results_per_seed
+from common.study.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
+from stochcon.study.jobs import FIGURE4, PAPER, WIDTHS
 
 # The paper's numbers (test top-1 %, CIFAR-10 ResNet-50, Table 1; Appendix A.2)
 PAPER_TABLE1 = {"simclr": (94.35, 91.67), "bernoulli_d128": (96.42, 91.96), "gaussian_d128": (96.08, 92.40)}

@@ -1,5 +1,6 @@
 """What every paper's study needs to describe its jobs: the budget, the seeds, where runs and documents go, and
-the settings every training run shares at each budget."""
+the settings every training run shares at each budget. Runs of each budget have their own folder
+(``<runs>/<budget>``), so a tiny smoke run never touches a full study's runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from reproduce.driver import LOG, Job
+from common.study.jobs import LOG, ROOT, Job
 
 # common.trainer's NonFiniteLossError, as the driver's log of a failed run holds it
 NON_FINITE = re.compile(r"non-finite loss at step (\d+)")
@@ -16,11 +17,16 @@ NON_FINITE = re.compile(r"non-finite loss at step (\d+)")
 BUDGETS = ("full", "tiny")
 
 
+def config_path(relative: str) -> str:
+    """A config of the repository (``vcreg/configs/...``) as an absolute path, whatever the current folder."""
+    return str(ROOT / relative)
+
+
 @dataclass
 class Context:
     budget: str  # full: the CPU-scale study on Fashion-MNIST | tiny: every job for a few steps (tests)
     seeds: list[int]
-    runs: Path  # run folders: <runs>/<paper>/<job>
+    runs: Path  # this budget's run folders: <runs>/<paper>/<job> (the command's --runs/<budget>)
     docs: Path  # generated tables and figures
     data_root: str | None = None  # Fashion-MNIST's IDX files; None: the loader's own search (Debian's copy)
 
@@ -41,10 +47,11 @@ class Context:
                 "data.num_workers=0"]
 
     def tiny_trainer_args(self, subset: int | None = 256) -> list[str]:
-        """A few steps of a small batch, a small k-NN bank and a one-epoch probe (``--budget tiny``)."""
+        """A few steps of a small batch, a small k-NN bank and a one-epoch probe (``--budget tiny``); every step
+        logged, so that the curves a report draws have points."""
         if not self.tiny:
             return []
-        return ["max_steps=2", "batch_size=64", *([f"data.subset={subset}"] if subset else []),
+        return ["max_steps=2", "batch_size=64", "log_every_steps=1", *([f"data.subset={subset}"] if subset else []),
                 "eval.max_train_images=200", "eval.linear_epochs=1", "eval.batch_size=256"]
 
 
@@ -55,7 +62,7 @@ def trainer_job(ctx: Context, paper: str, name: str, study: str, module: str, ar
     folder = ctx.runs / paper / run
     # the data root first: a run's own data.root (an image folder) comes later and wins
     return Job(name=f"{paper}/{run}", module=module, argv=[*ctx.data_args(), *args, *ctx.trainer_args(folder, seed)],
-               folder=folder, done=folder / "results.json", study=study, needs=needs, tier=tier)
+               folder=folder, done=folder / "results.json", study=study, needs=needs, tier=tier, configured=True)
 
 
 def read_json(path: Path) -> dict | None:
@@ -77,7 +84,7 @@ def diverged_at(ctx: Context, paper: str, run: str) -> dict[int, int]:
     table says "diverged" where it would say "not run"."""
     out = {}
     for seed in ctx.seeds:
-        log = ctx.runs / paper / f"{run}_s{seed}" / LOG
+        log = ctx.runs / paper / f"{run}_s{seed}.job" / LOG
         found = NON_FINITE.search(log.read_text(errors="replace")) if log.is_file() else None
         if found:
             out[seed] = int(found.group(1))

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reproduce.context import Context, trainer_job
-from reproduce.driver import Job
+from common.study.context import Context, config_path, trainer_job
+from common.study.jobs import Job
 
 PAPER = "vcreg"
 TRAIN = "vcreg.train"
-SUPERVISED = "vcreg/configs/fashion_mnist_vcreg.yaml"  # 20,000 images, 2 epochs, batch 256, AdamW
+SUPERVISED = config_path("vcreg/configs/fashion_mnist_vcreg.yaml")  # 20,000 images, 2 epochs, batch 256, AdamW
 LAST_STAGE_LOCATIONS = 16  # the small CNN's last feature map on 28 px images: 4 x 4
 BETA = 0.01
 
@@ -91,17 +91,10 @@ def supervised_tables(ctx: Context) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def ssl_args(ctx: Context, method: str) -> list[str]:
-    """stochcon/configs/fashion_mnist_simclr.yaml's recipe (LARS, batch 128, mild colour jitter, views made on the
-    device) on 20,000 images for 2 epochs; SimCLR's projector 256 -> 64 as that config, VICReg's 512 -> 512
-    (Appendix C.4's 8192-wide one, scaled like the backbone); their own learning rates are not tuned here."""
-    recipe = ["method.name=" + method, "augment.name=multiview", "augment.num_views=2", "augment.on=device",
-              "augment.crop_scale=[0.2,1.0]", "augment.brightness=0.4", "augment.contrast=0.4",
-              "augment.saturation=0.0", "augment.hue=0.0", "augment.grayscale_prob=0.0", "augment.blur_prob=[0.0]",
-              "optim.name=lars", "optim.lr=2.0", "optim.lr_scaling=linear", "optim.weight_decay=1e-5",
-              "optim.warmup_epochs=0.5", "batch_size=128", "eval.knn_k=[20,200]", "eval.linear_epochs=10"]
-    recipe += ["method.temperature=0.1", "method.projector=[256,64]"] if method == "simclr" else [
-        "method.projector=[512,512]"]
-    return recipe + ctx.pick(["data.subset=20000", "epochs=2"], ctx.tiny_trainer_args())
+    """Table 4's self-supervised recipe, ``vcreg/configs/study/fashion_mnist_<method>_vcreg.yaml`` (its header says
+    what it miniaturises), at the budget's scale."""
+    return ["--config", config_path(f"vcreg/configs/study/fashion_mnist_{method}_vcreg.yaml"),
+            *ctx.tiny_trainer_args()]
 
 
 def setting_tier(study: str, name: str) -> int:
@@ -138,7 +131,7 @@ def jobs(ctx: Context) -> list[Job]:
                                        seed, tier=setting_tier("table4", name)))
     folder = split_folders(ctx)[0].parent
     per_class = ctx.pick(["4000", "1000", "2000", "1000"], ["1000"] * 4)
-    split = Job(name=f"{PAPER}/fashion_mnist_split", module="reproduce.fashion_mnist_split",
+    split = Job(name=f"{PAPER}/fashion_mnist_split", module="vcreg.study.fashion_mnist_split",
                 argv=["--out", str(folder), "--per-class", *per_class,
                       *(["--data-root", ctx.data_root] if ctx.data_root else [])],
                 folder=folder, done=folder / "split.json", study="table2")
@@ -164,7 +157,8 @@ def transfer_job(ctx: Context, run: Job, seed: int) -> Job:
                argv=["transfer", f"checkpoint={run.folder}", "dataset=image_folder", f"data.root={second}",
                      "image_size=28", "num_workers=0", "progress_bar=false", f"seed={seed}",
                      f"output={folder / 'transfer.json'}", *ctx.pick([], ["l2_grid=[0.01,1.0]", "max_iter=20"])],
-               folder=folder, done=folder / "transfer.json", study=run.study, tier=run.tier, needs=(run.name,))
+               folder=folder, done=folder / "transfer.json", study=run.study, tier=run.tier, needs=(run.name,),
+               configured=True)
 
 
 def collapse_job(ctx: Context, run: Job) -> Job:

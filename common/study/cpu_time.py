@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reproduce.context import Context
-from reproduce.driver import Job, read_record
-from reproduce.report import write_table
+from common.study.context import Context
+from common.study.jobs import Job, read_record
+from common.study.report import write_table
 
 
 def write_cpu_time(ctx: Context, jobs: list[Job], path: Path, command: str) -> Path:

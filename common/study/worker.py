@@ -1,6 +1,6 @@
-"""One job of the study in its own process (``reproduce.driver`` starts it): run the command, record it.
+"""One job of the study in its own process (``common.study.jobs`` starts it): run the command, record it.
 
-    python -m reproduce.worker --module stochcon.train --folder RUN --inputs '{}' -- key=value ...
+    python -m common.study.worker --module stochcon.train --state RUN.job --inputs '{}' -- key=value ...
 """
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ import json
 import sys
 from pathlib import Path
 
-from reproduce.driver import execute
+from common.study.jobs import execute
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--module", required=True)
-    parser.add_argument("--folder", required=True, type=Path)
+    parser.add_argument("--state", required=True, type=Path, help="the job's record and log folder")
     parser.add_argument("--inputs", default="{}", help="JSON: the finished_at of every job this one needs")
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    return execute(args.module, command, args.folder, json.loads(args.inputs))
+    return execute(args.module, command, args.state, json.loads(args.inputs))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""VCReg's tables and figures from the study's runs (``reproduce.vcreg``): one markdown table and one PNG per
+"""VCReg's tables and figures from the study's runs (``vcreg.study.jobs``): one markdown table and one PNG per
 paper table or figure, every number a mean ± sd over the seeds that finished, every VCReg setting compared with
 the baseline of the same seed."""
 
@@ -8,9 +8,9 @@ import shutil
 from pathlib import Path
 
 from common.plots import new_figure, save_figure
-from reproduce.context import Context, diverged_at, evaluation_per_seed, read_json, results_per_seed
-from reproduce.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
-from reproduce.vcreg import LONGER_EPOCHS, MAIN, PAPER, TWO_MOONS
+from common.study.context import Context, diverged_at, evaluation_per_seed, read_json, results_per_seed
+from common.study.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
+from vcreg.study.jobs import LONGER_EPOCHS, MAIN, PAPER, TWO_MOONS
 
 SETTINGS = {
     "baseline": "baseline (no VCReg)",
@@ -20,7 +20,7 @@ SETTINGS = {
     "final": "VCReg final, alpha 0.16, beta 0.01",
     "blocks_batch_mean": "VCReg blocks, batch_mean, alpha 0.16, beta matched",
 }
-SETTINGS_NOTE = ("Settings (`reproduce/vcreg.py`): *blocks* puts a VCReg layer after each of the CNN's 8 "
+SETTINGS_NOTE = ("Settings (`vcreg/study/jobs.py`): *blocks* puts a VCReg layer after each of the CNN's 8 "
                  "conv-BN-ReLU units (Appendix A's choice), *final* only on the pooled features that enter the "
                  "classifier (Table 7's other main placement); alpha 0.16 / beta 0.01 is the mildest corner of the "
                  "paper's grid (the point the paper-scale configs use), 1.28 / 0.16 its strongest, 0.02 / 0.00125 the "
