@@ -26,6 +26,7 @@ STATE_FILE = "state.pt"
 _STEP_NAME = re.compile(r"^step_(\d+)$")
 # Keys that cannot change what a run computes: an interrupted run may be resumed with other values.
 RESUMABLE_KEYS = {"output_dir", "resume", "overwrite", "progress_bar", "log_every_steps", "tracker",
+                  "tracker_project",
                   "save_every_epochs", "save_every_steps", "keep_last", "on_nonfinite", "max_skipped_fraction",
                   "data.root", "data.download", "data.num_workers", "eval.batch_size", "eval.progress"}
 # What a run writes into its folder: removed by overwrite=true, and the leftovers of a start that failed

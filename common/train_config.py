@@ -37,7 +37,10 @@ class TrainConfig:
     probe_lr: float = 0.1  # the online probe's learning rate (its own parameter group, same schedule)
     log_every_steps: PositiveInt = 10  # metrics.jsonl and TensorBoard every this many steps
     progress_bar: bool = True  # training and evaluation progress bars (main process)
-    tracker: Literal["tensorboard", "none"] = "tensorboard"  # TensorBoard events under <output_dir>/train
+    # where the logged metrics also go (common/trackers.py): TensorBoard events under <output_dir>/train, or any
+    # tracker Accelerate supports (its package: pip install 'ssl-repro[<tracker>]'); a resume continues its run
+    tracker: Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "none"] = "tensorboard"
+    tracker_project: str = "ssl-repro"  # the project (wandb, comet_ml, clearml) or experiment (mlflow) of the run
     save_every_epochs: PositiveInt = 10  # checkpoint at the end of every this many epochs
     save_every_steps: PositiveInt | None = None  # and every this many steps (long epochs, preemptible jobs)
     keep_last: PositiveInt = 2  # checkpoints kept on disk

@@ -54,6 +54,7 @@ from common.metrics_log import MetricsLog, print_results
 from common.optim import build_optimizer, learning_rate, param_groups, scaled_lr
 from common.probe import OnlineProbe
 from common.seeds import MICRO_BATCH_RNG, derive_seed
+from common.trackers import check_tracker, start_tracker
 from common.train_config import TrainConfig, check_train_config
 
 
@@ -114,12 +115,14 @@ class Trainer:
         self.preempt_signal: int | None = None
         self.evaluating = False
         self.skipped_before: list[str] = []  # corrupt images skipped before a resume
+        self.tracker_run: dict | None = None  # {"tracker", "id"}: the tracker run, continued by a resume
 
     # ----------------------------------------------------------------------------------------- set-up
     def _setup(self) -> Path | None:
         """Build everything; returns the checkpoint to resume from. Nothing is written into the run folder
         before every input has been checked (a failed start must not block the corrected command)."""
         cfg = self.cfg
+        check_tracker(cfg.tracker)
         tracker = None if cfg.tracker == "none" else cfg.tracker
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker,
                                        project_dir=str(self.output_dir))
@@ -181,6 +184,7 @@ class Trainer:
             "skipped_steps": skipped,
             "init_results": init_results,
             "skipped_images": skipped_images,
+            "tracker_run": self.tracker_run,
             "config": to_dict(self.cfg),
             "code_version": code_version(),
             "rng": {"torch": torch.get_rng_state()},
@@ -217,6 +221,7 @@ class Trainer:
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         self.skipped_before = state.get("skipped_images", [])
+        self.tracker_run = state.get("tracker_run")
         self.accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
         return state["step"], state["skipped_steps"], state["init_results"]
 
@@ -274,8 +279,9 @@ class Trainer:
             if acc.is_main_process:
                 (self.output_dir / "config.yaml").write_text(to_yaml(cfg))
         log = MetricsLog(self.output_dir, resume_step=step + 1) if acc.is_main_process else None
-        if cfg.tracker != "none":
-            acc.init_trackers("train")
+        previous = self.tracker_run if self.tracker_run and self.tracker_run["tracker"] == cfg.tracker else {}
+        self.tracker_run = {"tracker": cfg.tracker, "id": start_tracker(
+            acc, cfg.tracker, cfg.tracker_project, self.output_dir, to_dict(cfg), previous.get("id"))}
 
         progress = tqdm(total=self.total_steps, initial=step, disable=not (acc.is_main_process and cfg.progress_bar),
                         dynamic_ncols=True, mininterval=1.0, desc="train")
@@ -393,4 +399,3 @@ class Trainer:
             print_results(results, self.output_dir)
         acc.wait_for_everyone()
         return results
-

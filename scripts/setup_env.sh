@@ -13,13 +13,15 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 STAMP="$VENV/.ssl-repro-installed"
-WANT="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# Extras to install beside dev (scripts/test.sh adds the trackers its tests run: wandb, mlflow).
+EXTRAS="${SSL_REPRO_EXTRAS:-dev}"
+WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $EXTRAS"
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
-    echo "[setup] installing torch 2.14.1, torchvision 0.29.1 and ssl-repro[dev] into $VENV"
+    echo "[setup] installing torch 2.14.1, torchvision 0.29.1 and ssl-repro[$EXTRAS] into $VENV"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # Pinned first and on their own: any other torch would be a multi-gigabyte download.
     "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
-    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
     echo "$WANT" > "$STAMP"
 fi
 
