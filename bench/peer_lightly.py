@@ -58,8 +58,8 @@ class LightlySimCLR(Method):
         from lightly.models.modules import SimCLRProjectionHead
 
         super().__init__(backbone, feature_dim)
-        self.projection_head = SimCLRProjectionHead(feature_dim, cfg.method.proj_hidden_dim,
-                                                   cfg.method.proj_output_dim)
+        # lightly's head has one hidden layer: the widths of ours (one hidden layer in the compared configs)
+        self.projection_head = SimCLRProjectionHead(feature_dim, cfg.method.projector[0], cfg.method.projector[-1])
         self.criterion = NTXentLoss(temperature=cfg.method.temperature)
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -76,8 +76,8 @@ class LightlyBYOL(Method):
 
         super().__init__(backbone, feature_dim)
         m = cfg.method
-        self.projection_head = BYOLProjectionHead(feature_dim, m.proj_hidden_dim, m.proj_output_dim)
-        self.prediction_head = BYOLPredictionHead(m.proj_output_dim, m.pred_hidden_dim, m.proj_output_dim)
+        self.projection_head = BYOLProjectionHead(feature_dim, m.projector[0], m.projector[-1])
+        self.prediction_head = BYOLPredictionHead(m.projector[-1], m.predictor[0], m.projector[-1])
         self.backbone_momentum = copy.deepcopy(self.backbone)
         self.projection_head_momentum = copy.deepcopy(self.projection_head)
         deactivate_requires_grad(self.backbone_momentum)

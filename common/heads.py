@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import ConfigError
+
 
 class WSLinear(nn.Linear):
     """Linear layer with weight standardisation (Qiao et al., 2019): each output row has zero mean, unit std."""
@@ -49,3 +51,13 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, norm: str = "bn",
     if last_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False) if norm == "bn" else _norm(norm, out_dim))
     return nn.Sequential(*layers)
+
+
+def head(in_dim: int, widths: Sequence[int], key: str, **mlp_options) -> nn.Sequential:
+    """The head a config's width list describes: ``widths`` = hidden widths..., output width (every method's
+    ``method.projector`` and ``method.predictor``); ``key`` names that list in the error of an empty one."""
+    if not widths or min(widths) < 1:
+        raise ConfigError(f"{key} must list the hidden widths and then the output width (all positive), "
+                          f"got {list(widths)}")
+    *hidden, out = widths
+    return mlp(in_dim, hidden, out, **mlp_options)

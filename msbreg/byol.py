@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.config_types import Fraction, PositiveInt
-from common.heads import mlp
+from common.config_types import Fraction
+from common.errors import ConfigError
+from common.heads import head
 from common.method import Method
 from common.schedules import ema_momentum
 from msbreg.ema import ema_update, frozen_copy
@@ -21,9 +22,8 @@ from msbreg.losses import byol_loss
 class BYOLConfig:
     name: Literal["byol"] = "byol"  # BYOL (Grill et al. 2020), the baseline MSBReg builds on: 2 views
     # Heads: 2-layer MLPs with ReLU (supplement 1.2). ResNet-18: 512 hidden / 128 out; ResNet-50: 4096 / 256.
-    proj_hidden_dim: PositiveInt = 512
-    proj_output_dim: PositiveInt = 128
-    pred_hidden_dim: PositiveInt = 512
+    projector: list[int] = field(default_factory=lambda: [512, 128])  # hidden widths..., output
+    predictor: list[int] = field(default_factory=lambda: [512, 128])  # hidden widths..., output (= the projector's)
     head_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the heads (supplementary Table 4)
     weight_standardization: bool = False   # weight-standardised linear layers in the heads (supplement 1.2)
     base_momentum: Fraction = 0.99         # target EMA momentum, cosine from this to 1 per step (0.996 on ImageNet)
@@ -37,12 +37,15 @@ class BYOL(Method):
     embeddings spread over the sphere, 0 when collapsed), and the current ``ema_momentum``.
     """
 
-    def __init__(self, cfg: BYOLConfig, backbone: nn.Module, feature_dim: int):
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg: BYOLConfig):
         super().__init__(backbone, feature_dim)
         self.cfg = cfg
-        head = {"norm": cfg.head_norm, "weight_standardization": cfg.weight_standardization}
-        self.projector = mlp(feature_dim, [cfg.proj_hidden_dim], cfg.proj_output_dim, **head)
-        self.predictor = mlp(cfg.proj_output_dim, [cfg.pred_hidden_dim], cfg.proj_output_dim, **head)
+        if cfg.projector and cfg.predictor and cfg.predictor[-1] != cfg.projector[-1]:
+            raise ConfigError(f"method.predictor must end in the projector's output width {cfg.projector[-1]} "
+                              f"(it regresses the target's projections), got {cfg.predictor}")
+        options = {"norm": cfg.head_norm, "weight_standardization": cfg.weight_standardization}
+        self.projector = head(feature_dim, cfg.projector, "method.projector", **options)
+        self.predictor = head(cfg.projector[-1], cfg.predictor, "method.predictor", **options)
         self.target_backbone = frozen_copy(backbone)
         self.target_projector = frozen_copy(self.projector)
         self.momentum = cfg.base_momentum

@@ -83,8 +83,6 @@ def brownian_noise(num_views: int, batch: int, dim: int, direction: str, noise: 
 class MSBReg(BYOL):
     """K views (``augment.num_views``), every view through the online and the target network.
 
-    Built as ``MSBReg(MSBRegConfig(...), backbone, feature_dim)``, like ``BYOL``.
-
     L_s and L_uniform are computed per view over the global batch (gathered across ranks with gradient) and
     averaged over the views; L_b is a per-sample force on every online projection of the rank, averaged (or,
     ``brownian_reduction=sum``, summed over the global batch), with its random directions drawn per sample of

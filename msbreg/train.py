@@ -53,10 +53,10 @@ def build_method(cfg: MSBRegTrainConfig, backbone: nn.Module, feature_dim: int) 
     if isinstance(cfg.method, MSBRegConfig):
         if views < 2:
             raise ConfigError(f"method.name=msbreg needs augment.num_views >= 2, got {views}")
-        return MSBReg(cfg.method, backbone, feature_dim)
+        return MSBReg(backbone, feature_dim, cfg.method)
     if views != 2:
         raise ConfigError(f"method.name=byol needs augment.num_views=2, got {views}")
-    return BYOL(cfg.method, backbone, feature_dim)
+    return BYOL(backbone, feature_dim, cfg.method)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
-from common.config_types import NonNegativeInt, PositiveFloat, PositiveInt
-from common.heads import mlp
+from common.config_types import PositiveFloat
+from common.heads import head
 from common.info_nce import multicrop_info_nce
 from common.method import Method
 from common.views import encode_views, project
@@ -19,10 +19,9 @@ from common.views import encode_views, project
 class SimCLRConfig:
     name: Literal["simclr"] = "simclr"  # SimCLR (Chen et al. 2020), the baseline StochCon builds on
     temperature: PositiveFloat = 0.1  # InfoNCE tau (SimCLR: 0.1 at batch 4096 on ImageNet, 0.5 on CIFAR-10)
-    proj_hidden_dim: PositiveInt = 2048  # the projector g's hidden width
-    proj_output_dim: PositiveInt = 128  # the projector's output (the contrasted embedding)
-    proj_hidden_layers: NonNegativeInt = 1  # SimCLR v1: one hidden layer; v2: two
-    proj_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the projector's hidden layers
+    # the projector g: hidden widths..., output (the contrasted embedding); SimCLR v1: one hidden layer, v2: two
+    projector: list[int] = field(default_factory=lambda: [2048, 128])
+    projector_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the projector's hidden layers
     gather_negatives: bool = True  # negatives from every GPU (the global batch), as in the paper
     # One backbone and projector call over all views (batch-norm statistics over the 2N images, as SimCLR's
     # code concatenates them); false: one call per view, statistics per view (lightly's and solo-learn's
@@ -31,7 +30,7 @@ class SimCLRConfig:
 
 
 def projector(cfg: SimCLRConfig, feature_dim: int) -> nn.Sequential:
-    return mlp(feature_dim, [cfg.proj_hidden_dim] * cfg.proj_hidden_layers, cfg.proj_output_dim, norm=cfg.proj_norm)
+    return head(feature_dim, cfg.projector, "method.projector", norm=cfg.projector_norm)
 
 
 class SimCLR(Method):

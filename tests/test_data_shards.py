@@ -250,8 +250,8 @@ def test_the_trainer_streams_shards_resumes_at_the_right_sample_and_evaluates_th
     out = tmp_path / "run"
     done = run("stochcon/train.py", [f"output_dir={out}", "data.name=webdataset", f"data.root={shards / 'out'}",
                                      "data.num_workers=0", "augment.on=device", "augment.blur_prob=[0.0]", "epochs=2",
-                                     "batch_size=8", "backbone.width=4", "method.proj_hidden_dim=16",
-                                     "method.proj_output_dim=8", "progress_bar=false", "tracker=none",
+                                     "batch_size=8", "backbone.width=4", "method.projector=[16,8]",
+                                     "progress_bar=false", "tracker=none",
                                      "eval.knn_k=[3]", "eval.linear_epochs=2"])
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())

@@ -19,7 +19,7 @@ from msbreg.losses import (
 from msbreg.msbreg import MSBReg, MSBRegConfig, brownian_noise
 from msbreg.train import MSBRegTrainConfig
 
-HEADS = {"proj_hidden_dim": 16, "proj_output_dim": 8, "pred_hidden_dim": 16}
+HEADS = {"projector": [16, 8], "predictor": [16, 8]}
 
 
 def tiny_backbone() -> nn.Module:
@@ -38,8 +38,8 @@ def gradients(method: nn.Module) -> dict[str, torch.Tensor]:
 
 def test_msbreg_with_two_views_and_no_regularisers_reproduces_byol_loss_and_gradients():
     torch.manual_seed(0)
-    byol = BYOL(BYOLConfig(**HEADS), tiny_backbone(), 6).double()
-    msbreg = MSBReg(MSBRegConfig(**HEADS, lambda_s=0.0, lambda_b=0.0), tiny_backbone(), 6).double()
+    byol = BYOL(tiny_backbone(), 6, BYOLConfig(**HEADS)).double()
+    msbreg = MSBReg(tiny_backbone(), 6, MSBRegConfig(**HEADS, lambda_s=0.0, lambda_b=0.0)).double()
     msbreg.load_state_dict(byol.state_dict())
     # Make the target differ from the online network so that the test is not trivially symmetric.
     for method in (byol, msbreg):
@@ -68,7 +68,7 @@ def test_msbreg_with_two_views_and_no_regularisers_reproduces_byol_loss_and_grad
 def test_msbreg_loss_is_the_weighted_sum_of_its_terms(readings):
     torch.manual_seed(1)
     cfg = MSBRegConfig(**HEADS, lambda_s=0.01, lambda_b=0.5, lambda_u=0.3, **readings)
-    method = MSBReg(cfg, tiny_backbone(), 6).double()
+    method = MSBReg(tiny_backbone(), 6, cfg).double()
     x = [v.double() for v in views(4)]
     torch.manual_seed(123)
     out = method(x, None)
@@ -105,7 +105,7 @@ def test_msbreg_rejects_unknown_readings_and_values_out_of_range(key, value):
 
 
 def test_collapse_monitor_is_zero_for_collapsed_and_near_one_over_sqrt_d_for_spread_projections():
-    method = BYOL(BYOLConfig(**HEADS), tiny_backbone(), 6)
+    method = BYOL(tiny_backbone(), 6, BYOLConfig(**HEADS))
     collapsed = torch.ones(2, 50, 8) * torch.rand(1, 1, 8)
     # Equal rows normalise to equal rows; their float32 mean differs from them by a few ulps of O(1) (1e-7).
     assert method.collapse_monitor(collapsed).item() == pytest.approx(0.0, abs=1e-6)
@@ -119,9 +119,9 @@ def test_collapse_monitor_is_zero_for_collapsed_and_near_one_over_sqrt_d_for_spr
 
 def test_view_count_is_checked():
     with pytest.raises(ValueError, match="exactly 2 views"):
-        BYOL(BYOLConfig(**HEADS), tiny_backbone(), 6)(views(3), None)
+        BYOL(tiny_backbone(), 6, BYOLConfig(**HEADS))(views(3), None)
     with pytest.raises(ValueError, match="at least 2 views"):
-        MSBReg(MSBRegConfig(**HEADS), tiny_backbone(), 6)(views(1), None)
+        MSBReg(tiny_backbone(), 6, MSBRegConfig(**HEADS))(views(1), None)
 
 
 def test_ema_update_formula_and_end_points():
@@ -164,7 +164,7 @@ def test_ema_momentum_schedule_end_points():
 
 def test_step_hooks_move_target_by_scheduled_momentum():
     torch.manual_seed(3)
-    method = BYOL(BYOLConfig(**HEADS, base_momentum=0.9), tiny_backbone(), 6)
+    method = BYOL(tiny_backbone(), 6, BYOLConfig(**HEADS, base_momentum=0.9))
     with torch.no_grad():
         for p in method.projector.parameters():
             p.add_(0.5)

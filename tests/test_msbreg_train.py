@@ -81,8 +81,8 @@ def test_table4_configs_carry_the_table_values():
     assert [method(f"stl10_resnet18_msbreg_ln_lb{t}").method.lambda_b for t in ("5e-4", "5e-3", "5e-2")] == [
         0.0005, 0.005, 0.05]
     r50 = method("imagenet_resnet50_msbreg")
-    assert (r50.backbone.name, r50.optim.lr, r50.epochs, r50.method.proj_hidden_dim, r50.method.base_momentum) == (
-        "resnet50", 0.15, 300, 2048, 0.996)
+    assert (r50.backbone.name, r50.optim.lr, r50.epochs, r50.method.projector, r50.method.base_momentum) == (
+        "resnet50", 0.15, 300, [2048, 256], 0.996)
 
 
 def test_collapse_curve_reads_metrics_and_writes_png_and_json(tmp_path):
@@ -93,7 +93,7 @@ def test_collapse_curve_reads_metrics_and_writes_png_and_json(tmp_path):
         lines = [json.dumps({"step": 10 * (i + 1), "epoch": 0.1 * i, "loss": 1.0, "lr": 0.1, "proj_std": v})
                  for i, v in enumerate(values)]
         (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-        (run / "config.yaml").write_text(yaml.safe_dump({"method": {"proj_output_dim": 128}}))
+        (run / "config.yaml").write_text(yaml.safe_dump({"method": {"projector": [512, 128]}}))
         runs.append(str(run))
     output = tmp_path / "plots" / "collapse.png"
     assert collapse_curve.main(runs + ["--output", str(output)]) == 0

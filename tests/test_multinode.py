@@ -118,7 +118,7 @@ def test_a_node_of_one_process_passes_the_trainers_exit_code_on():
 
 
 # --------------------------------------------------------------------- two machines on the loopback, CPU
-COMMON = ["method.name=stochcon", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+COMMON = ["method.name=stochcon", "method.projector=[32,16]",
           "method.stochcon.latent=bernoulli", "method.stochcon.latent_dim=8", "method.stochcon.variates=hard",
           "method.stochcon.gumbel_temperature_start=1.0", "method.stochcon.gumbel_temperature_end=0.1",
           "data.subset=null", "data.num_workers=0", "epochs=2", "batch_size=64", "backbone.width=4",

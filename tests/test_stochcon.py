@@ -34,7 +34,7 @@ class TinyBackbone(nn.Module):
         return (y.relu() if self.relu else y).mean((2, 3))
 
 
-HEAD = {"proj_hidden_dim": 32, "proj_output_dim": 8, "proj_norm": "none"}
+HEAD = {"projector": [32, 8], "projector_norm": "none"}
 
 
 def make(latent: LatentConfig, num_global_views: int = 2, relu: bool = False) -> StochCon:
@@ -309,7 +309,7 @@ def test_views_together_switch_sets_batch_norm_statistics_per_call(method_name):
     from stochcon.simclr import SimCLR
 
     def build(together: bool):
-        head = {"proj_hidden_dim": 32, "proj_output_dim": 8, "proj_norm": "bn", "views_together": together}
+        head = {"projector": [32, 8], "projector_norm": "bn", "views_together": together}
         torch.manual_seed(0)
         backbone = nn.Sequential(nn.Conv2d(3, WIDTH, 1), nn.BatchNorm2d(WIDTH), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         if method_name == "simclr":

@@ -97,7 +97,7 @@ def pretrain(tmp_path: Path, latent: str, latent_dim: str, *overrides: str) -> P
             "eval.knn_at_init=false",
             "progress_bar=false",
             "backbone.width=8",
-            "method.proj_hidden_dim=64",
+            "method.projector=[64,64]",
             f"method.stochcon.latent_dim={latent_dim}",
             *overrides,
         ],
@@ -206,7 +206,7 @@ def test_untrained_run_gives_the_initial_weights_and_a_run_without_latent_is_ref
     run_dir = tmp_path / "simclr"
     overrides = [f"output_dir={run_dir}", f"data.root={data}", "data.download=false", f"batch_size={BATCH}",
                  "max_steps=1", "eval.linear=false", "eval.knn_at_init=false", "progress_bar=false",
-                 "backbone.width=8", "method.proj_hidden_dim=64"]
+                 "backbone.width=8", "method.projector=[64,64]"]
     result = run("stochcon/train.py", ["--config", "stochcon/configs/fashion_mnist_simclr.yaml", *overrides])
     assert result.returncode == 0, result.stderr[-2000:]
     saved, cfg, state = load_trained_method(run_dir)

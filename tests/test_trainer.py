@@ -42,7 +42,7 @@ def fresh_accelerate():
 def tiny(root, out, *extra):
     """SimCLR on 512 synthetic images: 8 steps an epoch of batch 64, a width-4 CNN."""
     return [f"output_dir={out}", f"data.root={root}", "data.subset=null", "data.num_workers=0", "epochs=2",
-            "batch_size=64", "backbone.width=4", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+            "batch_size=64", "backbone.width=4", "method.projector=[32,16]",
             "progress_bar=false", "tracker=none", "eval.linear_epochs=2", "eval.knn_k=[20]", "log_every_steps=1",
             *extra]
 
@@ -298,7 +298,7 @@ def test_skipped_corrupt_training_images_are_counted_once_in_the_results(tmp_pat
     done = run(SCRIPT, [f"output_dir={out}", "data.name=image_folder", f"data.root={tmp_path / 'folder'}",
                         "data.skip_corrupt=true", "data.num_workers=0", "augment.on=loader", "epochs=2",
                         "batch_size=16", "backbone.name=small_convnet", "backbone.width=4",
-                        "method.proj_hidden_dim=16", "method.proj_output_dim=8", "progress_bar=false",
+                        "method.projector=[16,8]", "progress_bar=false",
                         "tracker=none", "eval.linear_epochs=1", "eval.knn_k=[5]"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "results.json").read_text())["skipped_corrupt_images"] == 1

@@ -19,14 +19,14 @@ COMMON = ["data.subset=null", "data.num_workers=0", "epochs=2", "batch_size=64",
 # script, then its settings: StochCon Bernoulli with its Gumbel temperature schedule; MSBReg with K = 4 views,
 # its EMA target and momentum schedule; supervised training with VCReg layers after every block.
 METHODS = {
-    "simclr": ("stochcon/train.py", ["method.name=simclr", "method.proj_hidden_dim=32", "method.proj_output_dim=16"]),
+    "simclr": ("stochcon/train.py", ["method.name=simclr", "method.projector=[32,16]"]),
     "stochcon": ("stochcon/train.py", [
-        "method.name=stochcon", "method.proj_hidden_dim=32", "method.proj_output_dim=16",
+        "method.name=stochcon", "method.projector=[32,16]",
         "method.stochcon.latent=bernoulli", "method.stochcon.latent_dim=8", "method.stochcon.variates=hard",
         "method.stochcon.gumbel_temperature_start=1.0", "method.stochcon.gumbel_temperature_end=0.1"]),
     "msbreg": ("msbreg/train.py", [
         "--config", "msbreg/configs/fashion_mnist_msbreg.yaml", "method.name=msbreg", "augment.num_views=4",
-        "method.proj_hidden_dim=32", "method.proj_output_dim=16", "method.pred_hidden_dim=32",
+        "method.projector=[32,16]", "method.predictor=[32,16]",
         "method.lambda_s=0.004", "method.lambda_b=0.05", "save_every_epochs=1"]),
     "vcreg": ("vcreg/train.py", [
         "--config", "vcreg/configs/fashion_mnist_vcreg.yaml", "method.name=supervised", "vcreg.enabled=true",

@@ -20,7 +20,7 @@ from common.config_types import NonNegativeFloat, PositiveFloat
 from common.distributed import gather_with_grad
 from common.dtypes import at_least_float32
 from common.errors import ConfigError, DataError
-from common.heads import mlp
+from common.heads import head
 from common.info_nce import info_nce
 from common.method import FeatureSplits, Method
 from evaluation.neural_collapse import collapse_metrics
@@ -156,8 +156,8 @@ class SimCLRBaseline(JointEmbedding):
     """SimCLR's InfoNCE on the projections; BatchNorm after every projector layer, the output one too (C.4)."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: SimCLRConfig):
-        *hidden, out = cfg.projector
-        super().__init__(backbone, feature_dim, mlp(feature_dim, hidden, out, norm="bn", last_norm=True))
+        super().__init__(backbone, feature_dim, head(feature_dim, cfg.projector, "method.projector", norm="bn",
+                                                     last_norm=True))
         self.cfg = cfg
 
     def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -172,10 +172,9 @@ class VICRegBaseline(JointEmbedding):
         # No bias on the output layer: Bardes et al.'s has none, and a BatchNorm after it cancels one.
         # That BatchNorm keeps its affine scale (C.4 says just "batch normalization"): without it every
         # embedding dimension has unit variance and the variance hinge could never act.
-        *hidden, out = cfg.projector
-        projector = mlp(feature_dim, hidden, out, norm="bn", last_bias=False)
+        projector = head(feature_dim, cfg.projector, "method.projector", norm="bn", last_bias=False)
         if cfg.projector_last_norm:
-            projector.append(nn.BatchNorm1d(out))
+            projector.append(nn.BatchNorm1d(cfg.projector[-1]))
         super().__init__(backbone, feature_dim, projector)
         self.cfg = cfg
 

@@ -44,12 +44,14 @@ def read_curve(run_dir: str | Path, metric: str = METRIC) -> tuple[list[int], li
 
 
 def projection_dim(run_dir: str | Path) -> int | None:
-    """``method.proj_output_dim`` from the run's ``config.yaml``, if the run folder has one."""
+    """The projection width (``method.projector``'s last entry) from the run's ``config.yaml``, if the run folder
+    has one; runs written before the heads were width lists name it ``method.proj_output_dim``."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return None
     method = (yaml.safe_load(path.read_text()) or {}).get("method") or {}
-    return method.get("proj_output_dim")
+    projector = method.get("projector")
+    return projector[-1] if projector else method.get("proj_output_dim")
 
 
 def write_collapse_curves(run_dirs: list[str | Path], output: str | Path, labels: list[str] | None = None,
