@@ -99,7 +99,7 @@ class TrainStep:
         if cfg.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         groups = param_groups(self.method, scaled_lr(cfg.optim, batch, cfg.augment.num_views), cfg.optim.weight_decay,
-                              cfg.optim.exclude_bias_and_norm, cfg.optim.bias_and_norm_lr_scale)
+                              cfg.optim.exclude_bias_and_norm)
         if probe is not None:
             groups.append({"params": list(probe.parameters()), "weight_decay": 0.0, "lars_exclude": True,
                            "base_lr": cfg.probe_lr})
@@ -125,9 +125,8 @@ class TrainStep:
 
     def __call__(self) -> torch.Tensor:
         for group in self.optimizer.param_groups:
-            if not group.get("fixed_lr"):
-                group["lr"] = learning_rate(self.cfg.optim, self.step, self.total_steps, self.steps_per_epoch,
-                                            group["base_lr"])
+            group["lr"] = learning_rate(self.cfg.optim, self.step, self.total_steps, self.steps_per_epoch,
+                                        group["base_lr"])
         self.method.on_step_start(self.step, self.total_steps)
         with torch.autocast(self.device.type, dtype=self.autocast):
             out = self.module(self.views, self.labels)

@@ -12,6 +12,7 @@ gradient by the world size.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -59,6 +60,41 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(tensor)
 
 
+class _StepNoise:
+    """The noise stream of one micro-batch inside ``step_noise``: one generator per device, all seeded alike."""
+
+    def __init__(self, seed: int, micro: int, micro_batches: int):
+        self.seed, self.micro, self.micro_batches = seed, micro, micro_batches
+        self.generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device) -> torch.Generator:
+        device = torch.device(device if device is not None else "cpu")
+        if device not in self.generators:
+            self.generators[device] = torch.Generator(device).manual_seed(self.seed)
+        return self.generators[device]
+
+
+_step_noise: _StepNoise | None = None
+
+
+@contextmanager
+def step_noise(seed: int, micro: int, micro_batches: int):
+    """Within, ``per_sample_rand`` and ``step_rand`` draw the noise of the whole optimiser step.
+
+    ``per_sample_rand`` draws the numbers of all ``micro_batches`` micro-batches of every rank (micro-batch
+    major, then rank, as ``common.batches`` lays out a step's samples) from a generator seeded with ``seed``
+    and keeps the rows of micro-batch ``micro`` of this rank. With ``seed`` the global RNG's seed of the
+    unaccumulated step, every sample gets the noise it gets there, whatever the number of micro-batches and
+    processes; gradient caching (``common.grad_cache``) relies on it.
+    """
+    global _step_noise
+    previous, _step_noise = _step_noise, _StepNoise(seed, micro, micro_batches)
+    try:
+        yield
+    finally:
+        _step_noise = previous
+
+
 def per_sample_rand(local_batch: int, *shape: int, device=None, dtype=None, normal: bool = False,
                     groups: int = 1) -> torch.Tensor:
     """Random numbers for this rank's rows of the global batch: ``[groups * local_batch, *shape]``.
@@ -66,12 +102,25 @@ def per_sample_rand(local_batch: int, *shape: int, device=None, dtype=None, norm
     Every rank draws the whole global batch's numbers from the (identically seeded) global RNG and keeps
     its own slice, so sample ``i`` gets the same noise for any number of processes. ``groups``: the rows
     are that many batches one after the other (views concatenated along dim 0), each sliced per rank;
-    on one process the draw equals ``draw(groups * local_batch, *shape)``.
+    on one process the draw equals ``draw(groups * local_batch, *shape)``. Inside ``step_noise``, the draw
+    covers every micro-batch of the step and comes from its generator.
     """
     draw = torch.randn if normal else torch.rand
-    everything = draw(groups, local_batch * world_size(), *shape, device=device, dtype=dtype)
-    start = rank() * local_batch
+    noise, blocks, block = _step_noise, world_size(), rank()
+    generator = None
+    if noise is not None:
+        generator = noise.generator(device)
+        blocks, block = noise.micro_batches * world_size(), noise.micro * world_size() + rank()
+    everything = draw(groups, local_batch * blocks, *shape, device=device, dtype=dtype, generator=generator)
+    start = block * local_batch
     return everything[:, start:start + local_batch].reshape(groups * local_batch, *shape)
+
+
+def step_rand(*shape: int, device=None, dtype=None, normal: bool = False) -> torch.Tensor:
+    """One draw for the whole step, the same on every rank (and, inside ``step_noise``, every micro-batch)."""
+    draw = torch.randn if normal else torch.rand
+    generator = _step_noise.generator(device) if _step_noise is not None else None
+    return draw(*shape, device=device, dtype=dtype, generator=generator)
 
 
 class _AllReduceMean(torch.autograd.Function):

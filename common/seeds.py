@@ -12,6 +12,9 @@ _MASK = (1 << 63) - 1
 
 DATA_ORDER = 0xDA7A  # the per-epoch permutation of the training set
 MICRO_BATCH_RNG = 0x5EED  # the global RNG at each micro-batch (latent noise, Brownian directions, dropout)
+# the global RNG at each micro-batch of a gradient-cached step (dropout); its per-sample noise is drawn from the
+# step's MICRO_BATCH_RNG seed of micro-batch 0 (common.distributed.step_noise), that of the unaccumulated step
+GRAD_CACHE_RNG = 0xCAC4E
 
 
 def derive_seed(*values: int) -> int:

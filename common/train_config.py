@@ -26,6 +26,10 @@ class TrainConfig:
     max_steps: PositiveInt | None = None  # stop after this many optimiser steps (the schedules span them)
     batch_size: PositiveInt = 256  # global: over all processes and accumulation steps
     grad_accum_steps: PositiveInt = 1  # micro-batches per optimiser step (each process: batch / processes / this)
+    # with grad_accum_steps > 1, a method whose loss couples the batch (InfoNCE, VICReg, Barlow Twins, MSBReg's L_s)
+    # computes it on the whole batch by gradient caching (Gao et al. 2021; one more forward per micro-batch);
+    # false: each micro-batch's own loss (B / K negatives and statistics). Batch-norm statistics stay per micro-batch
+    grad_cache: bool = True
     train_split: str = "train"  # stl10: train+unlabeled for self-supervised pre-training
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # autocast of the forward pass (Accelerate)
     # float64: every weight and activation in double precision, for numerical checks (two processes against

@@ -49,11 +49,12 @@ from common.config import to_dict, to_yaml
 from common.data import build_dataset, dataset_info, skipped_files
 from common.distributed import check_launch
 from common.errors import RunFolderError
+from common.grad_cache import cached_accumulation
 from common.method import Method
 from common.metrics_log import MetricsLog, print_results
 from common.optim import build_optimizer, learning_rate, param_groups, scaled_lr
 from common.probe import OnlineProbe
-from common.seeds import MICRO_BATCH_RNG, derive_seed
+from common.seeds import GRAD_CACHE_RNG, MICRO_BATCH_RNG, derive_seed
 from common.trackers import check_tracker, start_tracker
 from common.train_config import TrainConfig, check_train_config
 
@@ -74,8 +75,15 @@ class TrainingModule(nn.Module):
         self.method = method
         self.probe = probe
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.method(views, labels)
+    def forward(self, views: list[torch.Tensor], labels: torch.Tensor,
+                cached: bool = False) -> dict[str, torch.Tensor]:
+        """The method's dict plus the probe's; ``cached``: ``{"embeddings": method.embed(...)}`` instead of the
+        method's dict (a pass of gradient caching, ``common.grad_cache``)."""
+        if cached:
+            embeddings = self.method.embed(views, labels)
+            out = {"embeddings": embeddings, "features": embeddings["features"]}
+        else:
+            out = self.method(views, labels)
         if self.probe is not None:
             out.update(self.probe(out["features"], labels))
         return out
@@ -152,8 +160,7 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         peak = scaled_lr(cfg.optim, cfg.batch_size, cfg.augment.num_views)
-        groups = param_groups(method, peak, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm,
-                              cfg.optim.bias_and_norm_lr_scale)
+        groups = param_groups(method, peak, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
         if probe is not None:
             groups.append({"params": list(probe.parameters()), "weight_decay": 0.0, "lars_exclude": True,
                            "base_lr": cfg.probe_lr})
@@ -332,35 +339,61 @@ class Trainer:
         last = latest_checkpoint(self.output_dir)
         return f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
 
+    def _finite(self, step: int, loss: torch.Tensor, out: dict) -> bool:
+        """Whether ``loss`` is finite on every process; ``on_nonfinite=error``: raise instead of returning False."""
+        if not self._any_rank(not bool(torch.isfinite(loss))):
+            return True
+        if self.cfg.on_nonfinite == "error":
+            bad = [k for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1 and not bool(torch.isfinite(v))]
+            raise NonFiniteLossError(f"non-finite loss at step {step} (terms: {', '.join(bad) or 'loss'})"
+                                     + self._checkpoint_note())
+        return False
+
+    def _micro_batches(self, step: int, micro_views, micro_labels, restore) -> tuple[dict, bool]:
+        """Plain accumulation: each micro-batch's own loss, divided by their number; False at a non-finite loss."""
+        acc, accumulation = self.accelerator, len(micro_views)
+        out: dict = {}
+        for micro, (views, labels) in enumerate(zip(micro_views, micro_labels)):
+            torch.manual_seed(derive_seed(self.cfg.seed, step, micro, MICRO_BATCH_RNG))
+            context = nullcontext() if micro == accumulation - 1 else acc.no_sync(self.module)
+            with context:
+                out = self.module(views, labels)
+                loss = out["loss"] + out.get("probe_loss", 0.0)
+                if not self._finite(step, loss, out):
+                    return out, False
+                acc.backward(loss / accumulation)
+        return out, True
+
+    def _cached_micro_batches(self, step: int, micro_views, micro_labels, restore) -> tuple[dict, bool]:
+        """Gradient caching (``common.grad_cache``): the gradient of the whole batch's loss."""
+        acc, seed = self.accelerator, self.cfg.seed
+        scaler = getattr(acc, "scaler", None)
+        return cached_accumulation(
+            self.module, self.method, micro_views, micro_labels,
+            reseed=lambda micro: torch.manual_seed(derive_seed(seed, step, micro, GRAD_CACHE_RNG)),
+            noise_seed=derive_seed(seed, step, 0, MICRO_BATCH_RNG), restore_buffers=restore,
+            finite=lambda loss, terms: self._finite(step, loss, terms),
+            sync_context=lambda last: nullcontext() if last else acc.no_sync(self.module),
+            loss_context=acc.autocast, scale=scaler.scale if scaler is not None else lambda loss: loss)
+
     def _train_step(self, step: int, micro_views, micro_labels) -> tuple[dict, bool]:
-        cfg, acc = self.cfg, self.accelerator
+        cfg = self.cfg
         for group in self.optimizer.param_groups:
-            if not group.get("fixed_lr"):  # a fixed-lr group (SimSiam's predictor) stays at its base_lr
-                group["lr"] = learning_rate(cfg.optim, step, self.total_steps, self.steps_per_epoch, group["base_lr"])
+            group["lr"] = learning_rate(cfg.optim, step, self.total_steps, self.steps_per_epoch, group["base_lr"])
         self.method.on_step_start(step, self.total_steps)
         accumulation = len(micro_views)
-        out: dict = {}
-        with restored_buffers(self.module, cfg.on_nonfinite == "skip") as restore:
-            for micro, (views, labels) in enumerate(zip(micro_views, micro_labels)):
-                torch.manual_seed(derive_seed(cfg.seed, step, micro, MICRO_BATCH_RNG))
-                views = [v.to(self.dtype) for v in views]
-                if cfg.channels_last:
-                    views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-                sync = micro == accumulation - 1
-                context = nullcontext() if sync else acc.no_sync(self.module)
-                with context:
-                    out = self.module(views, labels)
-                    loss = out["loss"] + out.get("probe_loss", 0.0)
-                    if self._any_rank(not bool(torch.isfinite(loss))):
-                        bad = [k for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1
-                               and not bool(torch.isfinite(v))]
-                        if cfg.on_nonfinite == "error":
-                            raise NonFiniteLossError(f"non-finite loss at step {step} (terms: "
-                                                     f"{', '.join(bad) or 'loss'})" + self._checkpoint_note())
-                        self.optimizer.zero_grad(set_to_none=True)
-                        restore()
-                        return out, False
-                    acc.backward(loss / accumulation)
+        micro_views = [[v.to(self.dtype) for v in views] for views in micro_views]
+        if cfg.channels_last:
+            micro_views = [[v.contiguous(memory_format=torch.channels_last) for v in views] for views in micro_views]
+        # a loss that couples the batch: the gradient of the whole batch's loss (common.grad_cache)
+        cached = cfg.grad_cache and accumulation > 1 and self.method.couples_batch
+        with restored_buffers(self.module, cfg.on_nonfinite == "skip" or cached) as restore:
+            accumulate = self._cached_micro_batches if cached else self._micro_batches
+            out, finite = accumulate(step, micro_views, micro_labels, restore)
+            if not finite:
+                self.optimizer.zero_grad(set_to_none=True)
+                restore()
+                return out, False
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         out["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])

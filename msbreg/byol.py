@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from common.config_types import Fraction
 from common.errors import ConfigError
 from common.heads import head
-from common.method import Method, ParameterGroup
+from common.method import Method
 from common.schedules import ema_momentum
 from msbreg.ema import ema_update, frozen_copy
 from msbreg.losses import byol_loss
@@ -27,9 +27,6 @@ class BYOLConfig:
     head_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the heads (supplementary Table 4)
     weight_standardization: bool = False   # weight-standardised linear layers in the heads (supplement 1.2)
     base_momentum: Fraction = 0.99         # target EMA momentum, cosine from this to 1 per step (0.996 on ImageNet)
-    # The predictor's learning rate stays at the peak (no warm-up, no decay) while the rest follows the schedule,
-    # as SimSiam's (Chen & He 2021); not in BYOL's or MSBReg's recipe, hence false
-    predictor_fixed_lr: bool = False
 
 
 class BYOL(Method):
@@ -53,11 +50,12 @@ class BYOL(Method):
         self.target_projector = frozen_copy(self.projector)
         self.momentum = cfg.base_momentum
 
-    def embed(self, views: list[Tensor]) -> dict[str, Tensor]:
-        """Every view through both networks, one view per forward pass (batch-norm statistics per view).
+    def embed(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Every view through both networks, one view per forward pass (batch-norm statistics per view); the
+        target without gradient.
 
-        Returns ``predictions``, ``projections`` (online) and ``targets`` as [K, N, D] tensors, and the detached
-        backbone ``features`` of views[0].
+        Returns ``predictions``, ``projections`` (online) and ``targets`` as [N, K, D] tensors (K views), and the
+        detached backbone ``features`` of views[0].
         """
         features, projections, predictions, targets = [], [], [], []
         for view in views:
@@ -68,31 +66,22 @@ class BYOL(Method):
             predictions.append(self.predictor(projection))
             with torch.no_grad():
                 targets.append(self.target_projector(self.target_backbone(view)))
-        return {"predictions": torch.stack(predictions), "projections": torch.stack(projections),
-                "targets": torch.stack(targets), "features": features[0].detach()}
+        return {"predictions": torch.stack(predictions, dim=1), "projections": torch.stack(projections, dim=1),
+                "targets": torch.stack(targets, dim=1), "features": features[0].detach()}
 
     def collapse_monitor(self, projections: Tensor) -> Tensor:
-        """Mean over dimensions of the batch std of the L2-normalised online projections [K, N, D]."""
+        """Mean over dimensions of the batch std of the L2-normalised online projections [N, K, D]."""
         normalised = F.normalize(projections.detach().flatten(0, 1).float(), dim=-1)
         return normalised.std(dim=0).mean()
 
-    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
-        if len(views) != 2:
-            raise ValueError(f"BYOL takes exactly 2 views, got {len(views)}")
-        out = self.embed(views)
-        p, z = out["predictions"], out["targets"]
+    def loss_from_embeddings(self, embeddings: dict[str, Tensor], labels: Tensor | None) -> dict[str, Tensor]:
+        if embeddings["predictions"].shape[1] != 2:
+            raise ValueError(f"BYOL takes exactly 2 views, got {embeddings['predictions'].shape[1]}")
+        p, z = embeddings["predictions"].unbind(1), embeddings["targets"].unbind(1)
         loss = 0.5 * (byol_loss(p[0], z[1]) + byol_loss(p[1], z[0]))
-        return {"loss": loss, "features": out["features"], "proj_std": self.collapse_monitor(out["projections"]),
+        return {"loss": loss, "features": embeddings["features"],
+                "proj_std": self.collapse_monitor(embeddings["projections"]),
                 "ema_momentum": torch.tensor(self.momentum)}
-
-    def parameter_groups(self) -> list[ParameterGroup]:
-        """With ``predictor_fixed_lr`` the predictor is a group of its own at a fixed learning rate."""
-        if not self.cfg.predictor_fixed_lr:
-            return super().parameter_groups()
-        predictor = list(self.predictor.parameters())
-        in_predictor = {id(p) for p in predictor}
-        online = [p for p in self.parameters() if p.requires_grad and id(p) not in in_predictor]
-        return [ParameterGroup("backbone_and_projector", online), ParameterGroup("predictor", predictor, fixed_lr=True)]
 
     def on_step_start(self, step: int, total_steps: int) -> None:
         self.momentum = ema_momentum(step, total_steps, self.cfg.base_momentum)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from common.config_types import NonNegativeFloat, PositiveFloat
-from common.distributed import gather_with_grad, per_sample_rand, world_size
+from common.distributed import gather_with_grad, per_sample_rand, step_rand, world_size
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.losses import (
     brownian_loss,
@@ -69,8 +69,8 @@ def brownian_noise(num_views: int, batch: int, dim: int, direction: str, noise: 
     elif direction == "per_image":
         xi = per_sample_rand(batch, dim, device=device, dtype=torch.float32, normal=True).repeat(num_views, 1)
     elif direction == "per_batch":
-        # One draw on every rank from the identically seeded global RNG: the same direction everywhere.
-        xi = torch.randn(1, dim, device=device, dtype=torch.float32).expand(num_views * batch, dim)
+        # One draw for the step (common.distributed.step_rand): the same direction on every rank and micro-batch.
+        xi = step_rand(1, dim, device=device, dtype=torch.float32, normal=True).expand(num_views * batch, dim)
     else:
         raise ValueError(f"brownian direction must be per_sample, per_image or per_batch, not '{direction}'")
     if noise == "sphere":
@@ -90,13 +90,31 @@ class MSBReg(BYOL):
     Logged metrics: every loss term, the collapse monitor ``proj_std`` and ``ema_momentum``.
     """
 
-    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+    @property
+    def couples_batch(self) -> bool:
+        """L_s and L_uniform are statistics of the batch; L_b summed over it grows with it (the centroid loss and
+        the averaged L_b are per image)."""
+        return bool(self.cfg.lambda_s or self.cfg.lambda_u or (self.cfg.lambda_b and
+                                                               self.cfg.brownian_reduction == "sum"))
+
+    def embed(self, views: list[Tensor], labels: Tensor | None = None) -> dict[str, Tensor]:
+        """BYOL's embeddings of the K views and, with L_b, its random directions ``xi`` [N, K, D]."""
         if len(views) < 2:
             raise ValueError(f"MSBReg needs at least 2 views, got {len(views)}")
+        out = super().embed(views)
         cfg = self.cfg
-        out = self.embed(views)
-        projections = out["projections"]
-        metrics = {"loss_mc": CENTROID_LOSSES[cfg.centroid_loss](out["predictions"], out["targets"])}
+        if cfg.lambda_b:
+            batch, num_views, dim = out["projections"].shape
+            xi = brownian_noise(num_views, batch, dim, cfg.brownian_direction, cfg.brownian_noise,
+                                out["projections"].device)
+            out["xi"] = xi.unflatten(0, (num_views, batch)).transpose(0, 1)
+        return out
+
+    def loss_from_embeddings(self, embeddings: dict[str, Tensor], labels: Tensor | None) -> dict[str, Tensor]:
+        cfg = self.cfg
+        projections = embeddings["projections"].transpose(0, 1)  # [K, N, D], as the losses take them
+        metrics = {"loss_mc": CENTROID_LOSSES[cfg.centroid_loss](embeddings["predictions"].transpose(0, 1),
+                                                                 embeddings["targets"].transpose(0, 1))}
         loss = metrics["loss_mc"]
         if cfg.lambda_s:
             metrics["loss_s"] = torch.stack([
@@ -104,10 +122,8 @@ class MSBReg(BYOL):
                 for z in projections]).mean()
             loss = loss + cfg.lambda_s * metrics["loss_s"]
         if cfg.lambda_b:
-            num_views, batch, dim = projections.shape
-            xi = brownian_noise(num_views, batch, dim, cfg.brownian_direction, cfg.brownian_noise,
-                                projections.device)
-            metrics["loss_b"] = brownian_loss(projections.flatten(0, 1), xi)
+            num_views, batch, _ = projections.shape
+            metrics["loss_b"] = brownian_loss(projections.flatten(0, 1), embeddings["xi"].transpose(0, 1).flatten(0, 1))
             if cfg.brownian_reduction == "sum":
                 # mean x the global row count: the ranks' gradients, averaged, are those of the global sum
                 metrics["loss_b"] = metrics["loss_b"] * (num_views * batch * world_size())
@@ -117,5 +133,6 @@ class MSBReg(BYOL):
                 [uniformity_loss(gather_with_grad(z), cfg.uniformity_t) for z in projections]).mean()
             loss = loss + cfg.lambda_u * metrics["loss_uniform"]
         metrics = {name: value.detach() for name, value in metrics.items()}
-        return dict(loss=loss, features=out["features"], proj_std=self.collapse_monitor(projections),
+        return dict(loss=loss, features=embeddings["features"],
+                    proj_std=self.collapse_monitor(embeddings["projections"]),
                     ema_momentum=torch.tensor(self.momentum), **metrics)

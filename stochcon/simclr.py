@@ -40,9 +40,16 @@ class SimCLR(Method):
         self.num_global_views = num_global_views
         self.projector = projector(cfg, feature_dim)
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    couples_batch = True  # InfoNCE's negatives are the batch's other images
+
+    def embed(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``projections`` [N, views, D] and the detached backbone ``features`` of views[0]."""
         features = encode_views(self.backbone, views, self.cfg.views_together)
         projections = project(self.projector, features, self.cfg.views_together)
-        loss = multicrop_info_nce(projections, self.num_global_views, self.cfg.temperature,
-                                  self.cfg.gather_negatives)
-        return {"loss": loss, "features": features[0].detach()}
+        return {"projections": torch.stack(projections, dim=1), "features": features[0].detach()}
+
+    def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor],
+                             labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = multicrop_info_nce(list(embeddings["projections"].unbind(1)), self.num_global_views,
+                                  self.cfg.temperature, self.cfg.gather_negatives)
+        return {"loss": loss, "features": embeddings["features"]}

@@ -212,7 +212,15 @@ class StochCon(SimCLR):
                     pairs.append(((i, True), (j, False)))
         return pairs
 
-    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+    @staticmethod
+    def side_key(side: tuple[int, bool]) -> str:
+        """The embedding's name of a side (view k, through the latent or not): ``z<k>`` or ``z<k>_latent``."""
+        k, through = side
+        return f"z{k}_latent" if through else f"z{k}"
+
+    def embed(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """The projection of every side of the contrasted pairs (``side_key``), the latent's samples, logits and
+        (Gaussian) scale features detached for the monitors, [N, stochastic views, ...], and ``features``."""
         if len(views) < 2 or len(views) < self.num_global_views:
             raise ConfigError(
                 f"StochCon needs at least 2 views and {self.num_global_views} global ones, got {len(views)}"
@@ -224,7 +232,7 @@ class StochCon(SimCLR):
         sampled = [k for k, through in sides if through]
         # One pass through the latent for all stochastic views, one projector pass for every side.
         inputs = [h[k] for k in plain]
-        metrics: dict[str, Tensor] = {}
+        out: dict[str, Tensor] = {"features": h[0].detach()}
         if sampled:
             h_var = (
                 torch.cat([h[self.opposing_view(k)] for k in sampled])
@@ -233,15 +241,27 @@ class StochCon(SimCLR):
             )
             h_stoch, z, phi = self.branch(torch.cat([h[k] for k in sampled]), h_var, groups=len(sampled))
             inputs += list(h_stoch.chunk(len(sampled)))
-            metrics = self.branch.metrics([z], [phi], [h_var])
-        embeddings = dict(zip(sides, project(self.projector, inputs, self.cfg.views_together)))
+            monitored = {"latent_z": z, "latent_phi": phi, "latent_h_var": h_var}
+            out |= {key: torch.stack(value.detach().chunk(len(sampled)), dim=1)
+                    for key, value in monitored.items() if value is not None}
+        projections = project(self.projector, inputs, self.cfg.views_together)
+        return out | {self.side_key(side): z for side, z in zip(sides, projections)}
+
+    def loss_from_embeddings(self, embeddings: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        num_views = 1 + max(int(key[1:].removesuffix("_latent")) for key in embeddings if key.startswith("z"))
         loss = torch.stack(
             [
-                info_nce(embeddings[a], embeddings[b], self.cfg.temperature, self.cfg.gather_negatives)
-                for a, b in pairs
+                info_nce(embeddings[self.side_key(a)], embeddings[self.side_key(b)], self.cfg.temperature,
+                         self.cfg.gather_negatives)
+                for a, b in self.contrasted_pairs(num_views)
             ]
         ).mean()
-        return {"loss": loss, "features": h[0].detach(), **metrics}
+        metrics: dict[str, Tensor] = {}
+        if "latent_z" in embeddings:
+            z, phi, h_var = (embeddings[key].flatten(0, 1) if key in embeddings else None
+                             for key in ("latent_z", "latent_phi", "latent_h_var"))
+            metrics = self.branch.metrics([z], [phi], [h_var])
+        return {"loss": loss, "features": embeddings["features"], **metrics}
 
     def on_step_start(self, step: int, total_steps: int) -> None:
         self.branch.anneal_temperature(step, total_steps, self.cfg.stochcon)

@@ -72,7 +72,8 @@ def test_msbreg_loss_is_the_weighted_sum_of_its_terms(readings):
     x = [v.double() for v in views(4)]
     torch.manual_seed(123)
     out = method(x, None)
-    embedded = method.embed(x)  # same weights, same inputs: same embeddings (BN in training mode, per view)
+    # same weights, same inputs: same embeddings (BN in training mode, per view); [N, K, D] -> [K, N, D]
+    embedded = {k: v.transpose(0, 1) for k, v in method.embed(x).items() if k != "features"}
     z = embedded["projections"]
     torch.manual_seed(123)
     xi = brownian_noise(4, 6, 8, cfg.brownian_direction, cfg.brownian_noise)

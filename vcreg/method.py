@@ -108,18 +108,28 @@ class SupervisedClassifier(Method):
         self.classifier = nn.Linear(feature_dim, num_classes)
         self.label_smoothing, self.penalty = label_smoothing, penalty
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def couples_batch(self) -> bool:
+        """Cross-entropy is per image; DeCov's and WLD-Reg's penalties are statistics of the batch."""
+        return self.penalty is not None
+
+    def embed(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pooled features (``pooled``, with gradient), the classifier's ``logits`` and ``features``."""
         if bool((labels < 0).any()):
             raise DataError("supervised training got unlabelled images (label -1): use a labelled split")
         features = self.backbone(views[0])
-        logits = self.classifier(features)
+        return {"pooled": features, "logits": self.classifier(features), "features": features.detach()}
+
+    def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor],
+                             labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = embeddings["logits"]
         cross_entropy = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        out = {"features": features.detach(), "cross_entropy": cross_entropy.detach(),
+        out = {"features": embeddings["features"], "cross_entropy": cross_entropy.detach(),
                "train_top1": (logits.argmax(1) == labels).float().mean()}
         loss = cross_entropy
         if self.penalty is not None:
             name, weight, penalty_loss = self.penalty
-            value = penalty_loss(at_least_float32(features))
+            value = penalty_loss(at_least_float32(embeddings["pooled"]))
             loss = loss + weight * value
             out[name] = value.detach()
         out["loss"] = loss
@@ -140,13 +150,15 @@ class JointEmbedding(Method):
         super().__init__(backbone, feature_dim)
         self.projector = projector
 
-    def embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(embeddings of view 0, of view 1, detached backbone features of view 0)."""
+    couples_batch = True  # InfoNCE's negatives, VICReg's variance and covariance: the batch
+
+    def embed(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``z`` [N, 2, D], the projections of both views, and the detached backbone ``features`` of view 0."""
         if len(views) != 2:
             raise ConfigError(f"{type(self).__name__} takes exactly 2 views (augment.num_views=2), got {len(views)}")
         features = self.backbone(torch.cat(views))
-        z1, z2 = at_least_float32(self.projector(features)).chunk(2)
-        return z1, z2, features.chunk(2)[0].detach()
+        z = at_least_float32(self.projector(features))
+        return {"z": torch.stack(z.chunk(2), dim=1), "features": features.chunk(2)[0].detach()}
 
     def evaluate_features(self, features: FeatureSplits) -> dict[str, float]:
         return collapse_figures(features)
@@ -160,9 +172,10 @@ class SimCLRBaseline(JointEmbedding):
                                                      last_norm=True))
         self.cfg = cfg
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        z1, z2, features = self.embed(views)
-        return {"loss": info_nce(z1, z2, self.cfg.temperature), "features": features}
+    def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor],
+                             labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        z1, z2 = embeddings["z"].unbind(1)
+        return {"loss": info_nce(z1, z2, self.cfg.temperature), "features": embeddings["features"]}
 
 
 class VICRegBaseline(JointEmbedding):
@@ -178,13 +191,13 @@ class VICRegBaseline(JointEmbedding):
         super().__init__(backbone, feature_dim, projector)
         self.cfg = cfg
 
-    def forward(self, views: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        z1, z2, features = self.embed(views)
+    def loss_from_embeddings(self, embeddings: dict[str, torch.Tensor],
+                             labels: torch.Tensor) -> dict[str, torch.Tensor]:
         # variance and covariance are statistics of the global batch: gather the embeddings of every rank
-        z1, z2 = gather_with_grad(z1), gather_with_grad(z2)
+        z1, z2 = (gather_with_grad(z) for z in embeddings["z"].unbind(1))
         cfg = self.cfg
         terms = vicreg_loss(z1, z2, cfg.invariance, cfg.variance, cfg.covariance, cfg.eps, cfg.variance_combine)
-        return {"loss": terms["loss"], "features": features,
+        return {"loss": terms["loss"], "features": embeddings["features"],
                 **{k: v.detach() for k, v in terms.items() if k != "loss"}}
 
 

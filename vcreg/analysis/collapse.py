@@ -19,8 +19,6 @@ from pathlib import Path
 import torch
 
 from common.config import load_config
-from common.entry import run_command
-from common.output_paths import check_output_file
 from common.plots import new_figure, save_figure
 from evaluation.mine import MINEConfig, estimate_mutual_information
 from evaluation.neural_collapse import NeuralCollapseConfig, evaluate_neural_collapse
@@ -59,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mine-steps", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=Path("collapse.json"))
     args = parser.parse_args(argv)
-    if code := run_command(lambda: check_output_file(args.output, "--output", (".png",))):  # before the work
-        return code
     for run in args.runs:
         if not (run / "config.yaml").is_file():
             print(f"error: '{run}' is not a run folder (no config.yaml)", file=sys.stderr)

@@ -27,9 +27,7 @@ from common.augment import build_eval_transform
 from common.checkpoint import latest_checkpoint, load_checkpoint, load_method_weights
 from common.config import load_config
 from common.data import build_dataset, dataset_info, stratified_subset
-from common.entry import run_command
 from common.errors import ConfigError
-from common.output_paths import check_output_file
 from common.trainer import build_initial_method
 from vcreg.layer import VCReg, statistics_dtype
 from vcreg.train import VCRegTrainConfig, build_method
@@ -95,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=256, help="the batch (the rows are images x locations)")
     parser.add_argument("--output", type=Path, default=Path("gradient_share.json"))
     args, overrides = parser.parse_known_args(argv)
-    if code := run_command(lambda: check_output_file(args.output, "--output")):  # before the work
-        return code
     if (args.run is None) == (args.config is None) or args.images < 2 or (args.config and "end" in args.at):
         print("error: give exactly one of --run and --config (a config has no end), and --images of at least 2",
               file=sys.stderr)

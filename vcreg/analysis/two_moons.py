@@ -24,9 +24,7 @@ import torch.nn.functional as F
 from sklearn.datasets import make_moons
 from torch import nn
 
-from common.entry import run_command
 from common.errors import ConfigError
-from common.output_paths import check_output_file
 from common.plots import new_figure, save_figure
 from vcreg.layer import NORMALIZATIONS, VCReg
 
@@ -156,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
                             choices={"placement": PLACEMENTS, "normalization": NORMALIZATIONS}.get(name))
     parser.add_argument("--regularisers", nargs="+", default=list(REGULARISERS), choices=REGULARISERS)
     args = parser.parse_args(argv)
-    if code := run_command(lambda: check_output_file(args.output, "--output", (".png",))):  # before the work
-        return code
     cfg = TwoMoonsConfig(**{name: getattr(args, name) for name in asdict(TwoMoonsConfig())})
     torch.set_num_threads(1)
     results = run(cfg, tuple(args.regularisers))
