@@ -208,7 +208,7 @@ def readings_figure(ctx: Context) -> Path | None:
     knn_axis.set_title("Supplementary Table 4 on Fashion-MNIST, by reading")
     output = save_figure(figure, ctx.docs / "msbreg_table4_readings.png")
     output.with_suffix(".json").write_text(json.dumps(
-        {reading: {name: {str(seed): summary for seed, summary in by_seed.items()}
+        {reading: {name: {"seeds": list(by_seed), "runs": [{"seed": seed, **summary} for seed, summary in by_seed.items()]}
                    for name, by_seed in by_cell.items()} for reading, by_cell in runs.items()}, indent=1))
     return output
 
