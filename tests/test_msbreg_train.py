@@ -208,5 +208,6 @@ def test_table4_study_table_from_run_folders(tmp_path):
     assert set(curves) == {"byol_bn (seed0)", "byol_bn (seed1)", "byol_ln (seed0)"}
     numbers = json.loads(summary.with_suffix(".json").read_text())
     assert list(numbers) == ["defaults"] and list(numbers["defaults"]) == ["byol_bn", "byol_ln"]
-    assert [run["knn20"] for run in numbers["defaults"]["byol_bn"].values()] == [0.80, 0.84]
-    assert numbers["defaults"]["byol_ln"]["0"]["collapsed"] is True
+    assert numbers["defaults"]["byol_bn"]["seeds"] == [0, 1]
+    assert [run["knn20"] for run in numbers["defaults"]["byol_bn"]["runs"]] == [0.80, 0.84]
+    assert numbers["defaults"]["byol_ln"]["runs"][0]["collapsed"] is True
