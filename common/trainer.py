@@ -47,6 +47,7 @@ from common.checkpoint import (
 )
 from common.config import to_dict, to_yaml
 from common.data import build_dataset, dataset_info, skipped_files
+from common.data.summary import data_summary, summary_lines
 from common.distributed import check_launch
 from common.errors import RunFolderError
 from common.grad_cache import cached_accumulation
@@ -142,6 +143,7 @@ class Trainer:
         method = build_initial_method(cfg, self.build_method, self.in_chans)
         feature_dim = method.feature_dim
         self.dataset = build_dataset(cfg.data, cfg.train_split)
+        self.data_summary = data_summary(cfg.data, cfg.train_split, self.dataset, self.info, cfg.augment, self.in_chans)
         if cfg.backbone.sync_bn:
             method = distributed.convert_sync_batchnorm(method)
         probe = OnlineProbe(feature_dim, self.info.num_classes) if cfg.online_probe and self.info.num_classes else None
@@ -282,6 +284,9 @@ class Trainer:
         if self._any_rank(finished):
             acc.print(f"{self.output_dir} has finished already ({step} steps): nothing to do")
             return json.loads((self.output_dir / "results.json").read_text()) if acc.is_main_process else {}
+        acc.print("\n".join(summary_lines(self.data_summary)))  # what the run trains on, before anything else
+        if acc.is_main_process:
+            (self.output_dir / "data.json").write_text(json.dumps(self.data_summary, indent=2) + "\n")
         if step == 0:
             init_results = self._run_evaluation("init")
             if acc.is_main_process:
