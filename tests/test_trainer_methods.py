@@ -17,7 +17,8 @@ COMMON = ["data.subset=null", "data.num_workers=0", "epochs=2", "batch_size=64",
           "progress_bar=false", "tracker=none", "log_every_steps=1", "eval.linear_epochs=2", "eval.knn_k=[20]"]
 
 # script, then its settings: StochCon Bernoulli with its Gumbel temperature schedule; MSBReg with K = 4 views,
-# its EMA target and momentum schedule; supervised training with VCReg layers after every block.
+# its EMA target and momentum schedule; supervised training with VCReg layers after every block, with Appendix
+# A's mean removal (batch-centred forward, running means kept as BatchNorm's).
 METHODS = {
     "simclr": ("stochcon/train.py", ["method.name=simclr", "method.projector=[32,16]"]),
     "stochcon": ("stochcon/train.py", [
@@ -30,7 +31,7 @@ METHODS = {
         "method.lambda_s=0.004", "method.lambda_b=0.05", "save_every_epochs=1"]),
     "vcreg": ("vcreg/train.py", [
         "--config", "vcreg/configs/fashion_mnist_vcreg.yaml", "method.name=supervised", "vcreg.enabled=true",
-        "eval.max_train_images=null"]),
+        "vcreg.mean_removal=true", "eval.max_train_images=null"]),
     "vicreg": ("vcreg/train.py", [
         "--config", "vcreg/configs/fashion_mnist_vcreg.yaml", "method.name=vicreg", "augment.name=multiview",
         "augment.num_views=2", "method.projector=[32,32]", "vcreg.enabled=false"]),
@@ -93,9 +94,9 @@ DISTRIBUTED = {
     "stochcon": ["optim.lr=0.5"],                             # gathered negatives, Gumbel noise per sample
     "msbreg": ["optim.lr=0.1", "method.lambda_s=0.5", "method.lambda_b=0.05"],  # L_s global, Brownian xi
     "vicreg": ["optim.lr=0.005"],                             # variance and covariance of the global batch
-    # statistics over all ranks; batch_mean: the strength independent of the per-device batch (under Algorithm
-    # 1's scaling the covariance term's strength grows with the per-device batch, so it changes with the world
-    # size by design: see vcreg/layer.py)
+    # statistics and the mean removal's mean over all ranks (its backward summed over them); batch_mean: the
+    # strength independent of the per-device batch (under Algorithm 1's scaling the covariance term's strength
+    # grows with the per-device batch, so it changes with the world size by design: see vcreg/layer.py)
     "vcreg": ["optim.lr=0.02", "vcreg.all_reduce=true", "vcreg.normalization=batch_mean", "vcreg.alpha=0.16",
               "vcreg.beta=0.01"],
 }

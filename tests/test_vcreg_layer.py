@@ -1,5 +1,6 @@
-"""The fast VCReg layer against its naive autograd loss and Algorithm 1; its scaling with the micro-batch
-size, accumulation, world size and fp16 loss scale; the losses against hand-checked values.
+"""The fast VCReg layer against its naive autograd loss, each reading's own loss and Algorithm 1; Appendix A's
+mean removal; its scaling with the micro-batch size, accumulation, world size and fp16 loss scale; the losses
+against hand-checked values.
 
 Tolerances: comparisons run in float64 wherever the two sides differ only in the order of summation; their
 rounding error is below ``n * 2**-53`` relative to the largest term (``n`` <= 400 here, so < 1e-13), and
@@ -88,6 +89,31 @@ def test_fast_gradient_equals_naive_gradient(shape, delta, normalization):
     if delta is not None:  # the clamp is active on this input, so smooth-L1 differs from squared
         (squared,) = torch.autograd.grad(VCReg(1.28, 0.16, normalization=normalization)(x), x, upstream)
         assert (squared - fast).norm() > 1e-3 * (fast - upstream).norm()
+
+
+# each reading's own loss on [n, d] rows: Algorithm 1 as printed weighs eq. 4 by beta (n - 1) (its covariance
+# gradient has no 1/(n - 1)); eqs. 3-4 as written (batch_mean) weigh it by beta
+READING_COVARIANCE_WEIGHT = {"algorithm1": lambda beta, n: beta * (n - 1), "batch_mean": lambda beta, n: beta}
+
+
+@pytest.mark.parametrize("delta", [None, 0.05], ids=["squared", "smooth_l1"])
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_each_reading_is_the_gradient_of_its_own_loss(normalization, delta):
+    """float64, the paper's alpha 0.16 and beta 0.01 on one micro-batch of one process: the layer's added
+    gradient is autograd of ``alpha l_var + w l_cov`` (eqs. 3-4, ``vcreg.losses``), ``w = beta (n - 1)`` for
+    Algorithm 1 as printed and ``w = beta`` for eqs. 3-4 as written (``batch_mean``)."""
+    alpha, beta = 0.16, 0.01
+    x = _features((200, 6)).requires_grad_()
+    n = x.shape[0]
+    (fast,) = torch.autograd.grad(VCReg(alpha, beta, delta=delta, normalization=normalization)(x), x,
+                                  torch.zeros_like(x))
+    weight = READING_COVARIANCE_WEIGHT[normalization](beta, n)
+    own_loss = alpha * variance_loss(x) + weight * covariance_loss(x, delta)
+    (expected,) = torch.autograd.grad(own_loss, x)
+    _close(fast, expected)
+    # the covariance term is really there: without it the gradient differs by far more than the tolerance
+    (variance_only,) = torch.autograd.grad(alpha * variance_loss(x), x)
+    assert (expected - variance_only).norm() > 1e-6 * expected.norm()
 
 
 def test_channels_last_and_bf16_maps_take_the_same_gradient():
@@ -187,6 +213,55 @@ def test_forward_is_identity_and_inactive_in_eval():
     assert naive(x) is x and naive.loss is not None
     assert torch.equal(pop_naive_losses(naive), naive_vcreg_loss(x, 1.0, 1.0))
     assert naive.loss is None
+
+
+@pytest.mark.parametrize("shape", [(4, 12, 5, 6), (6, 9, 16), (64, 10)], ids=["NCHW", "NLC", "NC"])
+def test_mean_removal_centres_the_forward_pass_and_keeps_a_running_mean(shape):
+    """Training: the output is the input minus its batch mean (zero mean per channel) and the running mean
+    moves a tenth of the way to that mean, as BatchNorm's; eval: the output is the input minus the running mean."""
+    x = _features(shape).requires_grad_()
+    layer = VCReg(1.28, 0.16, mean_removal=True).double()
+    channel_dim = 1 if len(shape) == 4 else -1
+    sample_dims = tuple(i for i in range(len(shape)) if i != channel_dim % len(shape))
+    out = layer(x)
+    batch_mean = x.detach().mean(sample_dims)
+    assert bool((batch_mean.abs() > 0.1).any())  # the input is not centred already
+    assert float(out.detach().mean(sample_dims).abs().max()) < 1e-12 * float(x.detach().abs().max())
+    _close(layer.running_mean, 0.1 * batch_mean)
+    layer(_features(shape, seed=1))  # without grad too: a training forward updates the running mean
+    second = _features(shape, seed=1).mean(sample_dims)
+    _close(layer.running_mean, 0.9 * 0.1 * batch_mean + 0.1 * second)
+    layer.eval()
+    view = [1] * len(shape)
+    view[channel_dim] = shape[channel_dim]
+    _close(layer(x).detach(), x.detach() - layer.running_mean.view(view))
+    # a fresh layer takes the running mean's size from a state dict
+    fresh = VCReg(1.28, 0.16, mean_removal=True).double()
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh.running_mean, layer.running_mean)
+    assert list(VCReg(1.0, 1.0).state_dict()) == []  # without mean removal the layer holds nothing
+    assert torch.equal(VCReg(1.0, 1.0, mean_removal=True).eval()(x), x)  # no training yet: nothing to subtract
+
+
+@pytest.mark.parametrize("shape", [(4, 12, 5, 6), (6, 9, 16), (64, 10)], ids=["NCHW", "NLC", "NC"])
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_mean_removal_gradient_is_autograd_of_the_loss_through_the_centring(shape, normalization):
+    """float64: with a task loss ``<upstream, y>`` on the centred output ``y = x - mean(x)``, the layer's
+    gradient is autograd of ``<upstream, y> + naive_vcreg_loss(y)``, the centring differentiated too."""
+    x = _features(shape).requires_grad_()
+    rows = x.numel() // (shape[1] if len(shape) == 4 else shape[-1])
+    upstream = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) / rows
+    layer = VCReg(alpha=1.28, beta=0.16, normalization=normalization, mean_removal=True).double()
+    (fast,) = torch.autograd.grad(layer(x), x, upstream)
+    channel_dim = 1 if len(shape) == 4 else -1
+    sample_dims = tuple(i for i in range(len(shape)) if i != channel_dim % len(shape))
+    centred = x - x.mean(sample_dims, keepdim=True)
+    loss = (centred * upstream).sum() + naive_vcreg_loss(centred, 1.28, 0.16, normalization=normalization)
+    (expected,) = torch.autograd.grad(loss, x)
+    _close(fast, expected)
+    # the centring's own backward matters: the plain layer's gradient keeps the upstream's mean
+    (plain,) = torch.autograd.grad(VCReg(1.28, 0.16, normalization=normalization)(x), x, upstream)
+    assert (plain - fast).norm() > 1e-3 * (fast - upstream).norm()
 
 
 def test_bad_arguments_and_shapes_are_rejected():

@@ -8,6 +8,7 @@ from common.backbones import BackboneConfig, build_backbone
 from common.cifar_resnet import BasicBlock, resnet32
 from common.errors import ConfigError
 from vcreg import apply_vcreg
+from vcreg.placement import VCRegLayerConfig
 
 
 def test_resnet32_has_he_et_al_layout_and_parameter_count():
@@ -49,7 +50,33 @@ def test_resnet32_in_the_backbone_registry_and_with_vcreg():
     x = torch.randn(4, 3, 32, 32)
     backbone.eval()
     reference = backbone(x)
-    assert len(apply_vcreg(backbone, "blocks", alpha=1.0, beta=1.0)) == 15
+    assert len(apply_vcreg(backbone, VCRegLayerConfig(placement="blocks", alpha=1.0, beta=1.0, mean_removal=False))) == 15
     assert torch.equal(backbone(x), reference)  # VCReg layers are the identity in the forward pass
     with pytest.raises(ValueError, match="downsamples inside its blocks"):  # no downsampling layer of its own
-        apply_vcreg(resnet32(), "downsample", alpha=1.0, beta=1.0)
+        apply_vcreg(resnet32(), VCRegLayerConfig(placement="downsample"))
+
+
+def test_resnet32_with_mean_removal_hands_centred_features_to_the_next_block_and_shortcut():
+    """Appendix A's mean removal after each of the 15 residual blocks: in training the next block (its
+    convolutions and its shortcut) receives features with zero batch mean per channel; the state dict gains
+    one running mean per layer, and in eval mode a block receives the previous output minus that mean."""
+    torch.manual_seed(0)
+    backbone = resnet32(in_chans=1).double()
+    plain_keys = set(backbone.state_dict())
+    names = apply_vcreg(backbone, VCRegLayerConfig(placement="blocks", alpha=0.16, beta=0.01, mean_removal=True))
+    assert len(names) == 15
+    seen = {}
+    backbone.layer2[1].register_forward_pre_hook(
+        lambda module, args: seen.update({"train" if module.training else "eval": args[0]}))
+    backbone.layer2[0].register_forward_hook(lambda module, args, output: seen.update(raw=output),
+                                             prepend=True)  # before the VCReg layer's hook: the block's output
+    x = torch.randn(8, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():  # a training forward without gradients still centres (as BatchNorm uses batch statistics)
+        backbone.train()(x)
+    assert float(seen["raw"].mean((0, 2, 3)).abs().max()) > 0.1  # a ReLU output: far from centred
+    assert float(seen["train"].mean((0, 2, 3)).abs().max()) < 1e-12 * float(seen["raw"].abs().max())
+    assert set(backbone.state_dict()) - plain_keys == {f"{name}.vcreg.running_mean" for name in names}
+    with torch.no_grad():
+        backbone.eval()(x)
+    running_mean = backbone.layer2[0].vcreg.running_mean.view(1, -1, 1, 1)
+    assert torch.equal(seen["eval"], seen["raw"] - running_mean)

@@ -9,7 +9,7 @@ from torch import nn
 from common.backbones import SmallConvNet
 from common.backward_scale import attach_backward_scale
 from vcreg import VCReg, apply_vcreg, remove_layers
-from vcreg.placement import insert_layers
+from vcreg.placement import VCRegLayerConfig, insert_layers
 
 
 def _resnet():
@@ -26,6 +26,11 @@ def _vit():
 
 def _small_convnet():
     return SmallConvNet(3, width=8)
+
+
+def layer_config(placement: str, **settings) -> VCRegLayerConfig:
+    """The layers at ``placement`` with an identity forward (no mean removal) and ``settings``."""
+    return VCRegLayerConfig(placement=placement, mean_removal=False, **settings)
 
 
 MODELS = {"resnet18": _resnet, "convnext_atto": _convnext, "vit_tiny": _vit, "small_convnet": _small_convnet}
@@ -48,7 +53,7 @@ def test_forward_output_and_state_dict_unchanged(model_name, placement):
     reference = model(x)
     keys = list(model.state_dict())
     reference_grad = torch.autograd.grad(reference.square().sum(), model.parameters())
-    names = apply_vcreg(model, placement, alpha=1.28, beta=0.16)
+    names = apply_vcreg(model, layer_config(placement, alpha=1.28, beta=0.16))
     assert len(names) == EXPECTED_COUNTS[(model_name, placement)]
     assert sum(isinstance(m, VCReg) for m in model.modules()) == len(names)
     out = model(x)
@@ -67,45 +72,45 @@ def test_paper_sized_models_get_table_1_layer_counts():
     convnext_t = timm.create_model("convnext_tiny", num_classes=0)
     vit_b32 = timm.create_model("vit_base_patch32_224", num_classes=0)
     resnet50 = torchvision.models.resnet50()
-    assert len(apply_vcreg(convnext_t, "blocks", alpha=1.0, beta=1.0)) == 18
-    assert len(apply_vcreg(vit_b32, "blocks", alpha=1.0, beta=1.0)) == 12
-    assert len(apply_vcreg(resnet50, "blocks", alpha=1.0, beta=1.0)) == 16
+    assert len(apply_vcreg(convnext_t, layer_config("blocks", alpha=1.0, beta=1.0))) == 18
+    assert len(apply_vcreg(vit_b32, layer_config("blocks", alpha=1.0, beta=1.0))) == 12
+    assert len(apply_vcreg(resnet50, layer_config("blocks", alpha=1.0, beta=1.0))) == 16
     # ResNet-50's layer1 projection only widens the channels (stride 1): max-pool + layer2-4's projections
-    assert apply_vcreg(torchvision.models.resnet50(), "downsample", alpha=1.0, beta=1.0) == [
+    assert apply_vcreg(torchvision.models.resnet50(), layer_config("downsample", alpha=1.0, beta=1.0)) == [
         "maxpool", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
-    assert apply_vcreg(timm.create_model("convnext_tiny", num_classes=0), "downsample", alpha=1.0, beta=1.0) == [
+    assert apply_vcreg(timm.create_model("convnext_tiny", num_classes=0), layer_config("downsample", alpha=1.0, beta=1.0)) == [
         "stem", "stages.1.downsample", "stages.2.downsample", "stages.3.downsample"]
 
 
 def test_overrides_wrappers_and_errors():
     wrapped = nn.Sequential(_convnext())  # a backbone wrapper: the network is found inside
-    names = apply_vcreg(wrapped, "blocks", alpha=0.16, beta=0.01,
-                        overrides={"0.stages.3.*": {"alpha": 1.28}, "0.stages.3.blocks.1": {"beta": 0.08}})
+    names = apply_vcreg(wrapped, layer_config("blocks", alpha=0.16, beta=0.01,
+                        overrides={"0.stages.3.*": {"alpha": 1.28}, "0.stages.3.blocks.1": {"beta": 0.08}}))
     layers = {name: m for name, m in wrapped.named_modules() if isinstance(m, VCReg)}
     assert names[0] == "0.stages.0.blocks.0"
     assert (layers["0.stages.0.blocks.0.vcreg"].alpha, layers["0.stages.0.blocks.0.vcreg"].beta) == (0.16, 0.01)
     assert (layers["0.stages.3.blocks.0.vcreg"].alpha, layers["0.stages.3.blocks.0.vcreg"].beta) == (1.28, 0.01)
     assert (layers["0.stages.3.blocks.1.vcreg"].alpha, layers["0.stages.3.blocks.1.vcreg"].beta) == (1.28, 0.08)
     with pytest.raises(ValueError, match="already"):
-        apply_vcreg(wrapped, "blocks", alpha=0.16, beta=0.01)
+        apply_vcreg(wrapped, layer_config("blocks", alpha=0.16, beta=0.01))
     with pytest.raises(ValueError, match="match no layer"):
-        apply_vcreg(_convnext(), "blocks", alpha=0.16, beta=0.01, overrides={"layer4.*": {"alpha": 1.0}})
+        apply_vcreg(_convnext(), layer_config("blocks", alpha=0.16, beta=0.01, overrides={"layer4.*": {"alpha": 1.0}}))
     with pytest.raises(ValueError, match="unknown keys"):
-        apply_vcreg(_convnext(), "blocks", alpha=0.16, beta=0.01, overrides={"stages.*": {"gamma": 1.0}})
+        apply_vcreg(_convnext(), layer_config("blocks", alpha=0.16, beta=0.01, overrides={"stages.*": {"gamma": 1.0}}))
     with pytest.raises(ValueError, match="unknown VCReg placement"):
-        apply_vcreg(_resnet(), "everywhere", alpha=0.16, beta=0.01)
+        apply_vcreg(_resnet(), layer_config("everywhere", alpha=0.16, beta=0.01))
     for placement in ("downsample", "blocks+downsample"):
         with pytest.raises(ValueError, match="ViT has none"):
-            apply_vcreg(_vit(), placement, alpha=0.16, beta=0.01)
+            apply_vcreg(_vit(), layer_config(placement, alpha=0.16, beta=0.01))
         with pytest.raises(ValueError, match="downsamples inside its blocks"):
-            apply_vcreg(_small_convnet(), placement, alpha=0.16, beta=0.01)
+            apply_vcreg(_small_convnet(), layer_config(placement, alpha=0.16, beta=0.01))
     with pytest.raises(ValueError, match="supports torchvision ResNets"):
-        apply_vcreg(nn.Linear(3, 3), "blocks", alpha=0.16, beta=0.01)
+        apply_vcreg(nn.Linear(3, 3), layer_config("blocks", alpha=0.16, beta=0.01))
 
 
 def test_fp16_autocast_without_a_backward_scale_is_refused():
     model = _small_convnet()
-    apply_vcreg(model, "final", alpha=1.0, beta=1.0, normalization="batch_mean")
+    apply_vcreg(model, layer_config("final", alpha=1.0, beta=1.0, normalization="batch_mean"))
     assert attach_backward_scale(model, None) == 1  # apply_vcreg's layers declare backward_scale
     with torch.autocast("cpu", dtype=torch.float16), pytest.raises(ValueError, match="attach_backward_scale"):
         model(torch.randn(2, 3, 16, 16))

@@ -1,4 +1,5 @@
-"""The fast VCReg layer: identity forward, regulariser gradient added in backward (Algorithm 1, Appendix B).
+"""The fast VCReg layer: identity forward (or Appendix A's mean removal), regulariser gradient added in backward
+(Algorithm 1, Appendix B).
 
 Features are rows of ``d`` channels: a ``[N, C, H, W]`` map gives ``n = N*H*W`` rows of ``d = C`` channels
 (every spatial location is a sample, Section 3.2) and a ``[N, L, C]`` token sequence gives ``n = N*L`` rows.
@@ -43,9 +44,24 @@ gradient of the global batch's loss and are multiplied by ``W``, because DDP div
 by ``W`` and a loss of the global batch must not be divided; Algorithm 1's covariance term stays a sum over
 each device's rows, as without ``all_reduce``.
 
-Centring happens inside backward instead of in a forward "mean removal" layer (Appendix A): the gradient
-of the regulariser of centred features already has zero mean over the samples, so it is the same gradient
-with respect to the uncentred input, and the forward pass stays an exact identity.
+Two readings of the paper, and what each computes (on one micro-batch of one process, ``K = W = 1``):
+``algorithm1`` is Algorithm 1 as printed, the gradient of ``alpha l_var + beta (n - 1) l_cov`` (its
+covariance pull is ``n - 1`` times eq. 4's); ``batch_mean`` is eqs. 3-4 as written (``C = X^T X / (n - 1)``),
+the gradient of ``alpha l_var + beta l_cov``. There is no third meaning: with accumulation and several
+processes ``batch_mean`` stays the gradient of eqs. 3-4 averaged like the task loss, as said above.
+
+Mean removal (Appendix A: "a mean removal layer along the batch preceding the VCReg layer"). The
+regulariser always sees centred rows: centring happens inside backward, and the gradient of the
+regulariser of centred features has zero mean over the samples, so it is also its gradient with respect
+to the uncentred input. ``mean_removal=False`` keeps the forward an exact identity. ``mean_removal=True``
+also centres the forward pass, as the paper's layer does: in training the output is the input minus its
+mean over the samples of the micro-batch (of the global micro-batch with ``all_reduce``, whose backward then
+sums the centring's gradient over the processes, as SyncBatchNorm does), so the next block and, in a
+ResNet, the shortcut receive batch-centred features, and the task loss's gradient flows through the
+centring. In eval mode the output is the input minus a running mean kept as BatchNorm keeps its
+``running_mean`` (momentum 0.1, updated by every training forward): the network then evaluates one image
+at a time the way it was trained, on features centred by the training population's mean, where subtracting
+nothing would hand every later layer inputs shifted by that mean, which it never saw in training.
 
 Mixed precision: statistics are computed in at least float32 whatever the input dtype. Under fp16 with a
 gradient scaler, ``grad_output`` arrives multiplied by the loss scale ``s``, so the added gradient is too:
@@ -63,6 +79,7 @@ from common import distributed
 from common.backward_scale import BackwardScale
 
 NORMALIZATIONS = ("algorithm1", "batch_mean")
+RUNNING_MEAN_MOMENTUM = 0.1  # BatchNorm's default: the mean-removal layer keeps its running mean the same way
 
 
 def channels_last_view(x: Tensor) -> Tensor:
@@ -87,6 +104,31 @@ def _centred(features: Tensor, sample_dims: tuple[int, ...], all_reduce: bool) -
         shape = [d if i == 1 else 1 for i in range(features.dim())]
         return features - (stats[:-1] / n).view(shape), n, True
     return features - features.mean(sample_dims, keepdim=True), n_local, False
+
+
+def _channel_shape(x: Tensor) -> list[int]:
+    """The shape that broadcasts a per-channel ``[C]`` vector over ``x`` (channels at dim 1 of a map, else last)."""
+    channel_dim = 1 if x.dim() == 4 else x.dim() - 1
+    return [x.shape[i] if i == channel_dim else 1 for i in range(x.dim())]
+
+
+class GlobalMean(torch.autograd.Function):
+    """The per-channel mean over every process's samples; backward sums the incoming gradient over the
+    processes, because every process's loss depends on every sample through that mean (as in SyncBatchNorm)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, sample_dims: tuple[int, ...]) -> Tensor:
+        d = x.shape[1] if x.dim() == 4 else x.shape[-1]
+        stats = torch.cat([x.sum(sample_dims).flatten(), x.new_tensor([x.numel() // d])])
+        dist.all_reduce(stats)
+        ctx.n, ctx.input_shape = stats[-1], x.shape
+        return (stats[:-1] / stats[-1]).view(_channel_shape(x))
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor):
+        grad_mean = grad_mean.contiguous()
+        dist.all_reduce(grad_mean)
+        return (grad_mean / ctx.n).expand(ctx.input_shape), None
 
 
 class VCRegFunction(torch.autograd.Function):
@@ -151,23 +193,28 @@ class VCRegFunction(torch.autograd.Function):
 
 
 class VCReg(nn.Module):
-    """Variance-covariance regularisation layer: forward is the identity, backward adds the gradient.
+    """Variance-covariance regularisation layer: forward is the identity (or Appendix A's mean removal),
+    backward adds the gradient.
 
     Args:
         alpha: weight of the variance hinge (eq. 3).
         beta: weight of the covariance penalty, in the scaling ``normalization`` names (module docstring).
         eps: added to the variances before the square root.
         delta: smooth-L1 threshold of eq. 7 for the covariance penalty; ``None`` is the squared penalty.
-        all_reduce: compute the statistics over all ranks instead of per rank.
-        normalization: ``"algorithm1"`` (the paper's: beta's strength grows with the rows per device) or
-            ``"batch_mean"`` (alpha and beta mean the same at any batch, accumulation and world size).
+        all_reduce: compute the statistics (and the mean removal's mean) over all ranks instead of per rank.
+        normalization: ``"algorithm1"`` (Algorithm 1 as printed: beta's strength grows with the rows per
+            device) or ``"batch_mean"`` (eqs. 3-4 as written: alpha and beta mean the same at any batch,
+            accumulation and world size).
+        mean_removal: centre the forward pass over the samples (Appendix A), with a running mean in eval mode.
 
     ``backward_scale`` is the trainer's ``BackwardScale`` (loss scale, accumulation steps, world size),
     set by ``common.backward_scale.attach_backward_scale``; ``None`` means scale 1, one step, one process.
+    With ``mean_removal`` the layer holds a ``running_mean`` buffer, empty until the first training forward
+    gives it the channel count (a state dict's own size is taken on loading); an empty one subtracts nothing.
     """
 
     def __init__(self, alpha: float, beta: float, eps: float = 1e-5, delta: float | None = None,
-                 all_reduce: bool = False, normalization: str = "algorithm1") -> None:
+                 all_reduce: bool = False, normalization: str = "algorithm1", mean_removal: bool = False) -> None:
         super().__init__()
         if alpha < 0 or beta < 0:
             raise ValueError(f"VCReg alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
@@ -177,14 +224,18 @@ class VCReg(nn.Module):
             raise ValueError(f"VCReg normalization must be one of {', '.join(NORMALIZATIONS)}, "
                              f"not {normalization!r}")
         self.alpha, self.beta, self.eps, self.delta, self.all_reduce = alpha, beta, eps, delta, all_reduce
-        self.normalization = normalization
+        self.normalization, self.mean_removal = normalization, mean_removal
         self.backward_scale: BackwardScale | None = None
+        if mean_removal:
+            self.register_buffer("running_mean", torch.zeros(0))
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and torch.is_grad_enabled() and x.requires_grad):
-            return x
         if x.dim() not in (2, 3, 4):
             raise ValueError(f"VCReg expects [N, C], [N, L, C] or [N, C, H, W] features, got shape {tuple(x.shape)}")
+        if self.mean_removal:
+            x = self.remove_mean(x)
+        if not (self.training and torch.is_grad_enabled() and x.requires_grad):
+            return x
         if (self.backward_scale is None and torch.is_autocast_enabled(x.device.type)
                 and torch.get_autocast_dtype(x.device.type) == torch.float16):
             raise ValueError("VCReg under fp16 autocast needs the loss scale: call common.backward_scale."
@@ -193,6 +244,33 @@ class VCReg(nn.Module):
         return VCRegFunction.apply(x, self.alpha, self.beta, self.eps, self.delta, self.all_reduce,
                                    self.normalization, self.backward_scale)
 
+    def remove_mean(self, x: Tensor) -> Tensor:
+        """Training: ``x`` minus its mean over the samples (all ranks' with ``all_reduce``), which also updates
+        the running mean; eval: ``x`` minus the running mean."""
+        shape = _channel_shape(x)
+        if not self.training:
+            if self.running_mean.numel() == 0:
+                return x
+            return x - self.running_mean.to(x.dtype).view(shape)
+        channel_dim = 1 if x.dim() == 4 else x.dim() - 1
+        sample_dims = tuple(i for i in range(x.dim()) if i != channel_dim)
+        if self.all_reduce and distributed.is_distributed():
+            mean = GlobalMean.apply(x, sample_dims)
+        else:
+            mean = x.mean(sample_dims, keepdim=True)
+        with torch.no_grad():
+            if self.running_mean.numel() == 0:
+                self.running_mean.resize_(mean.numel()).zero_()
+            self.running_mean.lerp_(mean.flatten().to(self.running_mean.dtype), RUNNING_MEAN_MOMENTUM)
+        return x - mean
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "running_mean")
+        if self.mean_removal and saved is not None:  # the channel count comes with the saved running mean
+            self.running_mean.resize_(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, beta={self.beta}, eps={self.eps}, delta={self.delta}, "
-                f"all_reduce={self.all_reduce}, normalization={self.normalization}")
+                f"all_reduce={self.all_reduce}, normalization={self.normalization}, "
+                f"mean_removal={self.mean_removal}")

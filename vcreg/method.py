@@ -28,26 +28,6 @@ from vcreg.losses import decov_loss, vicreg_loss, wldreg_loss
 
 
 @dataclass
-class VCRegLayerConfig:
-    """The regulariser's settings (Sections 3.2-3.3). The paper reports the grid, not one choice: alpha in
-    {1.28, 0.64, 0.32, 0.16}, beta in {0.16, 0.08, 0.04, 0.02, 0.01} (sweep files in vcreg/configs/);
-    the defaults are the grid's mildest corner."""
-
-    enabled: bool = True  # false: the same recipe without VCReg layers (the baseline)
-    # final | blocks (the paper's) | downsample (Table 7) | blocks+downsample (Appendix A)
-    placement: Literal["final", "blocks", "downsample", "blocks+downsample"] = "blocks"
-    alpha: NonNegativeFloat = 0.16  # variance term's weight (Algorithm 1)
-    beta: NonNegativeFloat = 0.01  # covariance term's weight (Algorithm 1)
-    eps: PositiveFloat = 1e-5  # inside the variance term's square root
-    delta: PositiveFloat | None = None      # smooth-L1 covariance threshold (eq. 7); None: squared, as Algorithm 1
-    all_reduce: bool = False           # statistics over all ranks instead of per rank (strength unchanged)
-    # algorithm1 (the paper's: beta's strength grows with the rows per device) | batch_mean (alpha and beta mean
-    # the same at any per-device batch, accumulation and number of processes)
-    normalization: Literal["algorithm1", "batch_mean"] = "algorithm1"
-    overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # {"stages.3.*": {"alpha": 1.28}}
-
-
-@dataclass
 class SupervisedConfig:
     name: Literal["supervised"] = "supervised"  # cross-entropy on a linear classifier over the pooled features
     label_smoothing: NonNegativeFloat = 0.0  # torchvision's recipes: 0.1 for ConvNeXt and ViT, 0 for ResNet-50

@@ -2,9 +2,9 @@
 
 It is the reference for the fast layer (``vcreg.layer``) and the "VCReg (Naive)" column of Table 1. The
 loss is eq. 2 on the centred rows (every spatial location or token a sample) with weights ``alpha`` and
-``beta * (n - 1)`` under Algorithm 1's normalisation (its covariance gradient omits the ``1/(n - 1)`` of
-``dC/dX``) or ``alpha`` and ``beta`` under ``batch_mean``: the loss whose gradient is the fast layer's on one
-micro-batch of one process (no accumulation, scale 1), to rounding.
+``beta * (n - 1)`` under Algorithm 1 as printed (its covariance gradient omits the ``1/(n - 1)`` of
+``dC/dX``) or ``alpha`` and ``beta`` under ``batch_mean`` (eqs. 3-4 as written): each reading's own loss,
+whose gradient is the fast layer's on one micro-batch of one process (no accumulation, scale 1), to rounding.
 """
 
 from __future__ import annotations

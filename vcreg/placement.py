@@ -17,23 +17,56 @@ Placements:
 conv-BN-ReLU units and its final representation is its pooled output.
 
 Layers are attached with forward hooks and stored as a child named ``vcreg`` of the module they follow.
-They hold no parameters or buffers, so the state dict (and a saved ``backbone.safetensors``) is the same
-as without VCReg, and since forward is the identity the plain model evaluates a VCReg-trained one exactly.
+Without mean removal they hold no parameters or buffers, so the state dict (and a saved
+``backbone.safetensors``) is the same as without VCReg, and since forward is the identity the plain model
+evaluates a VCReg-trained one exactly. With ``mean_removal`` (Appendix A) each layer changes the forward pass
+and keeps a ``running_mean`` buffer (``vcreg.layer``): the state dict then has ``<module>.vcreg.running_mean``
+entries, and only a network with the same layers evaluates it, so ``common.backbones.load_backbone``, which
+rebuilds the plain network, refuses such a file instead of evaluating another network.
+
+``VCRegLayerConfig`` is the ``vcreg`` section of a config; ``apply_vcreg(backbone, cfg.vcreg)`` reads it whole.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import nn
 
 from common.backbones import SmallConvNet
+from common.config_types import NonNegativeFloat, PositiveFloat
 from common.errors import ConfigError
 from vcreg.layer import VCReg
 
 PLACEMENTS = ("final", "blocks", "downsample", "blocks+downsample")
 OVERRIDE_KEYS = ("alpha", "beta", "eps", "delta")
+
+
+@dataclass
+class VCRegLayerConfig:
+    """The regulariser's settings (Sections 3.2-3.3, Appendix A). The paper reports the grid, not one choice:
+    alpha in {1.28, 0.64, 0.32, 0.16}, beta in {0.16, 0.08, 0.04, 0.02, 0.01} (sweep files in vcreg/configs/);
+    the defaults are the grid's mildest corner."""
+
+    enabled: bool = True  # false: the same recipe without VCReg layers (the baseline)
+    # final | blocks (the paper's) | downsample (Table 7) | blocks+downsample (Appendix A)
+    placement: Literal["final", "blocks", "downsample", "blocks+downsample"] = "blocks"
+    alpha: NonNegativeFloat = 0.16  # variance term's weight (Algorithm 1)
+    beta: NonNegativeFloat = 0.01  # covariance term's weight (Algorithm 1)
+    eps: PositiveFloat = 1e-5  # inside the variance term's square root
+    delta: PositiveFloat | None = None      # smooth-L1 covariance threshold (eq. 7); None: squared, as Algorithm 1
+    all_reduce: bool = False           # statistics (and mean removal) over all ranks instead of per rank
+    # the reading: algorithm1 (Algorithm 1 as printed: covariance gradient without eq. 4's 1/(n-1), so beta's
+    # strength grows with the rows per device) | batch_mean (eqs. 3-4 as written, averaged like the task loss:
+    # alpha and beta mean the same at any per-device batch, accumulation and number of processes)
+    normalization: Literal["algorithm1", "batch_mean"] = "algorithm1"
+    # Appendix A's mean removal layer before each VCReg layer: the forward pass is centred over the batch
+    # (eval mode: minus a running mean, as BatchNorm's); false: identity forward, centring only in backward
+    mean_removal: bool = True
+    overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # {"stages.3.*": {"alpha": 1.28}}
 
 
 def _family(module: nn.Module) -> str | None:
@@ -148,19 +181,16 @@ def remove_layers(model: nn.Module) -> int:
     return removed
 
 
-def apply_vcreg(model: nn.Module, placement: str = "blocks", *, alpha: float, beta: float,
-                eps: float = 1e-5, delta: float | None = None, all_reduce: bool = False,
-                normalization: str = "algorithm1",
-                overrides: Mapping[str, Mapping[str, float | None]] | None = None) -> list[str]:
-    """Insert ``VCReg`` layers into ``model`` in place; returns the names of the regularised modules.
+def apply_vcreg(model: nn.Module, cfg: VCRegLayerConfig) -> list[str]:
+    """Insert ``VCReg`` layers into ``model`` in place as ``cfg`` says; returns the names of the regularised
+    modules (none when ``cfg.enabled`` is false).
 
-    ``normalization`` is the layers' scaling of alpha and beta (``vcreg.layer``'s docstring).
-
-    ``overrides`` maps shell-style patterns over those names (``"stages.3.*"``, ``"layer4.*"``) to any of
+    ``cfg.overrides`` maps shell-style patterns over those names (``"stages.3.*"``, ``"layer4.*"``) to any of
     ``alpha``, ``beta``, ``eps``, ``delta``; later patterns win. A pattern matching no layer is an error.
     """
-    overrides = dict(overrides or {})
-    for pattern, values in overrides.items():
+    if not cfg.enabled:
+        return []
+    for pattern, values in cfg.overrides.items():
         unknown = set(values) - set(OVERRIDE_KEYS)
         if unknown:
             raise ConfigError(f"VCReg override {pattern!r} has unknown keys {sorted(unknown)}; "
@@ -168,17 +198,18 @@ def apply_vcreg(model: nn.Module, placement: str = "blocks", *, alpha: float, be
     matched: set[str] = set()
 
     def make_layer(name: str) -> VCReg:
-        settings = {"alpha": alpha, "beta": beta, "eps": eps, "delta": delta}
-        for pattern, values in overrides.items():
+        settings = {"alpha": cfg.alpha, "beta": cfg.beta, "eps": cfg.eps, "delta": cfg.delta}
+        for pattern, values in cfg.overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
                 settings.update(values)
                 matched.add(pattern)
-        return VCReg(**settings, all_reduce=all_reduce, normalization=normalization)
+        return VCReg(**settings, all_reduce=cfg.all_reduce, normalization=cfg.normalization,
+                     mean_removal=cfg.mean_removal)
 
-    names = insert_layers(model, placement, make_layer)
-    unmatched = sorted(set(overrides) - matched)
+    names = insert_layers(model, cfg.placement, make_layer)
+    unmatched = sorted(set(cfg.overrides) - matched)
     if unmatched:
         remove_layers(model)
-        raise ConfigError(f"VCReg override patterns {unmatched} match no layer of placement {placement!r}; "
+        raise ConfigError(f"VCReg override patterns {unmatched} match no layer of placement {cfg.placement!r}; "
                          f"layers are named like {names[0]!r}")
     return names
