@@ -297,11 +297,14 @@ def plan_config(path: str | Path, train: str | None = None, gpus: int = DEFAULT_
 
 
 def paper_configs() -> list[Path]:
-    """Every training config of the repository (``<package>/configs/*.yaml`` beside a ``train.py``, examples
-    included); sweep files are not configs."""
+    """Every training config of the repository (``<package>/configs/*.yaml`` beside a ``train.py`` of
+    ``common.trainer``, which defines ``CONFIG_SCHEMA``; examples included); sweep files are not configs."""
+    def trained_here(path: Path) -> bool:
+        script = path.parent.parent / "train.py"
+        return script.is_file() and "CONFIG_SCHEMA" in script.read_text()
+
     found = [path for path in REPO_ROOT.glob("**/configs/*.yaml")
-             if not path.name.endswith("_sweep.yaml") and ".venv" not in path.parts
-             and (path.parent.parent / "train.py").is_file()]
+             if not path.name.endswith("_sweep.yaml") and ".venv" not in path.parts and trained_here(path)]
     return sorted(found)
 
 
