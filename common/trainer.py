@@ -46,7 +46,7 @@ from common.checkpoint import (
     save_checkpoint,
 )
 from common.config import to_dict, to_yaml
-from common.data import build_dataset, dataset_info, skipped_files
+from common.data import SkipRecord, build_dataset, dataset_info
 from common.data.summary import data_summary, summary_lines
 from common.distributed import check_launch
 from common.errors import RunFolderError
@@ -124,6 +124,7 @@ class Trainer:
         self.preempt_signal: int | None = None
         self.evaluating = False
         self.skipped_before: list[str] = []  # corrupt images skipped before a resume
+        self.skip_record = SkipRecord()  # those skipped by the data sets this run makes (common.data.skip_record)
         self.tracker_run: dict | None = None  # {"tracker", "id"}: the tracker run, continued by a resume
 
     # ----------------------------------------------------------------------------------------- set-up
@@ -177,9 +178,9 @@ class Trainer:
         return checkpoint
 
     def _skipped_images(self) -> list[str]:
-        """Every corrupt training image skipped so far in this run (``data.skip_corrupt``), over all ranks and
-        sessions; a collective call."""
-        names = skipped_files(self.dataset)
+        """Every corrupt image skipped so far in this run (``data.skip_corrupt``), by training and evaluation, over
+        all ranks, their loader workers and the sessions before a resume, each once; a collective call."""
+        names = sorted(self.skip_record.files())
         if self.accelerator.num_processes > 1:
             names = gather_object(names)
         return sorted(set(names) | set(self.skipped_before))
@@ -191,6 +192,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "step": step,
+            "total_steps": self.total_steps,  # an evaluation of this checkpoint tells an unfinished run by it
             "skipped_steps": skipped,
             "init_results": init_results,
             "skipped_images": skipped_images,
@@ -275,6 +277,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict:
+        """Train and evaluate, recording the corrupt images that training and evaluation skip."""
+        with self.skip_record:
+            return self._fit()
+
+    def _fit(self) -> dict:
         for signum in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(signum, self._on_signal)
         checkpoint = self._setup()

@@ -21,7 +21,9 @@ from common.config_help import parse_command_line
 from common.data import dataset_info
 from common.entry import run_command
 from common.errors import ConfigError, RunFolderError
+from common.output_paths import check_output_file
 from evaluation.labelled import train_test_features
+from evaluation.run_progress import announce_progress
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +72,8 @@ def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[s
     """Parse the config, refuse to overwrite an existing result, evaluate, write the JSON; the exit code.
 
     ``protocol`` names the result (``eval_<protocol>_<dataset>.json``); a callable derives it from the config.
+    The result records the step the weights were saved at and the run's total steps (``evaluation.run_progress``),
+    and the console says when the run is unfinished. ``output`` naming a folder is refused before the evaluation.
     ``plot(results, png_path)`` draws the figure of the results next to the JSON (same name, ``.png``).
     ``--help`` prints ``usage`` and every key; ``--print-config`` the resolved config. Bad input is one line and
     exit code 2 (``common.entry.run_command``); anything else is a bug and keeps its traceback.
@@ -85,23 +89,32 @@ def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[s
                               "name)")
         name = protocol(cfg) if callable(protocol) else protocol
         dataset = getattr(cfg, "dataset", None) or getattr(getattr(cfg, "data", None), "name", None)
-        output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, name, dataset)
+        output = check_output_file(cfg.output or default_output(cfg.checkpoint, name, dataset), "output",
+                                   (".png",) if plot is not None else ())
         if output.exists() and not cfg.overwrite:
             raise RunFolderError(f"{output} exists; pass overwrite=true or another output=PATH")
+        progress = announce_progress(cfg.checkpoint, "evaluating")
+        unfinished = progress is not None and not progress.finished
         start = time.perf_counter()
         results = evaluate(cfg)
-        record = {"protocol": name, "checkpoint": cfg.checkpoint, "results": results,
+        record = {"protocol": name, "checkpoint": cfg.checkpoint,
+                  "checkpoint_step": progress.step if progress else None,  # None: a model name or a loose file
+                  "total_steps": progress.total_steps if progress else None,
+                  "run_finished": progress.finished if progress else None, "results": results,
                   "seconds": round(time.perf_counter() - start, 2), "config": asdict(cfg)}
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(output)
+        try:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+            tmp.replace(output)
+        finally:
+            tmp.unlink(missing_ok=True)  # a write that failed leaves nothing beside the result
         if plot is not None:
             plot(results, output.with_suffix(".png"))
             print(f"wrote {output.with_suffix('.png')}")
         for key, value in results.items():
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-        print(f"wrote {output}")
+        print(f"wrote {output}" + (f" (an unfinished run, {progress.describe()})" if unfinished else ""))
         return 0
 
     return run_command(body)

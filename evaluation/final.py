@@ -26,7 +26,7 @@ import torch
 
 from common.config_types import PositiveFloat, PositiveInt
 from common.method import FeatureSplits, Method
-from evaluation.knn import knn_accuracy, knn_settings
+from evaluation.knn import k_used, knn_accuracy, knn_settings
 from evaluation.labelled import train_test_features
 from evaluation.linear import LinearProbeConfig, linear_probe
 
@@ -50,13 +50,13 @@ class FinalEvalConfig:
 def knn_figures(features: FeatureSplits, ecfg: FinalEvalConfig, device: torch.device, progress: bool,
                 suffix: str = "") -> dict[str, float]:
     """``knn_top1_k<k><suffix>`` for every k of the protocol: the weighted k-NN vote of each test feature over
-    the train bank."""
+    the train bank; ``knn_k<k>_used<suffix>`` for a k above the bank (``evaluation.knn.k_used``)."""
     settings = knn_settings(ecfg.knn_protocol, temperature=ecfg.knn_temperature)
     ks = ecfg.knn_k if ecfg.knn_k is not None else [settings.k, settings.k_also]
     bank = features.train_x.to(device)
     return {f"knn_top1_k{k}{suffix}": knn_accuracy(bank, features.train_y, features.test_x, features.test_y, k=k,
                                                    temperature=settings.temperature, progress=progress)["top1"]
-            for k in ks}
+            for k in ks} | k_used(ks, len(bank), suffix)
 
 
 def evaluate_method(method: Method, cfg, accelerator, stage: str) -> dict:

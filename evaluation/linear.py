@@ -42,6 +42,7 @@ from evaluation.cli import (
 )
 from evaluation.features import TransformedDataset, extract_features
 from evaluation.knn import top_k_accuracy
+from evaluation.labelled import check_classes
 from evaluation.progress import progress_bar
 
 
@@ -216,6 +217,7 @@ def probe_with_augmentation(cfg: LinearEvalConfig) -> dict[str, float]:
         train_set = train_set.subset(stratified_subset(train_set.targets, cfg.max_train_images))
     if (torch.as_tensor(train_set.targets) < 0).any():
         raise DataError(f"dataset '{cfg.data.name}' has unlabelled training images; the probe needs labels")
+    check_classes(train_set.targets, cfg.data.name)
     generator = torch.Generator().manual_seed(cfg.seed)
     classifier = new_classifier(feature_dim, info.num_classes, generator).to(device)
     optimizer = probe_optimizer(classifier, cfg.probe)

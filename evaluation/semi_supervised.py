@@ -35,6 +35,7 @@ from common.errors import ConfigError, DataError
 from common.schedules import warmup_cosine
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import TransformedDataset, extract_features
+from evaluation.labelled import check_classes
 from evaluation.linear import classifier_accuracy, train_on_images
 from evaluation.splits import (
     indices_of_names,
@@ -105,6 +106,7 @@ def fine_tune(cfg: SemiSupervisedConfig) -> dict:
     indices, source = labelled_indices(cfg, train_set)
     if (torch.as_tensor(train_set.targets)[indices] < 0).any():
         raise DataError(f"dataset '{cfg.data.name}' has unlabelled images in the labelled subset")
+    check_classes(torch.as_tensor(train_set.targets)[indices], cfg.data.name)
     classifier = nn.Linear(feature_dim, info.num_classes)
     nn.init.zeros_(classifier.weight)
     nn.init.zeros_(classifier.bias)

@@ -40,6 +40,7 @@ from common.errors import ConfigError
 from common.plots import new_figure, save_figure
 from evaluation.cli import load_eval_backbone, resolve_device, run_protocol
 from evaluation.features import extract_features
+from evaluation.labelled import check_classes
 from evaluation.linear import LinearProbeConfig, linear_probe
 from evaluation.logistic import default_l2_grid, select_and_refit
 from evaluation.metrics import METRICS, TOP1
@@ -123,6 +124,7 @@ def transfer(cfg: TransferConfig) -> dict:
                                 progress=cfg.progress_bar)
 
     train_x, train_y = features(train_set)
+    check_classes(train_y, cfg.dataset)
     test_x, test_y = features(test_set)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     if protocol == "sgd":

@@ -279,8 +279,9 @@ def test_final_evaluation_callback(fashion_root, saved_backbone):
     assert final["linear_top1"] >= ABOVE_CHANCE and final["test_images"] > 0
     cfg.eval = FinalEvalConfig(knn_at_init=False, linear=False, max_train_images=50, knn_protocol="dino")
     assert evaluate_method(method, cfg, accelerator, "init") == {}
-    assert set(evaluate_method(method, cfg, accelerator, "final")) == {"knn_top1_k20", "knn_top1_k200",
-                                                                        "test_images"}
+    final = evaluate_method(method, cfg, accelerator, "final")
+    assert set(final) == {"knn_top1_k20", "knn_top1_k200", "knn_k200_used", "test_images"}
+    assert final["knn_k200_used"] == 50  # k = 200 above a bank of 50: the whole bank voted, and the result says so
     with pytest.raises(ValueError, match="stage"):
         evaluate_method(method, cfg, accelerator, "middle")
 

@@ -47,6 +47,7 @@ from common.data.longtail import load_cifar10_lt, load_cifar100_lt, load_fashion
 from common.data.measure import LARGE_IMAGE_SIZE, image_channels_and_size, image_statistics
 from common.data.shard_plan import EpochPlan
 from common.data.shards import ShardedDataset, index_info, load_webdataset, read_index
+from common.data.skip_record import SkipRecord, hand_over_skips
 from common.data.stl10 import STL10_INFO, load_stl10
 from common.errors import ConfigError
 
@@ -69,8 +70,10 @@ __all__ = [
     "InMemoryImageDataset",
     "MultiViewDataset",
     "ShardedDataset",
+    "SkipRecord",
     "build_dataset",
     "dataset_info",
+    "hand_over_skips",
     "imagenet100_classes",
     "imagenet_hierarchy",
     "longtail_indices",

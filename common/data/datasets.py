@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import io
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from common.data.pixels import to_mode
+from common.data.skip_record import SkipTracking, one_line
 from common.errors import ConfigError, DataError
 
 # What PIL raises for a file it cannot open or decode (SyntaxError: some malformed PNG/GIF headers).
@@ -42,20 +42,10 @@ class CorruptImageError(DataError):
         super().__init__(message)
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 def corrupt_image_error(where: str, error: Exception) -> CorruptImageError:
     """The one-line error for the undecodable image ``where`` ("file X", "sample K of shard U")."""
-    return CorruptImageError(f"corrupt or unreadable image {where}: {_one_line(error)} "
+    return CorruptImageError(f"corrupt or unreadable image {where}: {one_line(error)} "
                              "(set data.skip_corrupt=true to skip it)")
-
-
-def report_skipped(where: str, error: Exception) -> None:
-    """Tell the user that the image ``where`` is skipped; on stderr, not ``warnings.warn``: a DataLoader
-    worker's warning filters are not the user's to count on."""
-    print(f"warning: skipping corrupt image {where}: {_one_line(error)}", file=sys.stderr, flush=True)
 
 
 class InMemoryImageDataset(Dataset):
@@ -80,7 +70,7 @@ class InMemoryImageDataset(Dataset):
         return InMemoryImageDataset(self.images[idx], self.targets[idx])
 
 
-class _DecodingDataset(Dataset, abc.ABC):
+class _DecodingDataset(Dataset, SkipTracking, abc.ABC):
     """Decodes images lazily into ``mode`` ("RGB", or "L" for grayscale data); a corrupt one raises, or
     with ``skip_corrupt`` is replaced by the next readable sample.
 
@@ -88,7 +78,8 @@ class _DecodingDataset(Dataset, abc.ABC):
     its DataLoader workers found (each epoch's workers are new processes). A sample is marked and reported
     only when it is itself requested, never when it is passed over while looking for another sample's
     replacement: each index is requested at most once per epoch and process, so no two workers ever mark
-    the same sample at once and each file is reported once per process, whatever the epochs and workers.
+    the same sample at once and each file is reported once per process, whatever the epochs and workers, and
+    once per run whatever the data sets that read it (``common.data.skip_record``).
     """
 
     def __init__(self, targets: torch.Tensor, skip_corrupt: bool, mode: str = "RGB"):
@@ -96,6 +87,7 @@ class _DecodingDataset(Dataset, abc.ABC):
         self.skip_corrupt = skip_corrupt
         self.mode = mode
         self.corrupt = torch.zeros(len(self.targets), dtype=torch.uint8).share_memory_()
+        self.track_skips()
 
     @abc.abstractmethod
     def _source(self, index: int):
@@ -160,9 +152,8 @@ class _DecodingDataset(Dataset, abc.ABC):
             except DECODE_ERRORS as error:
                 if not self.skip_corrupt:
                     raise self._corrupt_error(i, error) from error
-                if offset == 0 and not self.corrupt[i]:
-                    self.corrupt[i] = 1
-                    report_skipped(self._describe(i), error)
+                if offset == 0:
+                    self.mark_skipped(i, self._describe(i), error)
         raise CorruptImageError(f"every image of this dataset is unreadable ({len(self)} images)")
 
 

@@ -35,10 +35,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from common.data.config import DataConfig, DatasetInfo
-from common.data.datasets import DECODE_ERRORS, corrupt_image_error, report_skipped, seeded_views, view_seed
+from common.data.datasets import DECODE_ERRORS, corrupt_image_error, seeded_views, view_seed
 from common.data.folders import IMAGE_EXTENSIONS
 from common.data.pixels import to_mode
 from common.data.shard_plan import EpochPlan, sample_order, shard_order, worker_stretches
+from common.data.skip_record import SkipTracking
 from common.errors import ConfigError, DataError
 
 INDEX_FILE = "shards.json"
@@ -78,7 +79,7 @@ def index_info(index: dict) -> DatasetInfo:
                        tuple(info["std"]))
 
 
-class ShardedDataset(IterableDataset):
+class ShardedDataset(IterableDataset, SkipTracking):
     """One split of a sharded dataset: ``len()`` samples, ``classes``, ``targets`` (when ``shards.json`` lists
     the labels) and ``epoch_loader`` for the stream; iterating it directly follows its ``plan``."""
 
@@ -93,6 +94,7 @@ class ShardedDataset(IterableDataset):
             raise DataError(f"{INDEX_FILE} lists {len(self.targets)} labels for {len(self)} samples")
         self.mode, self.skip_corrupt = mode, skip_corrupt
         self.corrupt = torch.zeros(len(self), dtype=torch.uint8).share_memory_()  # as in _DecodingDataset
+        self.track_skips()
         self.plan = EpochPlan(epoch=0, seed=0, batch_size=1, shuffle=False)
         self.transforms: Sequence[Callable] | None = None
 
@@ -166,9 +168,8 @@ class _EpochReader:
             except DECODE_ERRORS as error:
                 if not dataset.skip_corrupt:
                     raise corrupt_image_error(dataset.describe(sample), error) from error
-                if step == 0 and not dataset.corrupt[sample]:  # the rule of _DecodingDataset: once per process
-                    dataset.corrupt[sample] = 1
-                    report_skipped(dataset.describe(sample), error)
+                if step == 0:  # the rule of _DecodingDataset: once per process and run
+                    dataset.mark_skipped(sample, dataset.describe(sample), error)
         raise corrupt_image_error(f"shard {self.dataset.urls[shard]}", ValueError("no readable image at all"))
 
     def _read(self, shard: int) -> list[dict]:

@@ -23,6 +23,8 @@ import torch
 
 from common.entry import run_command
 from common.errors import RunFolderError
+from common.output_paths import check_output_file
+from evaluation.run_progress import announce_progress
 
 AUTHOR = "ssl-repro"
 # torchvision BatchNorm buffers/parameters Detectron2's norms hold; num_batches_tracked has no counterpart.
@@ -114,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--output '{args.output}' must end in .pkl: Detectron2 reads other suffixes as torch files")
 
     def body() -> int:
+        check_output_file(args.output, "--output")
+        announce_progress(args.checkpoint, "converting")
         weights = convert_checkpoint(args.checkpoint, args.output)
         print(f"wrote {len(weights)} tensors to {args.output}")
         return 0

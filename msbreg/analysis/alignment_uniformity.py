@@ -28,6 +28,7 @@ from common.augment import build_view_transforms
 from common.backbones import load_backbone, read_backbone_config
 from common.config import ConfigError, load_config
 from common.data import MultiViewDataset, build_dataset, dataset_info
+from common.output_paths import check_output_file
 from msbreg.analysis.trained_run import load_trained_method
 from msbreg.losses import alignment_loss, uniformity_loss
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="the JSON file (default: RUN_DIR/alignment_uniformity.json)")
     args = parser.parse_args(argv)
     try:
+        if args.output is not None:
+            check_output_file(args.output, "--output")
         result = evaluate_run(args.run_dir, args.split, args.max_images, args.seed, args.batch_size, args.device,
                               args.output, args.embedding)
     except (ConfigError, FileNotFoundError, ValueError) as error:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from common.output_paths import check_output_file
 from common.plots import new_figure, save_figure
 
 METRIC = "proj_std"
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", nargs="*", help="legend labels, one per run folder (default: folder names)")
     args = parser.parse_args(argv)
     try:
+        check_output_file(args.output, "--output", (".json",))
         report = write_collapse_curves(args.run_dirs, args.output, args.labels)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}")

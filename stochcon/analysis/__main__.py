@@ -24,6 +24,7 @@ from typing import Any
 from common.data import build_dataset, dataset_info
 from common.entry import run_command
 from common.method import Method
+from common.output_paths import check_output_folder
 from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
 from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, epoch_of_step, write_bit_count_report
 from stochcon.analysis.compression import compression_ratio, write_compression_report
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def body() -> int:
+        check_output_folder(args.out, "--out")  # before the analysis, not when its results cannot be written
         png = args.func(args)
         print(f"wrote {png} and {png.with_suffix('.json')}")
         return 0

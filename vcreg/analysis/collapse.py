@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from common.config import load_config
+from common.errors import ConfigError
+from common.output_paths import check_output_file
 from common.plots import new_figure, save_figure
 from evaluation.mine import MINEConfig, estimate_mutual_information
 from evaluation.neural_collapse import NeuralCollapseConfig, evaluate_neural_collapse
@@ -57,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mine-steps", type=int, default=2000)
     parser.add_argument("--output", type=Path, default=Path("collapse.json"))
     args = parser.parse_args(argv)
+    try:  # before the work, not when its result cannot be written
+        check_output_file(args.output, "--output", (".png",))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     for run in args.runs:
         if not (run / "config.yaml").is_file():
             print(f"error: '{run}' is not a run folder (no config.yaml)", file=sys.stderr)

@@ -28,6 +28,7 @@ from common.checkpoint import latest_checkpoint, load_checkpoint, load_method_we
 from common.config import load_config
 from common.data import build_dataset, dataset_info, stratified_subset
 from common.errors import ConfigError
+from common.output_paths import check_output_file
 from common.trainer import build_initial_method
 from vcreg.layer import VCReg, statistics_dtype
 from vcreg.train import VCRegTrainConfig, build_method
@@ -93,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=256, help="the batch (the rows are images x locations)")
     parser.add_argument("--output", type=Path, default=Path("gradient_share.json"))
     args, overrides = parser.parse_known_args(argv)
+    try:  # before the work, not when its result cannot be written
+        check_output_file(args.output, "--output")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if (args.run is None) == (args.config is None) or args.images < 2 or (args.config and "end" in args.at):
         print("error: give exactly one of --run and --config (a config has no end), and --images of at least 2",
               file=sys.stderr)

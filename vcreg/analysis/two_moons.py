@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from sklearn.datasets import make_moons
 from torch import nn
 
 from common.errors import ConfigError
+from common.output_paths import check_output_file
 from common.plots import new_figure, save_figure
 from vcreg.layer import NORMALIZATIONS, VCReg
 
@@ -154,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                             choices={"placement": PLACEMENTS, "normalization": NORMALIZATIONS}.get(name))
     parser.add_argument("--regularisers", nargs="+", default=list(REGULARISERS), choices=REGULARISERS)
     args = parser.parse_args(argv)
+    try:  # before the work, not when its result cannot be written
+        check_output_file(args.output, "--output", (".png",))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     cfg = TwoMoonsConfig(**{name: getattr(args, name) for name in asdict(TwoMoonsConfig())})
     torch.set_num_threads(1)
     results = run(cfg, tuple(args.regularisers))
