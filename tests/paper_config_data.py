@@ -12,7 +12,8 @@ writes what ``common.data``'s loader for ``data.name == name`` reads from ``data
 - fashion_mnist: IDX files (``tests/trainer_runs.write_idx_fashion_mnist``);
 - imagenet, imagenet100: ``train/<wnid>/*.JPEG`` and ``val/<wnid>/*.JPEG``; the class folders are real WordNet
   ids (imagenet100's full list of 100 folders, ``common/data/imagenet100_classes.txt``; imagenet takes its
-  first classes); only the first ``num_classes`` folders hold images (the loader accepts empty class folders).
+  first classes); only the first ``num_classes`` folders hold images (the loader accepts empty class folders);
+- image_folder: the same layout with five folders ``class_0`` .. ``class_4``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def write_dataset(data, root: Path, n_train: int, n_test: int, image_size: int =
         classes = wnids if name == "imagenet100" else sorted(wnids)[:10]
         num_classes = 10
         write_imagenet_folder(root, classes, num_classes, -(-n_train // num_classes), -(-n_test // num_classes),
+                              image_size)
+    elif name == "image_folder":  # any folder of class subfolders: five classes, as VCReg's Table 2 split
+        classes = [f"class_{i}" for i in range(5)]
+        write_imagenet_folder(root, classes, len(classes), -(-n_train // len(classes)), -(-n_test // len(classes)),
                               image_size)
     elif name == "imagenet_hierarchy":  # every class of the subset holds images (its superclasses need them all)
         classes = imagenet_hierarchy(data.hierarchy).fine_classes
