@@ -1,6 +1,7 @@
 """What every command of the project does around its work: read the config, map the outcome to an exit code.
 
-``run_trainer`` is the whole ``main`` of a paper's ``train.py``; ``run_command`` wraps any other command
+``trainer_main`` makes the whole ``main`` of a ``train.py`` from its config schema and ``build_method``;
+``run_command`` wraps any other command
 (evaluation protocols, analyses, fine-tuning). Exit codes (``common.errors``): 0 done, 1 failed (a bug keeps its
 traceback; a diverging run names its step), 2 bad input (one line naming what to change), 75 preempted (a
 checkpoint is saved; requeue with ``resume=auto``). ``SSL_REPRO_DEBUG=1`` shows the traceback of bad input too.
@@ -69,3 +70,25 @@ def run_trainer(schema: type, build_method: BuildMethod, *, evaluate: Evaluate |
         return 0
 
     return run_command(body)
+
+
+def script_name(module) -> str:
+    """How a user runs ``module``: its path from the repository root (``stochcon/train.py``), or ``python -m``."""
+    root = Path(__file__).resolve().parent.parent
+    file = Path(module.__file__).resolve()
+    return file.relative_to(root).as_posix() if file.is_relative_to(root) else f"python -m {module.__name__}"
+
+
+def trainer_main(schema: type, build_method: BuildMethod, *, evaluate: Evaluate | None = None,
+                 default_config: str | Path | None = None) -> Callable[[Sequence[str] | None], int]:
+    """The ``main(argv=None)`` of a ``train.py``: ``run_trainer`` with the usage line and text of the module that
+    defines ``build_method`` (its path and its docstring), so that a trainer file is its config schema,
+    ``build_method`` and this one call."""
+    module = sys.modules[build_method.__module__]
+    script = script_name(module)
+
+    def main(argv: Sequence[str] | None = None) -> int:
+        return run_trainer(schema, build_method, evaluate=evaluate, argv=argv, default_config=default_config,
+                           script=script, doc=module.__doc__)
+
+    return main

@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: import the repository's packag
 from torch import nn
 
 from common.augment import AugmentConfig, msbreg_augment
-from common.entry import run_trainer
+from common.entry import trainer_main
 from common.errors import ConfigError
 from common.method import Method
 from common.optim import OptimConfig
@@ -59,9 +59,7 @@ def build_method(cfg: MSBRegTrainConfig, backbone: nn.Module, feature_dim: int) 
     return BYOL(backbone, feature_dim, cfg.method)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_trainer(MSBRegTrainConfig, build_method, evaluate=evaluate_method, argv=argv,
-                       script="msbreg/train.py", doc=__doc__)
+main = trainer_main(CONFIG_SCHEMA, build_method, evaluate=evaluate_method)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: import the repository's packag
 from torch import nn
 
 from common.data import dataset_info
-from common.entry import run_trainer
+from common.entry import trainer_main
 from common.method import Method
 from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
@@ -45,9 +45,7 @@ def build_method(cfg: StochConTrainConfig, backbone: nn.Module, feature_dim: int
     return SimCLR(backbone, feature_dim, cfg.method, cfg.augment.num_views)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_trainer(StochConTrainConfig, build_method, evaluate=evaluate_method, argv=argv,
-                       default_config=QUICKSTART, script="stochcon/train.py", doc=__doc__)
+main = trainer_main(CONFIG_SCHEMA, build_method, evaluate=evaluate_method, default_config=QUICKSTART)
 
 
 if __name__ == "__main__":

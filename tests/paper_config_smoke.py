@@ -68,7 +68,8 @@ def run_spec(path: str) -> tuple[str, list[str]]:
 
         sweep = expand(ROOT / path)
         return sweep.trainer.module, list(sweep.runs[0].argv)
-    return f"{Path(path).parts[0]}.train", ["--config", str(ROOT / path)]
+    # the train.py beside the configs folder: <pkg>/configs/X.yaml -> pkg.train (examples/barlowtwins/configs too)
+    return ".".join((*Path(path).parent.parent.parts, "train")), ["--config", str(ROOT / path)]
 
 
 def resolved_config(path: str):

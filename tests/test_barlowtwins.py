@@ -2,12 +2,15 @@
 of its trainer."""
 
 import json
+import sys
 
 import pytest
 import torch
-from trainer_runs import run, write_idx_fashion_mnist
+import yaml
+from trainer_runs import ROOT, run, write_idx_fashion_mnist
 
-from barlowtwins.losses import barlow_twins_loss
+sys.path.insert(0, str(ROOT))  # the example is not installed: import it from the repository, as its train.py does
+from examples.barlowtwins.losses import barlow_twins_loss
 
 
 def test_loss_equals_equation_1_on_a_hand_checked_example():
@@ -35,12 +38,20 @@ def test_loss_is_invariant_to_the_scale_and_shift_of_each_dimension():
 def test_the_trainer_runs_and_writes_its_results(tmp_path):
     root = write_idx_fashion_mnist(tmp_path / "fmnist")
     out = tmp_path / "run"
-    done = run("barlowtwins/train.py", ["--config", "barlowtwins/configs/fashion_mnist_barlow_twins.yaml",
-                                        f"output_dir={out}", f"data.root={root}", "epochs=1", "batch_size=64",
-                                        "backbone.width=4", "method.projector=[32,32]", "progress_bar=false",
-                                        "tracker=none", "eval.linear_epochs=2"])
+    # no --config: the example's default is its CPU-sized Fashion-MNIST config
+    done = run("examples/barlowtwins/train.py", [f"output_dir={out}", f"data.root={root}", "epochs=1",
+                                                 "batch_size=64", "backbone.width=4", "method.projector=[32,32]",
+                                                 "progress_bar=false", "tracker=none", "eval.linear_epochs=2"])
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 8 and {"knn_top1_k20", "knn_top1_k200", "linear_top1"} <= results.keys()
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_without_arguments_it_is_the_cpu_sized_fashion_mnist_run():
+    done = run("examples/barlowtwins/train.py", ["--print-config"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    resolved = yaml.safe_load(done.stdout)
+    assert (resolved["backbone"]["name"], resolved["data"]["name"]) == ("small_convnet", "fashion_mnist")
+    assert resolved["method"]["projector"] == [512, 512, 512] and resolved["epochs"] == 4

@@ -23,15 +23,15 @@ from torch import nn
 
 from common.config_types import NonNegativeFloat, PositiveFloat, PositiveInt
 from common.data import FINE_AND_COARSE, dataset_info
-from common.entry import run_trainer
+from common.entry import trainer_main
 from common.errors import ConfigError
 from common.method import Method
 from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from evaluation.labelled import train_test_features
 from evaluation.linear import LinearProbeConfig, linear_probe
-from vcreg.method import SupervisedConfig, VCRegMethodConfig, build_vcreg_method
-from vcreg.placement import VCRegLayerConfig, apply_vcreg
+from vcreg.method import SupervisedConfig, VCRegLayerConfig, VCRegMethodConfig, build_vcreg_method
+from vcreg.placement import apply_vcreg
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_vcreg.yaml"
 
@@ -69,7 +69,11 @@ def build_method(cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -
     if cfg.subclass_probe.enabled and not (cfg.data.name in FINE_AND_COARSE and cfg.data.labels == "coarse"):
         raise ConfigError(f"subclass_probe.enabled needs data.labels=coarse and a data.name with fine labels too "
                           f"({', '.join(FINE_AND_COARSE)}); got {cfg.data.name}, labels={cfg.data.labels}")
-    apply_vcreg(backbone, cfg.vcreg)
+    layer = cfg.vcreg
+    if layer.enabled:
+        apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
+                    delta=layer.delta, all_reduce=layer.all_reduce, normalization=layer.normalization,
+                    overrides=layer.overrides)
     return build_vcreg_method(cfg.method, backbone, feature_dim, dataset_info(cfg.data).num_classes)
 
 
@@ -93,9 +97,7 @@ def evaluate(method: Method, cfg: VCRegTrainConfig, accelerator, stage: str) -> 
     return results | {"subclass_linear_top1": accuracy["top1"], "subclass_linear_top5": accuracy["top5"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_trainer(VCRegTrainConfig, build_method, evaluate=evaluate, argv=argv, default_config=QUICKSTART,
-                       script="vcreg/train.py", doc=__doc__)
+main = trainer_main(CONFIG_SCHEMA, build_method, evaluate=evaluate, default_config=QUICKSTART)
 
 
 if __name__ == "__main__":

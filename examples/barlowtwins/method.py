@@ -7,14 +7,14 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from barlowtwins.losses import barlow_twins_loss
 from common.config_types import PositiveFloat
 from common.distributed import gather_with_grad
 from common.dtypes import at_least_float32
 from common.errors import ConfigError
-from common.heads import mlp
+from common.heads import head
 from common.method import Method
 from common.views import encode_views, project
+from examples.barlowtwins.losses import barlow_twins_loss
 
 
 @dataclass
@@ -27,8 +27,7 @@ class BarlowTwinsConfig:
 class BarlowTwins(Method):
     def __init__(self, backbone: nn.Module, feature_dim: int, cfg: BarlowTwinsConfig):
         super().__init__(backbone, feature_dim)
-        *hidden, out = cfg.projector
-        self.projector = mlp(feature_dim, hidden, out, norm="bn")
+        self.projector = head(feature_dim, cfg.projector, "method.projector", norm="bn")
         self.cfg = cfg
 
     def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
