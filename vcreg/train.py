@@ -30,8 +30,8 @@ from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from evaluation.labelled import train_test_features
 from evaluation.linear import LinearProbeConfig, linear_probe
-from vcreg.method import SupervisedConfig, VCRegLayerConfig, VCRegMethodConfig, build_vcreg_method
-from vcreg.placement import apply_vcreg
+from vcreg.method import SupervisedConfig, VCRegMethodConfig, build_vcreg_method
+from vcreg.placement import VCRegLayerConfig, apply_vcreg
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_vcreg.yaml"
 
@@ -69,11 +69,7 @@ def build_method(cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -
     if cfg.subclass_probe.enabled and not (cfg.data.name in FINE_AND_COARSE and cfg.data.labels == "coarse"):
         raise ConfigError(f"subclass_probe.enabled needs data.labels=coarse and a data.name with fine labels too "
                           f"({', '.join(FINE_AND_COARSE)}); got {cfg.data.name}, labels={cfg.data.labels}")
-    layer = cfg.vcreg
-    if layer.enabled:
-        apply_vcreg(backbone, layer.placement, alpha=layer.alpha, beta=layer.beta, eps=layer.eps,
-                    delta=layer.delta, all_reduce=layer.all_reduce, normalization=layer.normalization,
-                    overrides=layer.overrides)
+    apply_vcreg(backbone, cfg.vcreg)
     return build_vcreg_method(cfg.method, backbone, feature_dim, dataset_info(cfg.data).num_classes)
 
 
