@@ -21,6 +21,11 @@ passes ``--max-batch``, or the next trial and its measured steps would overrun t
 ``--budget-seconds``; the last that fitted then runs ``--steps`` steps, the first ``--warmup-steps`` untimed.
 images/s counts samples (each with all its views). The JSON is rewritten after every row.
 
+Each measured row is set beside ``common.plan``'s figures for it (one GPU, the row's batch, counted on the same
+device): FLOPs per image, the TFLOP/s the measured images/s mean and their share of ``--peak-tflops``, the images/s
+the plan predicts at ``--peak-tflops`` x ``common.plan.DEFAULT_UTILISATION``, and the plan's memory bound against
+the measured peak (the plan counts float32 activations: under bf16/fp16 autocast the bound lies above the peak).
+
     python bench/gpu_check.py --device cuda --out bench/results/gpu      # scripts/gpu_check.sh runs this
     python bench/gpu_check.py --quick                                    # the same code on the CPU, tiny sizes
 """
@@ -49,6 +54,7 @@ from common.batch_augment import BatchAugment
 from common.config import load_config
 from common.data import dataset_info
 from common.optim import build_optimizer, param_groups, scaled_lr
+from common.plan import DEFAULT_TFLOPS, DEFAULT_UTILISATION, plan_config
 from common.probe import OnlineProbe
 from common.trainer import TrainingModule, learning_rate
 
@@ -99,7 +105,7 @@ class TrainStep:
         if cfg.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         groups = param_groups(self.method, scaled_lr(cfg.optim, batch, cfg.augment.num_views), cfg.optim.weight_decay,
-                              cfg.optim.exclude_bias_and_norm)
+                              cfg.optim.exclude_bias_and_norm, cfg.optim.bias_and_norm_lr_scale)
         if probe is not None:
             groups.append({"params": list(probe.parameters()), "weight_decay": 0.0, "lars_exclude": True,
                            "base_lr": cfg.probe_lr})
@@ -125,8 +131,9 @@ class TrainStep:
 
     def __call__(self) -> torch.Tensor:
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.cfg.optim, self.step, self.total_steps, self.steps_per_epoch,
-                                        group["base_lr"])
+            if not group.get("fixed_lr"):
+                group["lr"] = learning_rate(self.cfg.optim, self.step, self.total_steps, self.steps_per_epoch,
+                                            group["base_lr"])
         self.method.on_step_start(self.step, self.total_steps)
         with torch.autocast(self.device.type, dtype=self.autocast):
             out = self.module(self.views, self.labels)
@@ -225,6 +232,19 @@ def measure(check: Check, overrides: tuple[str, ...], batch: int, device: torch.
     return result
 
 
+def planned(check: Check, overrides: tuple[str, ...], batch: int, device: torch.device, images_per_second: float,
+            peak_tflops: float) -> dict:
+    """``common.plan``'s figures for a measured row, and what the measured images/s mean in TFLOP/s."""
+    plan = plan_config(ROOT / check.config, check.trainer, gpus=1, tflops=peak_tflops,
+                       overrides=(f"mixed_precision={check.mixed_precision}", f"batch_size={batch}", *overrides),
+                       device=str(device))
+    achieved = images_per_second * plan.flops_per_image / 1e12
+    return {"plan": {"gflop_per_image": plan.flops_per_image / 1e9, "counted_on": plan.counted_on,
+                     "images_per_second": plan.images_per_second_per_gpu, "utilisation": DEFAULT_UTILISATION,
+                     "peak_tflops": peak_tflops, "peak_gib": plan.peak_gib},
+            "achieved_tflops": achieved, "achieved_share_of_peak": achieved / peak_tflops}
+
+
 def run(args, save) -> list[dict]:
     """Every row of ``CHECKS``; ``save(rows)`` after each (a time limit that stops the script keeps them)."""
     device = torch.device(args.device)
@@ -249,6 +269,7 @@ def run(args, save) -> list[dict]:
         else:
             try:
                 row |= measure(check, overrides, batch, device, args.steps, args.warmup_steps)
+                row |= planned(check, overrides, batch, device, row["images_per_second"], args.peak_tflops)
             except torch.OutOfMemoryError as error:
                 row["error"] = f"out of memory at batch {batch}: {str(error).splitlines()[0]}"
                 free_memory()
@@ -275,6 +296,12 @@ def print_row(row: dict, flush: bool = False) -> None:
           f"{peak:>9} {row['finite_loss']!s:>6}  {row['first_loss']:.3f} -> {row['last_loss']:.3f}   "
           f"[{search_text(row)}]" + (f" grad scale {row['final_grad_scale']:g}" if "final_grad_scale" in row else ""),
           flush=flush)
+    if "plan" in row:
+        plan, peak = row["plan"], f"{row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else "not measured"
+        print(f"  {'':<11} plan: {plan['gflop_per_image']:.2f} GFLOP/image, {plan['images_per_second']:.0f} "
+              f"images/s at {plan['peak_tflops']:g} TFLOP/s x {plan['utilisation']:g}; measured "
+              f"{row['achieved_tflops']:.1f} TFLOP/s ({row['achieved_share_of_peak']:.0%} of peak); memory: "
+              f"planned <= {plan['peak_gib']:.1f} GiB (float32 activations), measured {peak}", flush=flush)
 
 
 def print_header(device: str, args) -> None:
@@ -295,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=5, help="steps not timed (cuDNN autotuning, caches)")
     parser.add_argument("--budget-seconds", type=float, default=240.0, help="time for all rows together")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--peak-tflops", type=float, default=DEFAULT_TFLOPS,
+                        help=f"the GPU's peak TFLOP/s, for the plan comparison (default {DEFAULT_TFLOPS:g}: H100/H200 "
+                             "SXM dense bf16)")
     parser.add_argument("--out", default="bench/results/gpu", help="folder of gpu_check.json")
     args = parser.parse_args(argv)
     if args.quick:

@@ -13,8 +13,10 @@ trainer's ``build_method``, plus the online probe):
 - activation memory per device: the bytes of every tensor autograd keeps for the backward pass (one count per
   storage, parameters excluded) at the per-device micro-batch;
 - the largest per-device micro-batch that fits ``--gpu-memory`` with the weights, their gradients and the
-  optimiser's state, and the gradient accumulation the config's global batch then needs (a method whose loss
-  couples the samples of a batch needs gradient caching for that accumulation to equal the large batch);
+  optimiser's state, and the gradient accumulation the config's global batch then needs. A method whose loss
+  couples the samples of a batch (``Method.couples_batch``) accumulates by gradient caching (``grad_cache``,
+  ``common/grad_cache.py``): its step then costs one more forward pass per micro-batch, which the FLOPs per step
+  count, and the whole batch's loss, counted per micro-batch (a small share of a step);
 - total PFLOP over the run (steps x FLOPs per step) and GPU-hours at ``--tflops`` x ``--utilisation``.
 
 How it counts: one forward and backward pass at micro-batches of 2, 3 and 4 images, on the meta device (shapes
@@ -184,27 +186,30 @@ class Counts:
     forward_flops: object
     activation_bytes: object
     largest_activation_bytes: object
+    couples_batch: bool  # the method's loss couples the samples of a batch (gradient caching when accumulating)
 
 
-def measure(cfg, build_method, channels: int, native_size: int, num_classes: int) -> Counts:
-    """Build the method as the trainer does and count its passes at ``FIT_BATCHES`` (meta device first)."""
+def measure(cfg, build_method, channels: int, native_size: int, num_classes: int, device: str = "cpu") -> Counts:
+    """Build the method as the trainer does and count its passes at ``FIT_BATCHES``: on the meta device, else
+    on ``device`` (bench/gpu_check.py counts on the GPU it measures)."""
     shapes = view_shapes(cfg, channels, native_size)
     last_error: Exception | None = None
-    for device in ("meta", "cpu"):
+    for where in ("meta", device):
         try:
-            with torch.device(device):
+            with torch.device(where):
                 method = build_initial_method(cfg, build_method, channels)
             method.train()
             method.on_step_start(0, 1)
             passes = []
             for batch in FIT_BATCHES:
-                with torch.device(device):
+                with torch.device(where):
                     views = [torch.zeros(batch, c, s, s) for c, s in shapes]
                     labels = torch.zeros(batch, dtype=torch.long)
                 count = count_pass(TrainingModule(method, None), views, labels)
                 method.zero_grad(set_to_none=True)
                 if cfg.online_probe and num_classes:
-                    probe = count_probe(method.feature_dim, num_classes, batch)
+                    with torch.device(where if where != "meta" else "cpu"):
+                        probe = count_probe(method.feature_dim, num_classes, batch)
                     count = PassCount(count.flops + probe.flops, count.forward_flops + probe.forward_flops,
                                       count.activation_bytes + probe.activation_bytes,
                                       max(count.largest_activation_bytes, probe.largest_activation_bytes))
@@ -215,8 +220,9 @@ def measure(cfg, build_method, channels: int, native_size: int, num_classes: int
         probe_parameters = (method.feature_dim + 1) * num_classes if cfg.online_probe and num_classes else 0
         fits = {name: quadratic([(b, getattr(p, name)) for b, p in zip(FIT_BATCHES, passes)])
                 for name in ("flops", "forward_flops", "activation_bytes", "largest_activation_bytes")}
-        return Counts(device, sum(p.numel() for p in method.parameters()) + probe_parameters,
-                      sum(p.numel() for p in method.parameters() if p.requires_grad) + probe_parameters, **fits)
+        return Counts(where, sum(p.numel() for p in method.parameters()) + probe_parameters,
+                      sum(p.numel() for p in method.parameters() if p.requires_grad) + probe_parameters, **fits,
+                      couples_batch=method.couples_batch)
     raise last_error
 
 
@@ -237,8 +243,10 @@ class Plan:
     flops_per_step: float
     activation_gib: float  # per device, at the configured per-device batch (no accumulation)
     static_gib: float  # weights, gradients, optimiser state
+    peak_gib: float  # the memory bound at the per-device batch: static, activations, the backward's transient
     max_micro_batch: int  # the largest per-device micro-batch that fits the GPU memory
     accumulation: int  # micro-batches per step each device needs to reach the config's batch
+    gradient_caching: bool  # that accumulation runs gradient caching (a batch-coupled loss, grad_cache=true)
     steps: int | None
     total_pflop: float | None
     gpu_hours: float | None
@@ -247,28 +255,34 @@ class Plan:
 
 def plan_config(path: str | Path, train: str | None = None, gpus: int = DEFAULT_GPUS,
                 gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB, tflops: float = DEFAULT_TFLOPS,
-                utilisation: float = DEFAULT_UTILISATION) -> Plan:
+                utilisation: float = DEFAULT_UTILISATION, overrides: tuple[str, ...] = (),
+                device: str = "cpu") -> Plan:
+    """The plan of the config at ``path`` (with ``key=value`` overrides), counted on the meta device or on
+    ``device``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config not found: {path}")
     script = train or trainer_of(path)
     trainer = load_trainer(script, path)
     build_method = importlib.import_module(trainer.module).build_method
-    cfg = load_config(trainer.schema, ["--config", str(path)])
+    cfg = load_config(trainer.schema, ["--config", str(path), *overrides])
     if cfg.batch_size % gpus:
         raise ConfigError(f"{path}: batch_size {cfg.batch_size} is not divisible by --gpus {gpus}")
     info = dataset_info(cfg.data)
     channels = cfg.backbone.in_chans or info.channels
-    counts = measure(cfg, build_method, channels, info.image_size, info.num_classes)
+    counts = measure(cfg, build_method, channels, info.image_size, info.num_classes, device)
     element = 8 if cfg.dtype == "float64" else 4
     per_device = cfg.batch_size // gpus
     static = element * (counts.parameters + counts.trainable * (1 + OPTIMISER_STATES[cfg.optim.name]))
     budget = gpu_memory_gib * GIB - static
 
-    def fits(batch: int) -> bool:
+    def needed(batch: int) -> int:
         # while one layer's backward runs, its output's gradient and its input's gradient exist beside the saved
         # activations: two of the largest saved tensors bound that transient
-        return counts.activation_bytes(batch) + 2 * counts.largest_activation_bytes(batch) <= budget
+        return counts.activation_bytes(batch) + 2 * counts.largest_activation_bytes(batch)
+
+    def fits(batch: int) -> bool:
+        return needed(batch) <= budget
 
     low, high = 0, per_device  # the largest fitting micro-batch up to the per-device batch (counts grow with B)
     while low < high:
@@ -276,7 +290,9 @@ def plan_config(path: str | Path, train: str | None = None, gpus: int = DEFAULT_
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
     accumulation = next((k for k in divisors(per_device) if per_device // k <= low), 0)
     micro = per_device // accumulation if accumulation else per_device
-    flops_per_step = counts.flops(micro) * (accumulation or 1) * gpus
+    caching = accumulation > 1 and counts.couples_batch and cfg.grad_cache
+    per_micro = counts.flops(micro) + (counts.forward_flops(micro) if caching else 0)  # pass 1 of the cache
+    flops_per_step = per_micro * (accumulation or 1) * gpus
     images = train_images(cfg.data, cfg.train_split)
     steps = cfg.epochs * (images // cfg.batch_size) if images else None
     if cfg.max_steps is not None:
@@ -290,7 +306,8 @@ def plan_config(path: str | Path, train: str | None = None, gpus: int = DEFAULT_
         counted_on=counts.device, parameters=counts.parameters, trainable=counts.trainable, gpus=gpus,
         batch_size=cfg.batch_size, per_device_batch=per_device, flops_per_image=flops_per_step / cfg.batch_size,
         flops_per_step=flops_per_step, activation_gib=counts.activation_bytes(per_device) / GIB,
-        static_gib=static / GIB, max_micro_batch=low, accumulation=accumulation, steps=steps,
+        static_gib=static / GIB, peak_gib=(static + needed(per_device)) / GIB, max_micro_batch=low,
+        accumulation=accumulation, gradient_caching=caching, steps=steps,
         total_pflop=total / 1e15 if total is not None else None,
         gpu_hours=total / rate / 3600 if total is not None else None,
         images_per_second_per_gpu=rate / (flops_per_step / cfg.batch_size))
@@ -323,10 +340,12 @@ def format_plan(plan: Plan, gpu_memory_gib: float, tflops: float, utilisation: f
         (f"FLOPs per image   {plan.flops_per_image / 1e9:.3f} GFLOP (forward + backward, every view; counted "
         f"on {plan.counted_on})"),
         f"FLOPs per step    {plan.flops_per_step / 1e12:.3f} TFLOP (batch {plan.batch_size} on {plan.gpus} GPUs)",
-        (f"memory per GPU    {plan.activation_gib:.2f} GiB of activations at the per-device batch "
-        f"{plan.per_device_batch}, {plan.static_gib:.2f} GiB of weights, gradients and optimiser state"),
+        (f"memory per GPU    {plan.peak_gib:.2f} GiB at most at the per-device batch {plan.per_device_batch}: "
+        f"{plan.activation_gib:.2f} GiB of activations, {plan.static_gib:.2f} GiB of weights, gradients and "
+        "optimiser state, and the backward pass's transient"),
         f"largest micro-batch that fits {gpu_memory_gib:g} GiB: {plan.max_micro_batch} per GPU; {fit}"
-        + (" (a batch-coupled loss needs gradient caching to equal the large batch)" if plan.accumulation > 1 else ""),
+        + ((" by gradient caching (the loss couples the batch; one more forward per micro-batch, counted)"
+            if plan.gradient_caching else " (plain accumulation)") if plan.accumulation > 1 else ""),
         f"steps             {plan.steps if plan.steps is not None else 'n/a (the training set is not here)'}",
         (f"total             {_number(plan.total_pflop)} PFLOP, {_number(plan.gpu_hours)} GPU-hours at "
         f"{tflops:g} TFLOP/s x {utilisation:g} utilisation ({plan.images_per_second_per_gpu:,.0f} images/s per GPU)"),
@@ -342,7 +361,8 @@ def markdown_table(plans: list[Plan], command: str, gpus: int, gpu_memory_gib: f
         f"{tflops:g} TFLOP/s at {utilisation:g} utilisation. How each figure is counted: the docstring of "
         "`common/plan.py` (FLOPs: PyTorch's FLOP counter over forward and backward of every view; activations: "
         "the tensors autograd saves, float32; both exact polynomials in the batch fitted at micro-batches 2, 3, 4). "
-        "`accum`: micro-batches per step each GPU needs for the config's batch (0: one image does not fit); "
+        "`accum`: micro-batches per step each GPU needs for the config's batch (0: one image does not fit; "
+        "cached: by gradient caching, whose extra forward pass the FLOPs count); "
         "`n/a`: the training set's size is not known without its files."),
         "",
         ("| config | method | backbone | views | params (M) | GFLOP/image | TFLOP/step | act. GiB/GPU | "
@@ -351,7 +371,7 @@ def markdown_table(plans: list[Plan], command: str, gpus: int, gpu_memory_gib: f
     ]
     rows = [f"| {p.config} | {p.method} | {p.backbone} | {p.views} | {p.parameters / 1e6:.2f} | "
             f"{p.flops_per_image / 1e9:.3g} | {p.flops_per_step / 1e12:.3g} | {p.activation_gib:.3g} | "
-            f"{p.max_micro_batch} | {p.accumulation} | {p.steps if p.steps is not None else 'n/a'} | "
+            f"{p.max_micro_batch} | {p.accumulation}{' (cached)' if p.gradient_caching else ''} | {p.steps if p.steps is not None else 'n/a'} | "
             f"{_number(p.total_pflop)} | {_number(p.gpu_hours)} |" for p in plans]
     return "\n".join(head + rows) + "\n"
 

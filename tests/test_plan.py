@@ -117,11 +117,16 @@ def test_plan_of_a_paper_config(capsys):
     assert plan.views == "2x28" and plan.accumulation == 1 and plan.per_device_batch == plan.batch_size // 2
     epochs = yaml.safe_load(SIMCLR.read_text())["epochs"]
     assert plan.steps == 60_000 // plan.batch_size * epochs  # Fashion-MNIST's 60,000 training images
-    # a third of the activations' memory needs accumulation; each micro-batch's loss then compares fewer pairs
-    # (no gradient caching counted), so an image costs no more
+    # a third of the activations' memory needs accumulation: SimCLR's loss couples the batch, so by gradient
+    # caching, whose first pass is one more forward per micro-batch; plain accumulation (grad_cache=false) adds
+    # nothing, and its micro-batches' losses compare fewer pairs
     small = plan_config(SIMCLR, gpus=2,
                         gpu_memory_gib=(plan.static_gib + plan.activation_gib / 3))
     assert small.accumulation > 1 and small.max_micro_batch < plan.per_device_batch
-    assert small.flops_per_image <= plan.flops_per_image
+    assert small.gradient_caching and small.flops_per_image > plan.flops_per_image
+    plain = plan_config(SIMCLR, gpus=2, gpu_memory_gib=(plan.static_gib + plan.activation_gib / 3),
+                        overrides=("grad_cache=false",))
+    assert not plain.gradient_caching and plain.accumulation == small.accumulation
+    assert plain.flops_per_image <= plan.flops_per_image
     assert main(["--config", str(SIMCLR), "--gpus", "2"]) == 0
     assert "GFLOP (forward + backward" in capsys.readouterr().out
