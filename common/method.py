@@ -8,6 +8,7 @@ The loop knows nothing about any method: it hands the augmented views and the la
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -21,6 +22,19 @@ class FeatureSplits(NamedTuple):
     train_y: torch.Tensor  # int64 [N]
     test_x: torch.Tensor
     test_y: torch.Tensor
+
+
+@dataclass
+class ParameterGroup:
+    """Parameters a method asks the optimiser to treat alike (solo-learn's ``learnable_params`` are one model).
+
+    ``common.optim.param_groups`` splits each group further into weights and biases/norm parameters."""
+
+    name: str  # for messages and the optimiser's group ("backbone_and_heads", "predictor")
+    params: list[nn.Parameter]
+    # The learning rate stays at the peak every step: no warm-up, no decay (SimSiam's predictor, Chen & He 2021,
+    # "Exploring Simple Siamese Representation Learning": a constant predictor lr works better than a decayed one).
+    fixed_lr: bool = False
 
 
 class Method(nn.Module, abc.ABC):
@@ -68,3 +82,8 @@ class Method(nn.Module, abc.ABC):
         features the final evaluation extracted once (a classifier's ``test_top1``, a latent's code
         statistics, neural-collapse measures); none by default."""
         return {}
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """The groups the optimiser sees: every parameter with ``requires_grad`` in exactly one (an EMA target's
+        are frozen); one group on the schedule by default."""
+        return [ParameterGroup("backbone_and_heads", [p for p in self.parameters() if p.requires_grad])]

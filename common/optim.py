@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from common.config_types import NonNegativeFloat
+from common.errors import ConfigError
+from common.method import Method, ParameterGroup
 from common.schedules import step_decay, warmup_cosine
 
 
@@ -29,6 +31,10 @@ class OptimConfig:
     nesterov: bool = False
     eta: float = 1e-3                  # LARS trust coefficient
     exclude_bias_and_norm: bool = True  # no weight decay and no LARS adaptation for parameters with ndim <= 1
+    # Their learning rate as a multiple of the others' (with exclude_bias_and_norm): under LARS the weights' steps
+    # shrink by the trust ratio eta ||w|| / ||g|| while these take plain steps at the full rate (Barlow Twins'
+    # code: 0.0048 / 0.2 = 0.024); 1: the same rate, as SimCLR's, BYOL's and VICReg's code
+    bias_and_norm_lr_scale: NonNegativeFloat = 1.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 10.0
     final_lr: float = 0.0              # learning rate at the end of the cosine, as a fraction of the peak
@@ -103,16 +109,32 @@ def is_excluded(parameter: torch.Tensor) -> bool:
 
 
 def param_groups(model: nn.Module, base_lr: float, weight_decay: float, exclude_bias_and_norm: bool = True,
-                 ) -> list[dict]:
-    """Two groups: regular weights, and biases/norm parameters without weight decay or LARS adaptation."""
-    regular, excluded = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (excluded if exclude_bias_and_norm and is_excluded(parameter) else regular).append(parameter)
-    groups = [{"params": regular, "weight_decay": weight_decay, "lars_exclude": False, "base_lr": base_lr}]
-    if excluded:
-        groups.append({"params": excluded, "weight_decay": 0.0, "lars_exclude": True, "base_lr": base_lr})
+                 bias_and_norm_lr_scale: float = 1.0) -> list[dict]:
+    """The optimiser's groups: each group the method declares (``Method.parameter_groups``; one group for any
+    other module) split into its weights and its biases/norm parameters, the latter without weight decay or LARS
+    adaptation and at ``bias_and_norm_lr_scale`` x the learning rate. Each group carries ``name``, ``base_lr``
+    (its peak), ``lr`` and ``fixed_lr`` (the trainer keeps ``lr`` at ``base_lr`` instead of following the
+    schedule)."""
+    if bias_and_norm_lr_scale != 1.0 and not exclude_bias_and_norm:
+        raise ConfigError("optim.bias_and_norm_lr_scale sets the rate of the parameters exclude_bias_and_norm "
+                          "separates: set optim.exclude_bias_and_norm=true or leave the scale at 1.0")
+    declared = (model.parameter_groups() if isinstance(model, Method)
+                else [ParameterGroup("all", [p for p in model.parameters() if p.requires_grad])])
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    seen = [id(p) for group in declared for p in group.params]
+    if sorted(seen) != sorted(id(p) for p in trainable):
+        raise ValueError(f"{type(model).__name__}.parameter_groups must hold every trainable parameter exactly "
+                         f"once: {len(seen)} entries for {len(trainable)} parameters")
+    groups = []
+    for group in declared:
+        regular = [p for p in group.params if not (exclude_bias_and_norm and is_excluded(p))]
+        excluded = [p for p in group.params if exclude_bias_and_norm and is_excluded(p)]
+        for name, params, decay, lars_exclude, lr in (
+                (group.name, regular, weight_decay, False, base_lr),
+                (f"{group.name}_bias_and_norm", excluded, 0.0, True, base_lr * bias_and_norm_lr_scale)):
+            if params:
+                groups.append({"name": name, "params": params, "weight_decay": decay, "lars_exclude": lars_exclude,
+                               "base_lr": lr, "lr": lr, "fixed_lr": group.fixed_lr})
     return groups
 
 

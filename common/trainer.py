@@ -163,7 +163,8 @@ class Trainer:
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         peak = scaled_lr(cfg.optim, cfg.batch_size, cfg.augment.num_views)
-        groups = param_groups(method, peak, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm)
+        groups = param_groups(method, peak, cfg.optim.weight_decay, cfg.optim.exclude_bias_and_norm,
+                              cfg.optim.bias_and_norm_lr_scale)
         if probe is not None:
             groups.append({"params": list(probe.parameters()), "weight_decay": 0.0, "lars_exclude": True,
                            "base_lr": cfg.probe_lr})
@@ -391,7 +392,8 @@ class Trainer:
     def _train_step(self, step: int, micro_views, micro_labels) -> tuple[dict, bool]:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(cfg.optim, step, self.total_steps, self.steps_per_epoch, group["base_lr"])
+            if not group.get("fixed_lr"):  # a fixed-lr group (SimSiam's predictor) stays at its base_lr
+                group["lr"] = learning_rate(cfg.optim, step, self.total_steps, self.steps_per_epoch, group["base_lr"])
         self.method.on_step_start(step, self.total_steps)
         accumulation = len(micro_views)
         micro_views = [[v.to(self.dtype) for v in views] for views in micro_views]

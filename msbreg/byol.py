@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from common.config_types import Fraction
 from common.errors import ConfigError
 from common.heads import head
-from common.method import Method
+from common.method import Method, ParameterGroup
 from common.schedules import ema_momentum
 from msbreg.ema import ema_update, frozen_copy
 from msbreg.losses import byol_loss
@@ -27,6 +27,9 @@ class BYOLConfig:
     head_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the heads (supplementary Table 4)
     weight_standardization: bool = False   # weight-standardised linear layers in the heads (supplement 1.2)
     base_momentum: Fraction = 0.99         # target EMA momentum, cosine from this to 1 per step (0.996 on ImageNet)
+    # The predictor's learning rate stays at the peak (no warm-up, no decay) while the rest follows the schedule,
+    # as SimSiam's (Chen & He 2021); not in BYOL's or MSBReg's recipe, hence false
+    predictor_fixed_lr: bool = False
 
 
 class BYOL(Method):
@@ -82,6 +85,15 @@ class BYOL(Method):
         return {"loss": loss, "features": embeddings["features"],
                 "proj_std": self.collapse_monitor(embeddings["projections"]),
                 "ema_momentum": torch.tensor(self.momentum)}
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """With ``predictor_fixed_lr`` the predictor is a group of its own at a fixed learning rate."""
+        if not self.cfg.predictor_fixed_lr:
+            return super().parameter_groups()
+        predictor = list(self.predictor.parameters())
+        in_predictor = {id(p) for p in predictor}
+        online = [p for p in self.parameters() if p.requires_grad and id(p) not in in_predictor]
+        return [ParameterGroup("backbone_and_projector", online), ParameterGroup("predictor", predictor, fixed_lr=True)]
 
     def on_step_start(self, step: int, total_steps: int) -> None:
         self.momentum = ema_momentum(step, total_steps, self.cfg.base_momentum)
