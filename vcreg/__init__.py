@@ -2,6 +2,6 @@
 Regularization Improves Representation Learning")."""
 
 from vcreg.layer import NORMALIZATIONS, VCReg
-from vcreg.placement import PLACEMENTS, apply_vcreg, remove_layers
+from vcreg.placement import PLACEMENTS, VCRegLayerConfig, apply_vcreg, remove_layers
 
-__all__ = ["NORMALIZATIONS", "PLACEMENTS", "VCReg", "apply_vcreg", "remove_layers"]
+__all__ = ["NORMALIZATIONS", "PLACEMENTS", "VCReg", "VCRegLayerConfig", "apply_vcreg", "remove_layers"]
