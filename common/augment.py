@@ -84,31 +84,6 @@ def simclr_augment(strength: float = 1.0) -> AugmentConfig:
     )
 
 
-def byol_augment() -> AugmentConfig:
-    """BYOL (Grill et al., 2020, table 6): jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale 0.2, blur 1.0/0.1
-    and solarize 0.0/0.2 on the two views."""
-    return AugmentConfig(
-        brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_prob=[1.0, 0.1], solarize_prob=[0.0, 0.2]
-    )
-
-
-def msbreg_augment(views: int = 4) -> AugmentConfig:
-    """MSBReg supplementary table 1: crop p=1, flip 0.5, jitter p=0.8 with 0.4/0.4/0.2/0.1, colour
-    dropping 0.2, blur 1.0 and solarize 0.2 on every one of the K views."""
-    return AugmentConfig(
-        num_views=views,
-        flip_prob=0.5,
-        jitter_prob=0.8,
-        brightness=0.4,
-        contrast=0.4,
-        saturation=0.2,
-        hue=0.1,
-        grayscale_prob=0.2,
-        blur_prob=[1.0],
-        solarize_prob=[0.2],
-    )
-
-
 def dino_multicrop(local_crops: int = 8) -> AugmentConfig:
     """DINO (Caron et al., 2021): 2 global 224 px crops (scale 0.4-1; blur 1.0/0.1, solarize 0.0/0.2) and
     ``local_crops`` 96 px crops (scale 0.05-0.4; blur 0.5), BYOL's colour jitter."""

@@ -46,7 +46,8 @@ def check_gpu_decoding(in_memory: bool, device: torch.device) -> None:
 
 
 class BatchStream:
-    """Per-rank micro-batches: ``global_batch / (world * accumulation)`` samples each.
+    """Per-rank micro-batches: ``global_batch / (world * accumulation)`` samples each (a whole number:
+    ``common.train_config.check_train_config`` refuses a batch size that does not divide).
 
     ``steps_per_epoch`` counts optimiser steps (global batches); each yields ``accumulation``
     micro-batches on every rank. The last incomplete global batch of an epoch is dropped.
@@ -55,12 +56,8 @@ class BatchStream:
     def __init__(self, dataset: Dataset, augment: AugmentConfig, info: DatasetInfo, out_channels: int,
                  global_batch: int, accumulation: int, rank: int, world: int, seed: int, device: torch.device,
                  num_workers: int = 0):
-        per_step = world * accumulation
-        if global_batch % per_step:
-            raise ConfigError(f"batch_size {global_batch} is not divisible by processes x grad_accum_steps "
-                             f"= {per_step}")
         self.dataset = dataset
-        self.micro_batch = global_batch // per_step
+        self.micro_batch = global_batch // (world * accumulation)
         self.global_batch, self.accumulation = global_batch, accumulation
         self.rank, self.world, self.seed, self.device = rank, world, seed, device
         self.num_workers = num_workers

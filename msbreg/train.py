@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: import the repository's packag
 
 from torch import nn
 
-from common.augment import AugmentConfig, msbreg_augment
+from common.augment import AugmentConfig
 from common.entry import trainer_main
 from common.errors import ConfigError
 from common.method import Method
@@ -27,6 +27,13 @@ from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.msbreg import MSBReg, MSBRegConfig
+
+
+def msbreg_augment(views: int = 4) -> AugmentConfig:
+    """Supplementary Table 1: crop p=1, flip 0.5, jitter p=0.8 with 0.4/0.4/0.2/0.1, colour dropping 0.2, blur
+    1.0 and solarize 0.2 on every one of the K views."""
+    return AugmentConfig(num_views=views, flip_prob=0.5, jitter_prob=0.8, brightness=0.4, contrast=0.4,
+                         saturation=0.2, hue=0.1, grayscale_prob=0.2, blur_prob=[1.0], solarize_prob=[0.2])
 
 
 def msbreg_optim() -> OptimConfig:

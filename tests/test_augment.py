@@ -21,11 +21,9 @@ from common.augment import (
     build_eval_transform,
     build_supervised_transform,
     build_view_transforms,
-    byol_augment,
     channel_stats,
     dino_multicrop,
     main,
-    msbreg_augment,
     per_view,
     random_resized_crop,
     simclr_augment,
@@ -40,6 +38,7 @@ from common.data import (
     MultiViewDataset,
     dataset_info,
 )
+from msbreg.train import msbreg_augment
 
 FMNIST = dataset_info("fashion_mnist")
 CIFAR = dataset_info("cifar10")
@@ -193,7 +192,9 @@ def test_supervised_and_none_pipelines():
 
 def test_views_through_the_multiview_dataset_and_a_dataloader():
     base = InMemoryImageDataset(torch.from_numpy(RNG.integers(0, 256, (8, 1, 28, 28), dtype=np.uint8)), torch.arange(8))
-    dataset = MultiViewDataset(base, build_view_transforms(byol_augment(), FMNIST, 3), seed=0)
+    byol = AugmentConfig(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, blur_prob=[1.0, 0.1],
+                         solarize_prob=[0.0, 0.2])  # BYOL's two views (Grill et al. 2020, Table 6)
+    dataset = MultiViewDataset(base, build_view_transforms(byol, FMNIST, 3), seed=0)
     views, labels = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
     assert len(views) == 2 and tuple(views[0].shape) == (4, 3, 28, 28) and labels.tolist() == [0, 1, 2, 3]
     assert torch.equal(dataset[1][0][0], views[0][1])
@@ -203,10 +204,6 @@ def test_presets_match_the_papers():
     simclr = simclr_augment(strength=0.5)
     assert (simclr.brightness, simclr.contrast, simclr.saturation, simclr.hue) == (0.4, 0.4, 0.4, 0.1)
     assert simclr.crop_scale == [0.08, 1.0] and simclr.blur_prob == [0.5] and simclr.grayscale_prob == 0.2
-
-    byol = byol_augment()
-    assert (byol.brightness, byol.contrast, byol.saturation, byol.hue) == (0.4, 0.4, 0.2, 0.1)
-    assert byol.blur_prob == [1.0, 0.1] and byol.solarize_prob == [0.0, 0.2] and byol.grayscale_prob == 0.2
 
     # MSBReg supplementary, table 1.
     ms = msbreg_augment()
