@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import sys
 import types
 import typing
@@ -28,7 +29,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 
-from common.config_types import Range
+from common.config_types import Length, Range
 from common.errors import ConfigError
 from common.yaml_text import (
     FALSE_WORDS,
@@ -96,7 +97,7 @@ def type_name(tp: Any) -> str:
     """A short readable name: ``int | None``, ``list[float]``, ``no|bf16|fp16``, ``int >= 1``."""
     if typing.get_origin(tp) is Annotated:
         base, *extras = typing.get_args(tp)
-        bounds = [e.describe() for e in extras if isinstance(e, Range)]
+        bounds = [e.describe() for e in extras if isinstance(e, (Range, Length))]
         return " ".join([type_name(base), *bounds])
     if typing.get_origin(tp) is Literal:
         return "|".join(str(a) for a in typing.get_args(tp))
@@ -132,7 +133,7 @@ def convert(value: Any, tp: Any, key: str) -> Any:
         base, *extras = typing.get_args(tp)
         result = convert(value, base, key)
         for bound in extras:
-            if isinstance(bound, Range) and not bound.check(result):
+            if isinstance(bound, (Range, Length)) and not bound.check(result):
                 raise ConfigError(f"key '{key}' must be {bound.describe()}; got {result!r}")
         return result
     origin = typing.get_origin(tp)
@@ -171,6 +172,8 @@ def convert(value: Any, tp: Any, key: str) -> Any:
             if not number.is_integer():
                 raise _fail(key, "an integer", value)
             number = int(number)
+        if isinstance(number, float) and not math.isfinite(number):  # nan passes every bound check and inf means no setting of ours
+            raise _fail(key, "a finite number", value)
         return tp(number)
     if origin in (list, tuple, Sequence):
         if not isinstance(value, (list, tuple)):

@@ -59,6 +59,14 @@ def _comments_in(source: str, names: set[str]) -> dict[str, str]:
     return found
 
 
+def _shown_path(path: str) -> str:
+    """``path`` relative to the current folder when it lies below it (a trainer's default config)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)
@@ -103,11 +111,14 @@ def _section_lines(cls: type, instance: Any, prefix: str, out: list[tuple[str, l
             out.extend(title_rows)
 
 
-def schema_help(schema: type) -> str:
-    """Every key of ``schema``, by section: ``  key: type = default    # comment``."""
+def schema_help(schema: type, values: Any = None, source: str | None = None) -> str:
+    """Every key of ``schema``, by section: ``  key: type = value    # comment``. The values are those of
+    ``values`` (the config the command would run, read from ``source``), else the dataclass defaults."""
     sections: list[tuple[str, list[str]]] = []
-    _section_lines(schema, schema(), "", sections)
+    _section_lines(schema, schema() if values is None else values, "", sections)
     text = ["Keys (set them in the YAML file or as key=value; dotted keys for sections):"]
+    if source:
+        text.append(f"(each value shown is the one this command runs with: the defaults, then {source})")
     for title, rows in sections:
         if rows:
             text.append(f"\n[{title}]")
@@ -119,13 +130,15 @@ def parse_command_line(schema: type[T], argv: Sequence[str] | None, usage: str,
                        default_config: str | Path | None = None) -> T | None:
     """What every entry point does with its arguments: ``--help`` prints ``usage`` and every key of ``schema``
     (type, default, comment); ``--print-config`` prints the resolved YAML; both return None without running
-    anything. Otherwise the resolved config."""
+    anything. Otherwise the resolved config. Bad keys or values are a ConfigError with ``--help`` too."""
     line = split_argv(sys.argv[1:] if argv is None else argv)
-    if line.help:
-        print(usage.strip() + "\n")
-        print(schema_help(schema))
-        return None
     cfg = resolve(schema, line, default_config)
+    if line.help:  # the values this command line would run with (the default config of a trainer), not bare defaults
+        config_file = line.config_file or (str(default_config) if default_config else None)
+        given = ([_shown_path(config_file)] if config_file else []) + (["the overrides"] if line.overrides else [])
+        print(usage.strip() + "\n")
+        print(schema_help(schema, cfg, " and ".join(given) or None))
+        return None
     if line.print_config:
         print(to_yaml(cfg), end="")
         return None
