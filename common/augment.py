@@ -24,7 +24,7 @@ import torch
 from torchvision.transforms import v2
 
 from common.blur import SeparableGaussianBlur, blur_kernel_size
-from common.config import load_config
+from common.config_help import parse_command_line
 from common.config_types import Fraction, NonNegativeFloat, NonNegativeInt, PositiveInt, Range
 from common.data import (
     DataConfig,
@@ -59,9 +59,9 @@ class AugmentConfig:
     flip_prob: Fraction = 0.5  # horizontal flip
     jitter_prob: Fraction = 0.8  # colour jitter applied with this probability
     brightness: NonNegativeFloat = 0.8  # SimCLR colour strength s=1: 0.8s, 0.8s, 0.8s, 0.2s
-    contrast: NonNegativeFloat = 0.8
-    saturation: NonNegativeFloat = 0.8
-    hue: Annotated[float, Range(low=0.0, high=0.5)] = 0.2
+    contrast: NonNegativeFloat = 0.8  # colour jitter's contrast factor range [1 - c, 1 + c]
+    saturation: NonNegativeFloat = 0.8  # colour jitter's saturation factor range [1 - s, 1 + s]
+    hue: Annotated[float, Range(low=0.0, high=0.5)] = 0.2  # colour jitter's hue shift range [-h, h], in turns
     grayscale_prob: Fraction = 0.2  # colour dropping
     blur_prob: list[Fraction] = field(default_factory=lambda: [0.5])  # per view, cycled, any size (BYOL: [1.0, 0.1])
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])  # Gaussian blur's sigma range, in pixels
@@ -261,10 +261,10 @@ def build_crop_transforms(cfg: AugmentConfig, info: DatasetInfo,
 class PreviewConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    output_dir: str = "augment_preview"
-    num_images: int = 6  # rows of the grid: the first images of the training set, one class after another
-    out_channels: int | None = None  # None: the dataset's channels
-    seed: int = 0
+    output_dir: str = "augment_preview"  # where views.png and views.json are written
+    num_images: PositiveInt = 6  # rows of the grid: the first images of the training set, one class after another
+    out_channels: PositiveInt | None = None  # None: the dataset's channels
+    seed: int = 0  # the views' random crops, jitter, blur and solarisation
 
 
 def preview_views(cfg: PreviewConfig) -> Path:
@@ -311,9 +311,18 @@ def preview_views(cfg: PreviewConfig) -> Path:
     return out_dir / "views.png"
 
 
+PREVIEW_USAGE = """usage: python -m common.augment [--config FILE.yaml] [key=value ...] [--print-config] [--help]
+
+Draw the views of a few training images into <output_dir>/views.png (numbers in views.json) to check an
+augmentation recipe by eye.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        cfg = load_config(PreviewConfig, argv)
+        cfg = parse_command_line(PreviewConfig, argv, PREVIEW_USAGE)
+        if cfg is None:  # --help or --print-config: nothing is drawn or written
+            return 0
         path = preview_views(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
-from common.config_types import NonNegativeFloat
+from common.config_types import Fraction, Length, NonNegativeFloat, PositiveFloat, UnitInterval
 from common.errors import ConfigError
 from common.method import Method, ParameterGroup
 from common.schedules import step_decay, warmup_cosine
@@ -26,21 +26,22 @@ class OptimConfig:
     lr: NonNegativeFloat = 0.3         # base learning rate, before scaling with the batch size
     # linear: lr * batch/256 | linear_views: also * augment.num_views (MSBReg) | sqrt: lr * sqrt(batch) | none
     lr_scaling: Literal["linear", "linear_views", "sqrt", "none"] = "linear"
-    weight_decay: NonNegativeFloat = 1e-6
+    weight_decay: NonNegativeFloat = 1e-6  # L2 penalty (SimCLR's LARS: 1e-6); AdamW: decoupled decay
     momentum: NonNegativeFloat = 0.9   # SGD/LARS momentum
-    nesterov: bool = False
-    eta: float = 1e-3                  # LARS trust coefficient
+    nesterov: bool = False             # SGD/LARS: Nesterov momentum
+    eta: PositiveFloat = 1e-3          # LARS trust coefficient
     exclude_bias_and_norm: bool = True  # no weight decay and no LARS adaptation for parameters with ndim <= 1
     # Their learning rate as a multiple of the others' (with exclude_bias_and_norm): under LARS the weights' steps
     # shrink by the trust ratio eta ||w|| / ||g|| while these take plain steps at the full rate (Barlow Twins'
     # code: 0.0048 / 0.2 = 0.024); 1: the same rate, as SimCLR's, BYOL's and VICReg's code
     bias_and_norm_lr_scale: NonNegativeFloat = 1.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_epochs: float = 10.0
-    final_lr: float = 0.0              # learning rate at the end of the cosine, as a fraction of the peak
+    # Adam/AdamW: decay rates of the first and second moment estimates (PyTorch's defaults)
+    betas: Annotated[list[UnitInterval], Length(low=2, high=2)] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: NonNegativeFloat = 10.0  # linear warm-up from 0 to the peak (warmup_cosine), in epochs
+    final_lr: Fraction = 0.0           # learning rate at the end of the cosine, as a fraction of the peak
     schedule: Literal["warmup_cosine", "step", "constant"] = "warmup_cosine"  # the learning rate per step
     milestones: list[float] = field(default_factory=lambda: [0.8])  # step schedule: fractions of training
-    gamma: float = 0.1
+    gamma: NonNegativeFloat = 0.1      # step schedule: the learning rate is multiplied by this at each milestone
     foreach: bool = True               # multi-tensor (foreach) update where the optimiser has one
 
 

@@ -40,9 +40,12 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if argv and argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
+    if not argv:  # no protocol named: nothing was done, so not a success
+        print(f"error: name a protocol\n\n{usage()}", file=sys.stderr)
+        return 2
     name = argv[0] if argv[0].startswith("evaluation.") else f"evaluation.{argv[0]}"
     if name not in PROTOCOLS:
         print(f"error: unknown protocol '{argv[0]}'\n\n{usage()}", file=sys.stderr)

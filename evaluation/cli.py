@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -75,16 +76,19 @@ def run_protocol(schema: type, evaluate: Callable[[Any], dict], argv: Sequence[s
     The result records the step the weights were saved at and the run's total steps (``evaluation.run_progress``),
     and the console says when the run is unfinished. ``output`` naming a folder is refused before the evaluation.
     ``plot(results, png_path)`` draws the figure of the results next to the JSON (same name, ``.png``).
-    ``--help`` prints ``usage`` and every key; ``--print-config`` the resolved config. Bad input is one line and
+    ``--help`` prints ``usage`` (by default the command of ``schema``'s module) and every key; ``--print-config``
+    the resolved config. Bad input is one line and
     exit code 2 (``common.entry.run_command``); anything else is a bug and keeps its traceback.
     """
 
     def body() -> int:
-        cfg = parse_command_line(schema, argv, usage or f"usage: python -m evaluation {protocol} checkpoint=... "
-                                 "[key=value ...] [--print-config] [--help]")
+        command = schema.__module__.removeprefix("evaluation.")  # not ``protocol``: it names the result file
+        summary = (sys.modules[schema.__module__].__doc__ or "").strip().split("\n\n")[0]
+        cfg = parse_command_line(schema, argv, usage or f"usage: python -m evaluation {command} checkpoint=PATH "
+                                 f"[key=value ...] [--print-config] [--help]\n\n{summary}")
         if cfg is None:
             return 0
-        if cfg.checkpoint in ("???", ""):
+        if not cfg.checkpoint:
             raise ConfigError("missing value for key 'checkpoint' (a run folder, backbone.safetensors or a model "
                               "name)")
         name = protocol(cfg) if callable(protocol) else protocol

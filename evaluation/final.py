@@ -20,11 +20,11 @@ return ``{}`` at once (no collective operation happens inside, so nothing waits 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
-from common.config_types import PositiveFloat, PositiveInt
+from common.config_types import Length, NonNegativeFloat, PositiveFloat, PositiveInt
 from common.method import FeatureSplits, Method
 from evaluation.knn import k_used, knn_accuracy, knn_settings
 from evaluation.labelled import train_test_features
@@ -35,14 +35,15 @@ from evaluation.linear import LinearProbeConfig, linear_probe
 class FinalEvalConfig:
     # wu2018: k = 200 and 20, T = 0.1 (Wu et al. 2018) | dino: k = 20 and 200, T = 0.07 (DINO, solo-learn)
     knn_protocol: Literal["wu2018", "dino"] = "wu2018"
-    knn_k: list[PositiveInt] | None = None     # the k of each weighted vote (key knn_top1_k<k>); None: the protocol's
+    # the k of each weighted vote (key knn_top1_k<k>); None: the protocol's
+    knn_k: Annotated[list[PositiveInt], Length(low=1)] | None = None
     knn_temperature: PositiveFloat | None = None  # T of the vote's weights exp(sim / T); None: the protocol's
     knn_at_init: bool = True           # also evaluate k-NN before training (keys knn_top1_k<k>_at_init)
     linear: bool = True                # linear probe on cached frozen features after training
     linear_epochs: PositiveInt = 30    # the probe's epochs over the cached features
-    linear_lr: float = 0.1             # SGD, cosine to 0, on standardised features
-    linear_batch_size: PositiveInt = 512
-    linear_weight_decay: float = 0.0
+    linear_lr: PositiveFloat = 0.1     # SGD, cosine to 0, on standardised features
+    linear_batch_size: PositiveInt = 512  # the probe's batch of cached features
+    linear_weight_decay: NonNegativeFloat = 0.0  # the probe's L2 penalty
     batch_size: PositiveInt = 512      # feature extraction batch
     max_train_images: PositiveInt | None = None  # k-NN bank / probe training set: this many train images, stratified
 

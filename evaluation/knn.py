@@ -28,13 +28,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from common.config_types import PositiveFloat, PositiveInt
+from common.config_types import Length, NonNegativeInt, PositiveFloat, PositiveInt
 from common.data import DataConfig
 from common.errors import ConfigError
 from evaluation.cli import labelled_features, run_protocol
@@ -181,18 +181,18 @@ def k_used(ks: Sequence[int], bank_size: int, suffix: str = "") -> dict[str, int
 class KNNEvalConfig:
     """``python -m evaluation.knn``: k-NN accuracy of a frozen backbone (train split = bank, test = queries)."""
 
-    checkpoint: str = "???"
+    checkpoint: str = ""  # required: a run folder, backbone.safetensors, checkpoint folder or model name (resnet50)
     data: DataConfig = field(default_factory=DataConfig)
     protocol: Literal["wu2018", "dino"] = "wu2018"           # wu2018: k=200 (and 20), T=0.1 | dino: k=20 (and 200), T=0.07
-    k: list[PositiveInt] | None = None  # None: the protocol's two values of k
+    k: Annotated[list[PositiveInt], Length(low=1)] | None = None  # None: the protocol's two values of k
     temperature: PositiveFloat | None = None  # None: the protocol's
     image_size: int | None = None   # evaluation resolution; None: the dataset's native size
     batch_size: int = 256              # feature extraction batch
-    num_workers: int = 4
-    max_train_images: int | None = None
-    device: str = "auto"
-    output: str | None = None
-    overwrite: bool = False
+    num_workers: NonNegativeInt = 4  # DataLoader worker processes (0: load in this process)
+    max_train_images: PositiveInt | None = None  # this many training images (stratified); None: all
+    device: str = "auto"  # auto: cuda when available, else cpu | cpu | cuda | cuda:N
+    output: str | None = None  # the JSON result; None: eval_<protocol>[_<dataset>].json by the checkpoint
+    overwrite: bool = False  # replace the result file at output if it exists
     progress_bar: bool = True          # tqdm bars for the extraction and the vote (like the trainer's)
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from common.augment import AugmentConfig, build_supervised_transform
-from common.config_types import NonNegativeFloat, PositiveFloat, PositiveInt
+from common.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from common.data import DataConfig, build_dataset, dataset_info, stratified_subset
 from common.errors import DataError
 from common.optim import OptimConfig, build_optimizer, param_groups
@@ -49,15 +49,15 @@ from evaluation.progress import progress_bar
 @dataclass
 class LinearProbeConfig:
     epochs: PositiveInt = 100     # passes over the (cached) training features
-    batch_size: PositiveInt = 256
+    batch_size: PositiveInt = 256  # training batch of the probe
     optimizer: Literal["sgd", "lars", "adamw"] = "sgd"  # adamw: VCReg's subclass probe (Appendix C.2)
     lr: PositiveFloat = 0.1       # peak learning rate (not scaled with the batch size)
     momentum: NonNegativeFloat = 0.9  # SGD / LARS
-    nesterov: bool = False
-    weight_decay: NonNegativeFloat = 0.0
+    nesterov: bool = False        # SGD / LARS: Nesterov momentum
+    weight_decay: NonNegativeFloat = 0.0  # L2 penalty on the classifier
     eta: PositiveFloat = 1e-3     # LARS trust coefficient
     schedule: Literal["cosine", "step"] = "cosine"  # cosine (after warmup_epochs of linear warm-up) | step
-    warmup_epochs: NonNegativeFloat = 0.0
+    warmup_epochs: NonNegativeFloat = 0.0  # cosine: linear warm-up epochs before it
     milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])  # step: fractions of training
     gamma: PositiveFloat = 0.1    # step: the factor at each milestone
     standardize: bool = True      # standardise features with the training mean / std
@@ -190,19 +190,19 @@ def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Te
 class LinearEvalConfig:
     """``python -m evaluation.linear``: linear probe of a frozen backbone, on cached features by default."""
 
-    checkpoint: str = "???"
+    checkpoint: str = ""  # required: a run folder, backbone.safetensors, checkpoint folder or model name (resnet50)
     data: DataConfig = field(default_factory=DataConfig)
     probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     augment: bool = False              # train on augmented images (no caching; probe.standardize is ignored)
     train_augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(name="supervised"))
     image_size: int | None = None   # evaluation resolution; None: the dataset's native size
     batch_size: int = 256              # feature extraction batch
-    num_workers: int = 4
-    max_train_images: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    output: str | None = None
-    overwrite: bool = False
+    num_workers: NonNegativeInt = 4  # DataLoader worker processes (0: load in this process)
+    max_train_images: PositiveInt | None = None  # this many training images (stratified); None: all
+    seed: int = 0  # the classifier's initialisation and data order
+    device: str = "auto"  # auto: cuda when available, else cpu | cpu | cuda | cuda:N
+    output: str | None = None  # the JSON result; None: eval_<protocol>[_<dataset>].json by the checkpoint
+    overwrite: bool = False  # replace the result file at output if it exists
     progress_bar: bool = True          # tqdm bars for the extraction and the probe (like the trainer's)
 
 

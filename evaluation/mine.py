@@ -18,11 +18,13 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.config_types import NonNegativeInt, PositiveFloat, PositiveInt, Range
 from common.data import DataConfig, build_dataset, stratified_subset
 from common.errors import ConfigError
 from evaluation.cli import dataset_transform, load_eval_backbone, resolve_device, run_protocol
@@ -94,22 +96,23 @@ def mine_bits(x: Tensor, z: Tensor, steps: int = 2000, batch_size: int = 512, lr
 class MINEConfig:
     """``python -m evaluation mine``: I(input; feature) of a frozen backbone on a data set's training split."""
 
-    checkpoint: str = "???"
+    checkpoint: str = ""  # required: a run folder, backbone.safetensors, checkpoint folder or model name (resnet50)
     data: DataConfig = field(default_factory=DataConfig)
     image_size: int | None = None    # evaluation resolution; None: the dataset's native size
-    images: int = 5000               # training images (stratified) whose pairs MINE sees (not from the paper)
-    input_size: int | None = None    # X downsampled (area) to this side for T; None: as the backbone sees it
-    steps: int = 2000                # Adam steps of the statistics network (not from the paper)
-    mine_batch_size: int = 512       # pairs per step (not from the paper)
-    lr: float = 1e-4                 # Adam learning rate (not from the paper)
-    ema: float = 0.01                # moving-average rate of E[e^T] for the bias correction
-    hidden: int = 256                # width of the statistics network (not from the paper)
-    batch_size: int = 256            # feature extraction batch
-    num_workers: int = 4
-    seed: int = 0
-    device: str = "auto"
-    output: str | None = None
-    overwrite: bool = False
+    images: PositiveInt = 5000       # training images (stratified) whose pairs MINE sees (not from the paper)
+    input_size: PositiveInt | None = None  # X downsampled (area) to this side for T; None: as the backbone sees it
+    steps: PositiveInt = 2000        # Adam steps of the statistics network (not from the paper)
+    mine_batch_size: PositiveInt = 512  # pairs per step (not from the paper)
+    lr: PositiveFloat = 1e-4         # Adam learning rate (not from the paper)
+    # moving-average rate of E[e^T] for the bias correction
+    ema: Annotated[float, Range(low=0.0, high=1.0, low_open=True)] = 0.01
+    hidden: PositiveInt = 256        # width of the statistics network (not from the paper)
+    batch_size: PositiveInt = 256    # feature extraction batch
+    num_workers: NonNegativeInt = 4  # DataLoader worker processes (0: load in this process)
+    seed: int = 0  # the statistics network's initialisation and the pairs it sees
+    device: str = "auto"  # auto: cuda when available, else cpu | cpu | cuda | cuda:N
+    output: str | None = None  # the JSON result; None: eval_<protocol>[_<dataset>].json by the checkpoint
+    overwrite: bool = False  # replace the result file at output if it exists
     progress_bar: bool = True        # tqdm bars for the extraction and the MINE steps (like the trainer's)
 
 

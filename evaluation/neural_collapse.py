@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from common.config_types import NonNegativeInt, PositiveInt
 from common.data import DataConfig
 from common.errors import DataError
 from evaluation.cli import labelled_features, run_protocol
@@ -61,15 +62,15 @@ def collapse_metrics(train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]) 
 class NeuralCollapseConfig:
     """``python -m evaluation neural_collapse``: CDNV and NCC accuracy of a frozen backbone's features."""
 
-    checkpoint: str = "???"
+    checkpoint: str = ""  # required: a run folder, backbone.safetensors, checkpoint folder or model name (resnet50)
     data: DataConfig = field(default_factory=DataConfig)
     image_size: int | None = None       # evaluation resolution; None: the dataset's native size
     max_train_images: int | None = None  # this many training images (stratified); None: all
-    batch_size: int = 256               # feature extraction batch
-    num_workers: int = 4
-    device: str = "auto"
-    output: str | None = None
-    overwrite: bool = False
+    batch_size: PositiveInt = 256       # feature extraction batch
+    num_workers: NonNegativeInt = 4  # DataLoader worker processes (0: load in this process)
+    device: str = "auto"  # auto: cuda when available, else cpu | cpu | cuda | cuda:N
+    output: str | None = None  # the JSON result; None: eval_<protocol>[_<dataset>].json by the checkpoint
+    overwrite: bool = False  # replace the result file at output if it exists
     progress_bar: bool = True           # tqdm bar for the extraction (like the trainer's)
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from common.augment import AugmentConfig, build_eval_transform, build_supervised_transform
+from common.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, UnitInterval
 from common.data import DataConfig, build_dataset, dataset_info
 from common.errors import ConfigError, DataError
 from common.schedules import warmup_cosine
@@ -50,25 +51,25 @@ PAPER_LEARNING_RATES = {1.0: (2.0, 0.0), 10.0: (0.25, 2.5e-4)}  # percent: (clas
 
 @dataclass
 class SemiSupervisedConfig:
-    checkpoint: str = "???"
+    checkpoint: str = ""  # required: a run folder, backbone.safetensors, checkpoint folder or model name (resnet50)
     data: DataConfig = field(default_factory=lambda: DataConfig(name="imagenet"))
-    percent: float = 1.0                 # labelled share of the training set, in percent
+    percent: PositiveFloat = 1.0         # labelled share of the training set, in percent
     split: Literal["auto", "simclr", "stratified"] = "auto"                  # auto (simclr for imagenet or with subset_file) | simclr | stratified
     subset_file: str | None = None    # a SimCLR-style list of image names; default: downloaded and cached
-    epochs: int = 30
-    batch_size: int = 1024
-    classifier_lr: float | None = None  # None: 2.0 for 1%, 0.25 for 10%
-    encoder_lr: float | None = None     # None: 0 (frozen) for 1%, 2.5e-4 for 10%
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.0
+    epochs: PositiveInt = 30  # passes over the labelled images (the supplement gives none; not from the paper)
+    batch_size: PositiveInt = 1024  # fine-tuning and extraction batch (BYOL: 1024)
+    classifier_lr: NonNegativeFloat | None = None  # None: 2.0 for 1%, 0.25 for 10%
+    encoder_lr: NonNegativeFloat | None = None     # None: 0 (frozen) for 1%, 2.5e-4 for 10%
+    momentum: UnitInterval = 0.9  # SGD momentum (BYOL: 0.9)
+    nesterov: bool = True  # Nesterov momentum (BYOL)
+    weight_decay: NonNegativeFloat = 0.0  # L2 penalty (BYOL: none)
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(name="supervised"))
     image_size: int | None = None     # test resolution; None: the dataset's native size (224 for folders)
-    num_workers: int = 8
-    seed: int = 0
-    device: str = "auto"
-    output: str | None = None
-    overwrite: bool = False
+    num_workers: NonNegativeInt = 8  # DataLoader worker processes (0: load in this process)
+    seed: int = 0  # the stratified subset, the data order and the augmentation
+    device: str = "auto"  # auto: cuda when available, else cpu | cpu | cuda | cuda:N
+    output: str | None = None  # the JSON result; None: eval_<protocol>[_<dataset>].json by the checkpoint
+    overwrite: bool = False  # replace the result file at output if it exists
     progress_bar: bool = True            # tqdm bars for the fine-tuning and the extraction (like the trainer's)
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from common.config_types import NonNegativeInt, PositiveInt
 from common.data import IMAGENET_MEAN, IMAGENET_STD, DataConfig, build_dataset
 from common.errors import ConfigError
 from common.plots import new_figure, save_figure
@@ -59,25 +60,25 @@ def sgd_protocol() -> LinearProbeConfig:
 
 @dataclass
 class TransferConfig:
-    checkpoint: str = "???"
+    checkpoint: str = ""  # required: a run folder, backbone.safetensors, checkpoint folder or model name (resnet50)
     dataset: str = "dtd"           # a name of evaluation.transfer_datasets, image_folder, hf, places205 or inat18
     root: str = "data"             # where the Kornblith data sets are (torchvision's layout)
-    download: bool = False
+    download: bool = False         # fetch a missing Kornblith data set into root (torchvision)
     split_seed: int = 0            # caltech101: which 30 images per class train (no published list)
     data: DataConfig = field(default_factory=lambda: DataConfig(name="image_folder"))  # folder datasets
     protocol: Literal["auto", "lbfgs", "sgd"] = "auto"         # auto (sgd for places205 / inat18, else lbfgs) | lbfgs | sgd
     image_size: int = 224          # bicubic resize of the short side, then a centre crop of this size
     val_fraction: float = 0.2      # held out of train when the dataset has no validation split
     l2_grid: list[float] | None = None  # None: 45 log-spaced values in [1e-5, 1e5]
-    max_iter: int = 1000           # L-BFGS iterations per fit
+    max_iter: PositiveInt = 1000   # L-BFGS iterations per fit
     sgd: LinearProbeConfig = field(default_factory=sgd_protocol)
-    sgd_epochs: int | None = None  # None: 28 for places205, 84 for inat18, else sgd.epochs
-    batch_size: int = 256
-    num_workers: int = 8
-    seed: int = 0
-    device: str = "auto"
-    output: str | None = None
-    overwrite: bool = False
+    sgd_epochs: PositiveInt | None = None  # None: 28 for places205, 84 for inat18, else sgd.epochs
+    batch_size: PositiveInt = 256  # feature extraction batch
+    num_workers: NonNegativeInt = 8  # DataLoader worker processes (0: load in this process)
+    seed: int = 0                  # the validation hold-out and the SGD protocol's data order
+    device: str = "auto"  # auto: cuda when available, else cpu | cpu | cuda | cuda:N
+    output: str | None = None  # the JSON result; None: eval_<protocol>[_<dataset>].json by the checkpoint
+    overwrite: bool = False  # replace the result file at output if it exists
     progress_bar: bool = True      # tqdm bars for the extraction and the fits (like the trainer's)
 
 

@@ -41,7 +41,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from common.augment import build_eval_transform
+from common.config_types import NonNegativeInt, PositiveInt, Range
 from common.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from common.errors import ConfigError, DataError
 from common.plots import new_figure, save_figure
@@ -189,23 +190,25 @@ def svm_mean_ap(train_x: np.ndarray, train_labels: np.ndarray, test_x: np.ndarra
 
 @dataclass
 class VOC07Config:
-    checkpoint: str = "???"
-    root: str = "data/VOCdevkit/VOC2007"
-    train_split: str = "trainval"
-    test_split: str = "test"
-    image_size: int = 224            # input side (see resize)
-    resize: Literal["center_crop", "goyal"] = "center_crop"      # center_crop: short side to image_size/0.875, centre crop | goyal: short
-                                     # side to 256, then squashed to image_size x image_size (Goyal et al.)
-    feature: Literal["pooled", "res5_6x6"] = "pooled"          # pooled: the backbone's output | res5_6x6: last map, 6x6 stride-1 average
-                                     # pooling, flattened (Goyal et al.; 8192-d for ResNet-50 at 224)
+    checkpoint: str = ""  # required: a run folder, backbone.safetensors, checkpoint folder or model name (resnet50)
+    root: str = "data/VOCdevkit/VOC2007"  # the VOC2007 folder (Annotations, ImageSets, JPEGImages)
+    train_split: str = "trainval"  # the SVMs' training images (ImageSets/Main/<split>.txt)
+    test_split: str = "test"  # the images of the reported mAP
+    image_size: PositiveInt = 224  # input side (see resize)
+    # center_crop: short side to image_size/0.875, centre crop | goyal: short side to 256, then squashed to
+    # image_size x image_size (Goyal et al.)
+    resize: Literal["center_crop", "goyal"] = "center_crop"
+    # pooled: the backbone's output | res5_6x6: last map, 6x6 stride-1 average pooling, flattened (Goyal et al.;
+    # 8192-d for ResNet-50 at 224)
+    feature: Literal["pooled", "res5_6x6"] = "pooled"
     costs: list[float] | None = None  # None: Goyal et al.'s 26 costs
-    folds: int = 3
-    batch_size: int = 256
-    num_workers: int = 8
-    seed: int = 0
-    device: str = "auto"
-    output: str | None = None
-    overwrite: bool = False
+    folds: Annotated[int, Range(low=2)] = 3  # cross-validation folds that choose each class's cost
+    batch_size: PositiveInt = 256  # feature extraction batch
+    num_workers: NonNegativeInt = 8  # DataLoader worker processes (0: load in this process)
+    seed: int = 0  # the cross-validation folds and the SVMs' solver
+    device: str = "auto"  # auto: cuda when available, else cpu | cpu | cuda | cuda:N
+    output: str | None = None  # the JSON result; None: eval_<protocol>[_<dataset>].json by the checkpoint
+    overwrite: bool = False  # replace the result file at output if it exists
     progress_bar: bool = True        # tqdm bars for the extraction and the SVMs (like the trainer's)
 
 

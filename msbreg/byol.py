@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.config_types import Fraction
+from common.config_types import Fraction, Widths
 from common.errors import ConfigError
 from common.heads import head
 from common.method import Method, ParameterGroup
@@ -22,8 +22,8 @@ from msbreg.losses import byol_loss
 class BYOLConfig:
     name: Literal["byol"] = "byol"  # BYOL (Grill et al. 2020), the baseline MSBReg builds on: 2 views
     # Heads: 2-layer MLPs with ReLU (supplement 1.2). ResNet-18: 512 hidden / 128 out; ResNet-50: 4096 / 256.
-    projector: list[int] = field(default_factory=lambda: [512, 128])  # hidden widths..., output
-    predictor: list[int] = field(default_factory=lambda: [512, 128])  # hidden widths..., output (= the projector's)
+    projector: Widths = field(default_factory=lambda: [512, 128])  # hidden widths..., output
+    predictor: Widths = field(default_factory=lambda: [512, 128])  # hidden widths..., output (= the projector's)
     head_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the heads (supplementary Table 4)
     weight_standardization: bool = False   # weight-standardised linear layers in the heads (supplement 1.2)
     base_momentum: Fraction = 0.99         # target EMA momentum, cosine from this to 1 per step (0.996 on ImageNet)

@@ -1,10 +1,14 @@
-"""Train BYOL or MSBReg: ``accelerate launch msbreg/train.py --config msbreg/configs/<file>.yaml [key=value ...]``.
+"""Train BYOL or MSBReg.
+
+    accelerate launch msbreg/train.py --config msbreg/configs/<file>.yaml [key=value ...]
+    python msbreg/train.py       # the quickstart: MSBReg (K = 4) on Fashion-MNIST on a CPU, then k-NN and a probe
 
 ``method.name`` picks the method: ``msbreg`` (K = ``augment.num_views`` views, multiview centroid loss plus
 the weighted regularisers) or ``byol`` (2 views, symmetrised BYOL loss). The defaults are the supplement's
 recipe (sections 1.1-1.3): LARS, peak lr = base_lr x batch/256 x K with base_lr 0.4 (ImageNet-100), 10 warm-up
 epochs then a per-step cosine, weight decay 1e-5 without biases and norm layers, batch 512, 320 epochs,
-augmentation of supplementary Table 1 with K = 4 views.
+augmentation of supplementary Table 1 with K = 4 views. Without ``--config`` the quickstart file
+(``configs/fashion_mnist_msbreg.yaml``, under 10 minutes on two CPU cores) is read over these defaults.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.msbreg import MSBReg, MSBRegConfig
+
+QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_msbreg.yaml"
 
 
 def msbreg_augment(views: int = 4) -> AugmentConfig:
@@ -66,7 +72,7 @@ def build_method(cfg: MSBRegTrainConfig, backbone: nn.Module, feature_dim: int) 
     return BYOL(backbone, feature_dim, cfg.method)
 
 
-main = trainer_main(CONFIG_SCHEMA, build_method, evaluate=evaluate_method)
+main = trainer_main(CONFIG_SCHEMA, build_method, evaluate=evaluate_method, default_config=QUICKSTART)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from common.config_types import PositiveFloat
+from common.config_types import PositiveFloat, Widths
 from common.heads import head
 from common.info_nce import multicrop_info_nce
 from common.method import Method
@@ -20,7 +20,7 @@ class SimCLRConfig:
     name: Literal["simclr"] = "simclr"  # SimCLR (Chen et al. 2020), the baseline StochCon builds on
     temperature: PositiveFloat = 0.1  # InfoNCE tau (SimCLR: 0.1 at batch 4096 on ImageNet, 0.5 on CIFAR-10)
     # the projector g: hidden widths..., output (the contrasted embedding); SimCLR v1: one hidden layer, v2: two
-    projector: list[int] = field(default_factory=lambda: [2048, 128])
+    projector: Widths = field(default_factory=lambda: [2048, 128])
     projector_norm: Literal["bn", "ln", "none"] = "bn"  # normalisation in the projector's hidden layers
     gather_negatives: bool = True  # negatives from every GPU (the global batch), as in the paper
     # One backbone and projector call over all views (batch-norm statistics over the 2N images, as SimCLR's

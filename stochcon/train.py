@@ -17,6 +17,7 @@ from torch import nn
 
 from common.data import dataset_info
 from common.entry import trainer_main
+from common.errors import ConfigError
 from common.method import Method
 from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
@@ -38,6 +39,10 @@ CONFIG_SCHEMA = StochConTrainConfig  # the schema common.sweep validates a sweep
 
 def build_method(cfg: StochConTrainConfig, backbone: nn.Module, feature_dim: int) -> Method:
     """The method ``cfg.method`` (its dataclass) describes; the global views are ``augment.num_views``."""
+    views = cfg.augment.num_views + cfg.augment.local_crops
+    if isinstance(cfg.method, SimCLRConfig) and views < 2:  # StochConConfig too: SimCLR contrasts pairs of views
+        raise ConfigError(f"method.name={cfg.method.name} contrasts two views of each image: set augment.num_views "
+                          f"to 2 or more (or add augment.local_crops), got {cfg.augment.num_views}")
     if isinstance(cfg.method, StochConConfig):
         return StochCon(backbone, feature_dim, cfg.method, cfg.augment.num_views)
     if isinstance(cfg.method, SupervisedConfig):

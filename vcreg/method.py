@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config_types import NonNegativeFloat, PositiveFloat
+from common.config_types import NonNegativeFloat, PositiveFloat, Widths
 from common.distributed import gather_with_grad
 from common.dtypes import at_least_float32
 from common.errors import ConfigError, DataError
@@ -36,14 +36,14 @@ class SupervisedConfig:
 @dataclass
 class DeCovConfig:
     name: Literal["decov"] = "decov"  # Table 2 baseline: supervised + DeCov (Cogswell et al. 2016) on pooled features
-    label_smoothing: NonNegativeFloat = 0.0
+    label_smoothing: NonNegativeFloat = 0.0  # cross-entropy's label smoothing, as method.name=supervised
     weight: NonNegativeFloat = 0.1  # DeCov's weight on the pooled features (see the configs for its source)
 
 
 @dataclass
 class WLDRegConfig:
     name: Literal["wldreg"] = "wldreg"  # Table 2 baseline: supervised + WLD-Reg (Laakom et al. 2023)
-    label_smoothing: NonNegativeFloat = 0.0
+    label_smoothing: NonNegativeFloat = 0.0  # cross-entropy's label smoothing, as method.name=supervised
     weight: NonNegativeFloat = 1e-3  # WLD-Reg's weight on the pooled features (not checked against the paper)
     gamma: PositiveFloat = 10.0  # the Gaussian kernel's width gamma
     variant: Literal["direct", "det", "logdet"] = "direct"  # WLD-Reg's redundancy measure
@@ -53,13 +53,13 @@ class WLDRegConfig:
 class SimCLRConfig:
     name: Literal["simclr"] = "simclr"  # Table 4: SimCLR (Chen et al. 2020) as Appendix C.4 sets it up
     temperature: PositiveFloat = 0.1  # InfoNCE tau (Chen et al.: 0.1 at batch 4096)
-    projector: list[int] = field(default_factory=lambda: [2048, 256])  # hidden..., output (App. C.4)
+    projector: Widths = field(default_factory=lambda: [2048, 256])  # hidden..., output (App. C.4)
 
 
 @dataclass
 class VICRegConfig:
     name: Literal["vicreg"] = "vicreg"  # Table 4: VICReg (Bardes et al. 2022) as Appendix C.4 sets it up
-    projector: list[int] = field(default_factory=lambda: [8192, 8192])  # C.4; Bardes et al.'s code: 8192 x 3
+    projector: Widths = field(default_factory=lambda: [8192, 8192])  # C.4; Bardes et al.'s code: 8192 x 3
     projector_last_norm: bool = True  # C.4: batch norm after every layer; false: Bardes et al.'s plain output
     invariance: NonNegativeFloat = 25.0  # lambda (Bardes et al.)
     variance: NonNegativeFloat = 25.0  # mu

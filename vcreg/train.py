@@ -30,7 +30,13 @@ from common.train_config import TrainConfig
 from evaluation.final import FinalEvalConfig, evaluate_method
 from evaluation.labelled import train_test_features
 from evaluation.linear import LinearProbeConfig, linear_probe
-from vcreg.method import SupervisedConfig, VCRegMethodConfig, build_vcreg_method
+from vcreg.method import (
+    SimCLRConfig,
+    SupervisedConfig,
+    VCRegMethodConfig,
+    VICRegConfig,
+    build_vcreg_method,
+)
 from vcreg.placement import VCRegLayerConfig, apply_vcreg
 
 QUICKSTART = Path(__file__).resolve().parent / "configs" / "fashion_mnist_vcreg.yaml"
@@ -69,6 +75,10 @@ def build_method(cfg: VCRegTrainConfig, backbone: nn.Module, feature_dim: int) -
     if cfg.subclass_probe.enabled and not (cfg.data.name in FINE_AND_COARSE and cfg.data.labels == "coarse"):
         raise ConfigError(f"subclass_probe.enabled needs data.labels=coarse and a data.name with fine labels too "
                           f"({', '.join(FINE_AND_COARSE)}); got {cfg.data.name}, labels={cfg.data.labels}")
+    views = (cfg.augment.num_views, cfg.augment.local_crops)
+    if isinstance(cfg.method, (SimCLRConfig, VICRegConfig)) and views != (2, 0):  # a pair of views per image (C.4)
+        raise ConfigError(f"method.name={cfg.method.name} takes exactly two views of each image: set "
+                          f"augment.num_views=2 and augment.local_crops=0, got {views[0]} and {views[1]}")
     apply_vcreg(backbone, cfg.vcreg)
     return build_vcreg_method(cfg.method, backbone, feature_dim, dataset_info(cfg.data).num_classes)
 
