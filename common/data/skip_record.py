@@ -34,6 +34,8 @@ class SkipRecord:
     def __init__(self):
         self.datasets: weakref.WeakSet = weakref.WeakSet()
         self.gone: set[str] = set()  # skipped by data sets already collected
+        # each data set's skipped files, with its number of marks then: described again only once it marks more
+        self.described: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __enter__(self) -> Self:
         SkipRecord._open.append(self)
@@ -42,14 +44,23 @@ class SkipRecord:
     def __exit__(self, *exc_info) -> None:
         SkipRecord._open.remove(self)
 
-    def files(self) -> set[str]:
-        return self.gone.union(*(dataset.skipped for dataset in list(self.datasets)))
+    def _skipped_by(self, dataset) -> set[str]:
+        marks = int(dataset.corrupt.sum())
+        if dataset not in self.described or self.described[dataset][0] != marks:
+            self.described[dataset] = (marks, set(dataset.skipped))
+        return self.described[dataset][1]
+
+    def files(self, other_than=None) -> set[str]:
+        """The files skipped so far (by data sets other than ``other_than``)."""
+        return self.gone.union(*(self._skipped_by(dataset) for dataset in list(self.datasets)
+                                 if dataset is not other_than))
 
     def __getstate__(self) -> dict:  # a worker started by spawn gets the files known so far (a WeakSet cannot travel)
         return {"gone": self.files()}
 
     def __setstate__(self, state: dict) -> None:
-        self.datasets, self.gone = weakref.WeakSet(), state["gone"]
+        self.__init__()
+        self.gone = state["gone"]
 
 
 class SkipTracking:
@@ -70,7 +81,7 @@ class SkipTracking:
         set of the same run has skipped the file."""
         if self.corrupt[index]:
             return
-        known = any(where in record.files() for record in self.skip_records)
+        known = any(where in record.files(other_than=self) for record in self.skip_records)  # self: by index
         self.corrupt[index] = 1
         if not known:
             report_skipped(where, error)
