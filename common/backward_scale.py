@@ -3,7 +3,10 @@
 The trainer backpropagates ``loss / accumulation_steps`` for each of ``accumulation_steps`` micro-batches,
 multiplied by the fp16 grad scaler's current scale when one is enabled, and DDP then averages parameter
 gradients over ``world_size`` processes. A module whose backward adds its own gradient (a VCReg layer) must
-apply the same factors to stay consistent with the loss. It declares an attribute ``backward_scale`` (None
+apply the same factors to stay consistent with the loss. With gradient caching (``common.grad_cache``) the
+micro-batches backpropagate slices of the whole batch's loss gradient instead, already scaled by the grad
+scaler, and such a module's own term is still that of its micro-batch: it keeps dividing by
+``accumulation_steps``, as under plain accumulation. It declares an attribute ``backward_scale`` (None
 until the trainer sets it) and the trainer hands it the run's ``BackwardScale`` with
 ``attach_backward_scale`` once, after building the model.
 """

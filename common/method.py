@@ -2,7 +2,9 @@
 
 The loop knows nothing about any method: it hands the augmented views and the labels to
 ``forward``, steps the optimiser on ``loss``, logs every other scalar of the returned dict, feeds
-``features`` to the online linear probe, and calls the two hooks around each optimiser step.
+``features`` to the online linear probe, and calls the two hooks around each optimiser step. A method whose
+loss couples the samples of a batch (``couples_batch``) also splits ``forward`` into ``embed`` and
+``loss_from_embeddings``, so that accumulated micro-batches compute the whole batch's loss (``common.grad_cache``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches", "trainer_throughput", "vcreg_overhead")
+SCRIPTS = ("method_overhead", "knn", "augment", "peer_lightly", "switches", "trainer_throughput", "vcreg_overhead",
+           "grad_cache")
 # name: (script, extra arguments); trainer_throughput also runs on synthetic JPEG files (the image-folder pipelines)
 RUNS = {name: (name, []) for name in SCRIPTS} | {"trainer_throughput_jpeg": ("trainer_throughput", ["--jpeg", "64"])}
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -201,3 +202,19 @@ def test_vcreg_overhead_quick(quick_runs):
             positive_quartiles(r["ratio_to_identity"][variant])
         assert r["ratio_to_identity"]["identity"]["median"] == 1
         assert 1 < r["flop_bound_fast_over_identity"] < 2
+
+
+def test_grad_cache_quick(quick_runs):
+    results = finished(quick_runs, "grad_cache")
+    variants = results["variants"]
+    assert set(variants) == {f"{m}_{v}" for m in ("simclr", "vicreg") for v in ("whole", "plain_k2", "cached_k2")}
+    for row in variants.values():
+        positive_quartiles(row["seconds"])
+        positive_quartiles(row["ratio_to_whole"])
+        assert row["activation_bytes"] == row["saved_for_backward_bytes"] + row["cache_bytes"] > 0
+        assert (row["cache_bytes"] > 0) == (row["mode"] == "cached")
+    for method in ("simclr", "vicreg"):
+        assert variants[f"{method}_whole"]["memory_ratio_to_whole"] == 1
+        # half the batch per forward: what autograd saves for one micro-batch is below the whole batch's
+        assert variants[f"{method}_cached_k2"]["saved_for_backward_bytes"] < variants[f"{method}_whole"][
+            "saved_for_backward_bytes"]

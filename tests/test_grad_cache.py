@@ -184,6 +184,21 @@ def test_cached_accumulation_equals_the_whole_batch(name, k):
         assert "probe_loss" in out and float(out["probe_loss"]) > 0
 
 
+def test_the_fp16_loss_scale_reaches_every_gradient_as_in_the_plain_path():
+    """Under fp16 the trainer passes the grad scaler's ``scale``: the cached gradient of the loss and the probe's
+    term carry it, so every parameter gradient is the scaled one that ``scaler.scale(loss).backward()`` gives
+    (a power of two: exact in float64), and the scaler's unscale_ then divides it out as for the plain path."""
+    module, views, labels = build("stochcon_bernoulli")
+    _, expected = one_batch(module, views, labels)
+    module.zero_grad()
+    micro_views, micro_labels = micro_batches(views, labels, 2)
+    with restored_buffers(module, True) as restore:
+        cached_accumulation(module, module.method, micro_views, micro_labels,
+                            reseed=lambda micro: torch.manual_seed(derive_seed(SEED, micro)), noise_seed=SEED,
+                            restore_buffers=restore, finite=lambda loss, terms: True, scale=lambda loss: loss * 1024)
+    assert_same_gradients({name: grad / 1024 for name, grad in gradients(module).items()}, expected)
+
+
 def test_plain_accumulation_of_a_coupled_loss_is_another_method():
     """Why caching exists: accumulating SimCLR's micro-batch losses contrasts B / K negatives, a different loss
     and gradient; BYOL's loss is a mean over images, so it needs no caching (plain accumulation is exact)."""
@@ -286,6 +301,7 @@ def tiny(root, out, *extra) -> list[str]:
             "eval.knn_k=[20]", *extra]
 
 
+@pytest.mark.slow
 def test_trainer_two_processes_equal_one_with_cached_accumulation(data_root, tmp_path):
     """With SyncBN, micro-batch k of 2 processes holds the images of micro-batch k of 1 process (common.batches
     lays a step out micro-batch major), so the batch-norm statistics agree too and a cached step on 2 processes
@@ -303,6 +319,7 @@ def test_trainer_two_processes_equal_one_with_cached_accumulation(data_root, tmp
             torch.testing.assert_close(states[1][key], value, rtol=1e-9, atol=1e-12, msg=key)
 
 
+@pytest.mark.slow
 def test_sigterm_inside_an_accumulation_cycle_resumes_exactly(data_root, tmp_path, fresh_accelerate):
     """SIGTERM between the micro-batches of step 3 (during pass 2 of its first micro-batch): the run finishes
     that step, saves it and stops; resumed, it ends with the weights of the uninterrupted run."""
@@ -325,7 +342,7 @@ def test_sigterm_inside_an_accumulation_cycle_resumes_exactly(data_root, tmp_pat
     def fit(out, build, *extra):
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
-        cfg = load_config(stochcon_train.CONFIG_SCHEMA, tiny(data_root, out, "epochs=1", *extra))
+        cfg = load_config(stochcon_train.CONFIG_SCHEMA, tiny(data_root, out, "max_steps=5", *extra))
         return Trainer(cfg, build).fit()
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
