@@ -16,7 +16,7 @@ from common.data import DataConfig, build_dataset
 from evaluation import knn, linear, neural_collapse
 from stochcon.analysis import __main__ as stochcon_analysis
 from tests.eval_data import save_random_backbone, write_image_folder
-from tests.trainer_runs import run
+from tests.trainer_runs import launch, run
 
 # ------------------------------------------------------------------------------------------ image modes
 
@@ -273,3 +273,17 @@ def test_an_analysis_output_naming_a_folder_is_one_line_before_the_analysis(trai
     lines = [line for line in (captured.out + captured.err).splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: --output=") and "is a folder" in lines[0]
     assert not any(folder.iterdir())
+
+
+def test_two_processes_count_each_corrupt_file_once(trained, tmp_path):
+    """Each process skips what it reads (the training file in whichever rank's slice holds it, the test file in the
+    main process's evaluation): the run's count is their union."""
+    _, data, _, _ = trained
+    out = tmp_path / "run"
+    done = launch("stochcon/train.py", [
+        f"output_dir={out}", "data.name=image_folder", f"data.root={data}", "data.skip_corrupt=true",
+        "data.num_workers=1", "augment.on=loader", "epochs=2", "batch_size=16", "backbone.name=small_convnet",
+        "backbone.width=4", "method.projector=[16,8]", "progress_bar=false", "tracker=none", "eval.linear=false",
+        "eval.knn_at_init=false", "eval.knn_k=[5]"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "results.json").read_text())["skipped_corrupt_images"] == 2
