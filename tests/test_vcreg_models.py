@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.backbones import BackboneConfig, build_backbone
-from common.cifar_resnet import BasicBlock, resnet32
-from common.errors import ConfigError
+from common.backbones import BackboneConfig, build_backbone, load_backbone, save_backbone
+from common.cifar_resnet import BasicBlock, CifarResNet, resnet32
+from common.errors import ConfigError, RunFolderError
 from vcreg import apply_vcreg
 from vcreg.placement import VCRegLayerConfig
 
@@ -80,3 +80,20 @@ def test_resnet32_with_mean_removal_hands_centred_features_to_the_next_block_and
         backbone.eval()(x)
     running_mean = backbone.layer2[0].vcreg.running_mean.view(1, -1, 1, 1)
     assert torch.equal(seen["eval"], seen["raw"] - running_mean)
+
+
+def test_a_mean_removal_backbone_is_refused_by_the_plain_loader(tmp_path):
+    """A saved backbone with mean removal holds the running means its eval forward subtracts; the evaluation
+    protocols' loader rebuilds the plain network, so it refuses the file (one line) instead of evaluating a
+    network without the centring. Without mean removal the saved backbone is the plain network's."""
+    for mean_removal in (False, True):
+        backbone = resnet32(in_chans=1)
+        apply_vcreg(backbone, VCRegLayerConfig(placement="blocks", mean_removal=mean_removal))
+        backbone.train()(torch.randn(4, 1, 28, 28))
+        path = tmp_path / f"mean_removal_{mean_removal}.safetensors"
+        save_backbone(backbone, BackboneConfig(name="resnet32"), 1, path)
+        if mean_removal:
+            with pytest.raises(RunFolderError, match="15 unexpected"):
+                load_backbone(path)
+        else:
+            assert isinstance(load_backbone(path)[0], CifarResNet)

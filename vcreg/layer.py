@@ -119,16 +119,17 @@ class GlobalMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, sample_dims: tuple[int, ...]) -> Tensor:
         d = x.shape[1] if x.dim() == 4 else x.shape[-1]
-        stats = torch.cat([x.sum(sample_dims).flatten(), x.new_tensor([x.numel() // d])])
+        sums = x.to(statistics_dtype(x)).sum(sample_dims).flatten()  # float32 at least, as the statistics
+        stats = torch.cat([sums, sums.new_tensor([x.numel() // d])])
         dist.all_reduce(stats)
         ctx.n, ctx.input_shape = stats[-1], x.shape
-        return (stats[:-1] / stats[-1]).view(_channel_shape(x))
+        return (stats[:-1] / stats[-1]).view(_channel_shape(x)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_mean: Tensor):
-        grad_mean = grad_mean.contiguous()
-        dist.all_reduce(grad_mean)
-        return (grad_mean / ctx.n).expand(ctx.input_shape), None
+        summed = grad_mean.to(ctx.n.dtype).contiguous()
+        dist.all_reduce(summed)
+        return (summed / ctx.n).to(grad_mean.dtype).expand(ctx.input_shape), None
 
 
 class VCRegFunction(torch.autograd.Function):
@@ -257,7 +258,7 @@ class VCReg(nn.Module):
         if self.all_reduce and distributed.is_distributed():
             mean = GlobalMean.apply(x, sample_dims)
         else:
-            mean = x.mean(sample_dims, keepdim=True)
+            mean = x.to(statistics_dtype(x)).mean(sample_dims, keepdim=True).to(x.dtype)
         with torch.no_grad():
             if self.running_mean.numel() == 0:
                 self.running_mean.resize_(mean.numel()).zero_()
