@@ -4,6 +4,9 @@
                  checkpoint (Figure 4)
     rf-units     random-forest units vs mean F1, 5-fold stratified on the training set (Figure 2 right)
     variance     aggregate variance of the Gaussian latent on the test set vs bottleneck size (Figure 3)
+    confidence   bit probabilities of the Bernoulli code at initialisation and at the run's last checkpoint, with
+                 batch norm on its running statistics (eval mode) and on batch statistics (what a training
+                 step sees); a config file instead of a run gives initialisation only
     compression  compression ratio of each run's code against its input images, and the paper's 588x
     spectrum     eigenvalue spectrum and participation ratio of the backbone features on test (any run,
                  SimCLR too; not a paper figure)
@@ -21,11 +24,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from common.config import load_config
 from common.data import build_dataset, dataset_info
 from common.entry import run_command
 from common.method import Method
 from common.output_paths import check_output_folder
 from stochcon.analysis.aggregate_variance import aggregate_variance, write_aggregate_variance_report
+from stochcon.analysis.bit_confidence import batch_statistics_features, confidence, write_confidence_report
 from stochcon.analysis.bit_counts import BitCountCurve, bit_stats, epoch_of_step, write_bit_count_report
 from stochcon.analysis.compression import compression_ratio, write_compression_report
 from stochcon.analysis.feature_spectrum import feature_spectrum, write_feature_spectrum_report
@@ -37,6 +44,7 @@ from stochcon.analysis.runs import (
     initial_method,
     load_trained_method,
     require_latent,
+    split_images,
 )
 from stochcon.latents import LatentConfig
 
@@ -70,6 +78,39 @@ def bits(args: argparse.Namespace) -> Path:
                 stats.append(bit_stats(encode_split(method, cfg, split, args.max_images).code))
         curves[_name(run)] = curve
     return write_bit_count_report(curves, args.out)
+
+
+def training_batch(cfg: Any) -> int:
+    """Images per batch-norm batch of a training step: the batch, times the views when they go through the
+    backbone together (``views_together``)."""
+    views = cfg.augment.num_views if getattr(cfg.method, "views_together", False) else 1
+    return cfg.batch_size * views
+
+
+def _confidence_points(run: str, overrides: list[str]) -> Iterator[tuple[int, Method, Any]]:
+    """(step, method, config): a config file's initial network, or a run's step 0 and its last checkpoint."""
+    if Path(run).suffix in (".yaml", ".yml") and Path(run).is_file():
+        from stochcon.train import CONFIG_SCHEMA  # as runs.py: the trainer imports this package's modules
+
+        cfg = load_config(CONFIG_SCHEMA, ["--config", run, *overrides])
+        yield 0, initial_method(cfg), cfg
+        return
+    points = list(_training_points(run))
+    yield from [points[0], points[-1]] if len(points) > 1 else points
+
+
+def confidence_command(args: argparse.Namespace) -> Path:
+    rows = {}
+    for run in args.runs:
+        for step, method, cfg in _confidence_points(run, args.set):
+            branch = require_latent(method, run, "confidence", "bernoulli")
+            images, h_eval, _ = split_images(method, cfg, args.split, args.max_images)
+            h_batch, _ = batch_statistics_features(method.backbone, images, training_batch(cfg), cfg.seed)
+            for mode, h in (("eval", h_eval), ("batch", h_batch)):
+                with torch.no_grad():
+                    phi = branch.pi(h).double().numpy()
+                rows[f"{_name(run)} step {step} {mode}"] = confidence(phi)
+    return write_confidence_report(rows, args.out)
 
 
 def rf_units(args: argparse.Namespace) -> Path:
@@ -144,6 +185,7 @@ def parser() -> argparse.ArgumentParser:
         ("bits", bits, "active-bit counts per checkpoint (Figure 4)"),
         ("rf-units", rf_units, "random-forest units (Figure 2 right)"),
         ("variance", variance, "aggregate variance of Gaussian latents (Figure 3)"),
+        ("confidence", confidence_command, "confident bit probabilities, eval mode and batch statistics"),
         ("compression", compression, "compression ratio of the code (footnote 2)"),
         ("spectrum", spectrum, "spectrum and participation ratio of the backbone features"),
     ]:
@@ -161,6 +203,10 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument("--folds", type=int, default=5)
             sub.add_argument("--trees", type=int, default=100)
             sub.add_argument("--seed", type=int, default=0)
+        if name == "confidence":
+            sub.add_argument("--split", default="test", help="the data set's split the images come from")
+            sub.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                             help="overrides of a config file given instead of a run")
     return top
 
 

@@ -24,7 +24,7 @@ from common.data import build_dataset, dataset_info, stratified_subset
 from common.errors import ConfigError, RunFolderError
 from common.method import Method
 from common.trainer import build_initial_method
-from evaluation.features import extract_features
+from evaluation.features import extract_features, extract_inputs_and_features
 
 
 def checkpoints_of(path: str | Path) -> list[Path]:
@@ -115,21 +115,38 @@ class EncodedSplit:
     labels: np.ndarray
 
 
-def extract_split(
-    encoder: nn.Module, cfg: Any, split: str, max_images: int | None = None, batch_size: int = 512
-) -> tuple[np.ndarray, np.ndarray]:
-    """(outputs, labels) of `encoder` on the `split` images of the run's dataset, with the run's evaluation
-    transform (a stratified subset of `max_images` when given)."""
+def split_source(cfg: Any, split: str, max_images: int | None) -> tuple[Any, Callable, Tensor | None]:
+    """(dataset, evaluation transform, indices) of the `split` images of the run's dataset: a stratified subset
+    of `max_images` when given, else every image (indices None)."""
     info = dataset_info(cfg.data)
     dataset = build_dataset(cfg.data, split)
     indices = None
     if max_images is not None and max_images < len(dataset):
         indices = torch.tensor(stratified_subset(dataset.targets, max_images))
-    transform = build_eval_transform(info, cfg.backbone.in_chans or info.channels, cfg.augment.image_size)
+    return dataset, build_eval_transform(info, cfg.backbone.in_chans or info.channels, cfg.augment.image_size), indices
+
+
+def extract_split(
+    encoder: nn.Module, cfg: Any, split: str, max_images: int | None = None, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs, labels) of `encoder` on the `split` images of the run's dataset, with the run's evaluation
+    transform (a stratified subset of `max_images` when given)."""
+    dataset, transform, indices = split_source(cfg, split, max_images)
     out, labels = extract_features(
         encoder, dataset, transform, batch_size, "cpu", cfg.data.num_workers, indices
     )
     return out.numpy(), labels.numpy()
+
+
+def split_images(
+    method: Method, cfg: Any, split: str, max_images: int | None = None, batch_size: int = 512
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(images as the run's evaluation transform gives them, the backbone's eval-mode features, labels) of the
+    `split` images of the run's dataset (a stratified subset of `max_images` when given)."""
+    dataset, transform, indices = split_source(cfg, split, max_images)
+    return extract_inputs_and_features(
+        method.backbone, dataset, transform, batch_size, "cpu", cfg.data.num_workers, indices
+    )
 
 
 def encode_split(
