@@ -2,17 +2,21 @@
 analyses and fine-tuning."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.checkpoint import list_checkpoints, load_checkpoint
 from common.config import load_config
-from common.data import dataset_info
+from common.data import build_dataset, dataset_info, stratified_subset
+from common.errors import ConfigError
 from common.trainer import build_initial_method
 from stochcon.analysis.__main__ import main as analysis_main
 from stochcon.analysis.runs import initial_method, load_trained_method
+from stochcon.finetune import FinetuneConfig, Finetuned, holdout_indices, holdout_split
 from stochcon.finetune import main as finetune_main
 from stochcon.stochcon import StochasticBranch
 from stochcon.train import StochConTrainConfig, build_method
@@ -162,6 +166,49 @@ def test_bernoulli_run_bit_counts_units_and_frozen_finetune(tmp_path):
     assert all(
         torch.equal(before[k], after[k]) for k in before
     )  # frozen: weights and BN statistics unchanged
+
+
+def test_holdout_indices_are_stratified_and_outside_the_trained_subset():
+    targets = torch.arange(300) % 10  # 30 images of each class
+    trained = set(stratified_subset(targets, 100))
+    held = holdout_indices(targets, 100, 0.2)
+    assert len(held) == 20 and not trained & set(held)
+    assert torch.bincount(targets[held], minlength=10).tolist() == [2] * 10  # stratified
+    assert holdout_indices(targets, 100, 0.0) == []
+    with pytest.raises(ConfigError, match="data.subset"):
+        holdout_indices(targets, None, 0.1)
+    with pytest.raises(ConfigError, match="leaves only 20"):
+        holdout_indices(targets, 280, 0.5)
+
+
+def test_frozen_head_keeps_the_best_held_out_epoch(tmp_path):
+    run_dir = pretrain(tmp_path, "bernoulli", "null")
+    finetune_dir = tmp_path / "frozen"
+    args = ["--checkpoint", str(run_dir), "--mode", "frozen", f"output_dir={finetune_dir}", "epochs=4",
+            "batch_size=32", "data.subset=200", "holdout_fraction=0.25", "progress_bar=false", "tracker=none",
+            "optim.lr=0.01"]
+    assert finetune_main(args) == 0
+    results = json.loads((finetune_dir / "results.json").read_text())
+    state = load_checkpoint(list_checkpoints(finetune_dir)[-1])
+    weights = next(v for k, v in state.items() if isinstance(v, dict) and any("holdout_curve" in n for n in v))
+    curve = next(v for n, v in weights.items() if n.endswith("holdout_curve"))
+    assert len(curve) == 4 and bool(torch.isfinite(curve).all())  # 6 steps an epoch, scored after each epoch
+    assert results["chosen_epoch"] == int(curve.argmax()) + 1  # the first best of the held-out curve
+    assert results["holdout_top1"] == pytest.approx(float(curve.max()))
+    assert results["holdout_top1_last_epoch"] == pytest.approx(float(curve[-1]))
+    assert results["holdout_images"] == 50 and 0 <= results["test_top1"] <= 1
+    # the held-out images are training images never trained on, and none of them is a test image
+    cfg = load_config(FinetuneConfig, ["checkpoint=x", f"data.root={tmp_path / 'data'}", "data.subset=200",
+                                       "holdout_fraction=0.25", "batch_size=32"])
+    holdout = holdout_split(cfg)
+    train = build_dataset(replace(cfg.data, subset=None), "train")
+    test = build_dataset(cfg.data, "test")
+    held = holdout_indices(train.targets, 200, 0.25)
+    assert torch.equal(holdout.labels, train.targets[held]) and not set(held) & set(stratified_subset(train.targets, 200))
+    flat = train.images[held].flatten(1)
+    assert not (flat[:, None, :] == test.images.flatten(1)[None]).all(-1).any()
+    with pytest.raises(ConfigError, match="mode=frozen"):
+        Finetuned(load_trained_method(run_dir)[0], 10, "finetune", holdout)
 
 
 def test_gaussian_run_aggregate_variance_and_finetune(tmp_path):
