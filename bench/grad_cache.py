@@ -12,7 +12,8 @@ Time: seconds per step in interleaved rounds (``bench/timing.py``), reported per
 memory of the step, counted exactly from what autograd keeps: the bytes of the distinct tensors saved for
 backward (``torch.autograd.graph.saved_tensors_hooks``) between the start of a forward and the end of its
 backward, the largest over the step's forwards (each micro-batch; for caching also the whole-batch loss), plus,
-for caching, the embeddings of the whole batch and their gradient, held from pass 1 to the end of pass 2.
+for caching, the embeddings of the whole batch and their gradient, held from pass 1 to the end of pass 2
+(counted as twice the bytes of everything ``embed`` returns, the detached features included: an upper bound).
 Weights, gradients and optimiser state are the same for all three and left out. CPU only (the allocator's
 own peak, ``torch.cuda.max_memory_allocated``, would be the figure to add on a GPU).
 

@@ -128,9 +128,21 @@ def trainer_throughput(data: dict) -> list[str]:
     return lines
 
 
+def grad_cache(data: dict) -> list[str]:
+    r = data["results"]
+    lines = [(f"{r['backbone']} (width {r['width']}), {r['image_size']} px x {r['channels']} channel(s), "
+              f"batch {r['batch']}, K = {r['micro_batches']} micro-batches"), "",
+             "| variant | ms / image | time / whole batch | activation KiB / image | memory / whole batch |",
+             "|---|---:|---:|---:|---:|"]
+    for name, row in r["variants"].items():
+        lines.append(f"| {name} | {row['milliseconds_per_image']:.2f} | {q(row['ratio_to_whole'])} | "
+                     f"{row['activation_bytes_per_image'] / 1024:.1f} | {row['memory_ratio_to_whole']:.3f} |")
+    return lines
+
+
 TABLES = {"method_overhead": method_overhead, "knn": knn, "augment": augment, "peer_lightly": peer_lightly,
           "vcreg_overhead": vcreg_overhead, "switches": switches,
-          "trainer_throughput": trainer_throughput}
+          "trainer_throughput": trainer_throughput, "grad_cache": grad_cache}
 
 
 def render(path: Path) -> str:
