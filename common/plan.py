@@ -9,7 +9,7 @@ trainer's ``build_method``, plus the online probe):
   over one forward and backward pass of the method on every view and crop the augmentation makes (global views
   at ``augment.image_size``, local crops at ``augment.local_size``), the loss and the online probe included. It
   counts matrix products and convolutions (a multiply-add is 2 FLOPs); element-wise work, normalisation and the
-  optimiser's update are not counted (a few per cent of a ResNet's step);
+  optimiser's update are not counted (on a GPU they are bound by memory traffic, not by FLOPs);
 - activation memory per device: the bytes of every tensor autograd keeps for the backward pass (one count per
   storage, parameters excluded) at the per-device micro-batch;
 - the largest per-device micro-batch that fits ``--gpu-memory`` with the weights, their gradients and the
@@ -49,8 +49,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from common.config import load_config
 from common.data import DataConfig, dataset_info
 from common.data.longtail import longtail_counts
-from common.entry import run_command
-from common.errors import ConfigError
+from common.entry import input_error_line, run_command
+from common.errors import ConfigError, DataError
 from common.probe import OnlineProbe
 from common.sweep import load_trainer
 from common.trainer import TrainingModule, build_initial_method
@@ -58,16 +58,17 @@ from common.trainer import TrainingModule, build_initial_method
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
 # Defaults of the command line: an 80 GiB accelerator (A100 80GB, H100) and the dense bf16 peak of an H100 SXM
-# (989 TFLOP/s, NVIDIA's data sheet); 0.35 of peak is a typical model-FLOPs utilisation for ResNets and ViTs
-# (not measured here: pass what bench/gpu_check.py measures on your cards).
+# (989 TFLOP/s, NVIDIA's data sheet); the utilisation of 0.35 is an assumption, not a measurement: pass the share
+# of peak that bench/gpu_check.py measures on your cards (its achieved_share_of_peak).
 DEFAULT_GPUS = 8
 DEFAULT_GPU_MEMORY_GIB = 80.0
 DEFAULT_TFLOPS = 989.0
 DEFAULT_UTILISATION = 0.35
 # Optimiser state per trainable parameter, in copies of the parameter: momentum (SGD, LARS) or Adam's two moments.
 OPTIMISER_STATES = {"sgd": 1, "lars": 1, "adam": 2, "adamw": 2}
-# Training images of the data sets the paper configs name, from their publications (ImageNet-100: the CMC
-# subset's 100 classes, common/data/imagenet100_classes.txt); a data set on disk is counted instead.
+# Training images of the data sets the paper configs name, as their publications state them (ImageNet-100: the
+# count usually reported for the CMC subset of common/data/imagenet100_classes.txt, not checked against files
+# here). Image folders, Hugging Face sets and ImageNet hierarchies have no published count: n/a.
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion_mnist": 60_000, "imagenet": 1_281_167,
                 "imagenet100": 126_689, "stl10:train": 5_000, "stl10:unlabeled": 100_000,
                 "stl10:train+unlabeled": 105_000}
@@ -314,13 +315,17 @@ def plan_config(path: str | Path, train: str | None = None, gpus: int = DEFAULT_
 
 
 def paper_configs() -> list[Path]:
-    """Every training config of the repository (``<package>/configs/*.yaml`` beside a ``train.py`` of
-    ``common.trainer``, which defines ``CONFIG_SCHEMA``; examples included); sweep files are not configs."""
+    """Every training config of the repository: the YAML files under a ``configs`` folder of a package whose
+    ``train.py`` runs ``common.trainer`` (it defines ``CONFIG_SCHEMA``; examples and study recipes included);
+    sweep files are not configs."""
     def trained_here(path: Path) -> bool:
-        script = path.parent.parent / "train.py"
-        return script.is_file() and "CONFIG_SCHEMA" in script.read_text()
+        try:
+            script = REPO_ROOT / trainer_of(path)
+        except ConfigError:
+            return False
+        return "CONFIG_SCHEMA" in script.read_text()
 
-    found = [path for path in REPO_ROOT.glob("**/configs/*.yaml")
+    found = [path for path in REPO_ROOT.glob("**/configs/**/*.yaml")
              if not path.name.endswith("_sweep.yaml") and ".venv" not in path.parts and trained_here(path)]
     return sorted(found)
 
@@ -352,8 +357,8 @@ def format_plan(plan: Plan, gpu_memory_gib: float, tflops: float, utilisation: f
     ])
 
 
-def markdown_table(plans: list[Plan], command: str, gpus: int, gpu_memory_gib: float, tflops: float,
-                   utilisation: float) -> str:
+def markdown_table(plans: list[Plan], unplanned: list[tuple[str, str]], command: str, gpus: int,
+                   gpu_memory_gib: float, tflops: float, utilisation: float) -> str:
     head = [
         "# Compute of every paper config",
         "",
@@ -363,16 +368,21 @@ def markdown_table(plans: list[Plan], command: str, gpus: int, gpu_memory_gib: f
         "the tensors autograd saves, float32; both exact polynomials in the batch fitted at micro-batches 2, 3, 4). "
         "`accum`: micro-batches per step each GPU needs for the config's batch (0: one image does not fit; "
         "cached: by gradient caching, whose extra forward pass the FLOPs count); "
-        "`n/a`: the training set's size is not known without its files."),
+        "`n/a`: the training set's size is not known without its files; `counted on`: meta (the method ran on "
+        "the meta device) or cpu."),
         "",
         ("| config | method | backbone | views | params (M) | GFLOP/image | TFLOP/step | act. GiB/GPU | "
-        "max micro-batch | accum | steps | PFLOP | GPU-hours |"),
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "max micro-batch | accum | steps | PFLOP | GPU-hours | counted on |"),
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     rows = [f"| {p.config} | {p.method} | {p.backbone} | {p.views} | {p.parameters / 1e6:.2f} | "
             f"{p.flops_per_image / 1e9:.3g} | {p.flops_per_step / 1e12:.3g} | {p.activation_gib:.3g} | "
-            f"{p.max_micro_batch} | {p.accumulation}{' (cached)' if p.gradient_caching else ''} | {p.steps if p.steps is not None else 'n/a'} | "
-            f"{_number(p.total_pflop)} | {_number(p.gpu_hours)} |" for p in plans]
+            f"{p.max_micro_batch} | {p.accumulation}{' (cached)' if p.gradient_caching else ''} | "
+            f"{p.steps if p.steps is not None else 'n/a'} | {_number(p.total_pflop)} | {_number(p.gpu_hours)} | "
+            f"{p.counted_on} |" for p in plans]
+    if unplanned:
+        rows += ["", "Not planned (the config's data must be on disk to know its images' size and channels):", ""]
+        rows += [f"- {config}: {reason}" for config, reason in unplanned]
     return "\n".join(head + rows) + "\n"
 
 
@@ -402,9 +412,15 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_config(args.config, args.train, args.gpus, *settings)
             print(format_plan(plan, *settings))
             return 0
-        plans = []
+        plans, unplanned = [], []
         for path in paper_configs():
-            plan = plan_config(path.relative_to(REPO_ROOT), None, args.gpus, *settings)
+            config = path.relative_to(REPO_ROOT).as_posix()
+            try:
+                plan = plan_config(config, None, args.gpus, *settings)
+            except DataError as error:  # an image folder that is not here: a row that says so
+                unplanned.append((config, input_error_line(error)))
+                print(f"{config}: not planned: {input_error_line(error)}", flush=True)
+                continue
             print(f"{plan.config}: {plan.flops_per_image / 1e9:.3g} GFLOP/image, {_number(plan.gpu_hours)} "
                   "GPU-hours", flush=True)
             plans.append(plan)
@@ -413,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" --{name.replace('_', '-')} {value:g}" for name, value in
                 (("gpus", args.gpus), ("gpu_memory", args.gpu_memory), ("tflops", args.tflops),
                  ("utilisation", args.utilisation))) + f" --markdown {args.markdown}"
-            Path(args.markdown).write_text(markdown_table(plans, command, args.gpus, *settings))
+            Path(args.markdown).write_text(markdown_table(plans, unplanned, command, args.gpus, *settings))
         return 0
 
     return run_command(body)

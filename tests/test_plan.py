@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from common.plan import FIT_BATCHES, count_pass, main, plan_config, quadratic
+from common.plan import FIT_BATCHES, count_pass, main, markdown_table, plan_config, quadratic
 
 SIMCLR = Path(__file__).resolve().parent.parent / "stochcon" / "configs" / "fashion_mnist_simclr.yaml"
 
@@ -128,5 +128,11 @@ def test_plan_of_a_paper_config(capsys):
                         overrides=("grad_cache=false",))
     assert not plain.gradient_caching and plain.accumulation == small.accumulation
     assert plain.flops_per_image <= plan.flops_per_image
+    table = markdown_table([plan], [("x.yaml", "data folder x not found")], "python -m common.plan --all", 2, 80,
+                           989, 0.35).splitlines()
+    header = next(line for line in table if line.startswith("| config"))
+    row = next(line for line in table if line.startswith(f"| {plan.config} "))
+    assert row.count("|") == header.count("|") and "| meta |" in row
+    assert "- x.yaml: data folder x not found" in table
     assert main(["--config", str(SIMCLR), "--gpus", "2"]) == 0
     assert "GFLOP (forward + backward" in capsys.readouterr().out
