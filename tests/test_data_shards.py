@@ -127,9 +127,12 @@ def test_make_shards_errors(tmp_path, capsys):
     cfg = DataConfig(name="webdataset", root=str(tmp_path / "out"))
     with pytest.raises(ConfigError, match="data.subset"):
         build_dataset(DataConfig(name="webdataset", root=str(tmp_path / "out"), subset=4), "train")
+    opened = build_dataset(cfg, "train")
     (tmp_path / "out" / "train-000001.tar").unlink()
-    with pytest.raises(DataError, match="cannot read shard .*train-000001.tar"):
-        stream(build_dataset(cfg, "train"), shuffle=False)
+    with pytest.raises(DataError, match="train-000001.tar not found"):  # found when the split is opened
+        build_dataset(cfg, "train")
+    with pytest.raises(DataError, match="cannot read shard .*train-000001.tar"):  # or read, if it vanished since
+        stream(opened, shuffle=False)
 
 
 # ---------------------------------------------------------------------------------------------- order

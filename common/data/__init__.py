@@ -15,6 +15,7 @@ splits; ``hierarchy``: coarse and fine labels of one set); this one maps
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 from torch.utils.data import Dataset
 
@@ -77,6 +78,7 @@ __all__ = [
     "imagenet100_classes",
     "imagenet_hierarchy",
     "longtail_indices",
+    "open_splits",
     "read_idx",
     "skipped_files",
     "stratified_subset",
@@ -174,3 +176,11 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     if cfg.subset is not None and split != "test":
         dataset = dataset.subset(stratified_subset(dataset.targets, cfg.subset))
     return dataset
+
+
+def open_splits(cfg: DataConfig, splits: Iterable[str]) -> None:
+    """Open each of ``splits`` as ``build_dataset`` does (its folder, Hugging Face split, or shard index and
+    shards), decoding no image: what is missing is a ``DataError`` now. A trainer opens the splits its final
+    evaluation reads before its first step, so that they are not found missing after its last."""
+    for split in splits:
+        build_dataset(cfg, split)

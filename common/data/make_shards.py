@@ -50,10 +50,11 @@ def write_split(dataset, dest: Path, split: str, shard_size: int, seed: int) -> 
 
     order = np.random.Generator(np.random.PCG64(seed)).permutation(len(dataset))
     num_shards = -(-len(order) // shard_size)
-    counts, labels = [], []
+    counts, labels, sizes = [], [], []
     for shard in range(num_shards):
         chunk = order[shard * shard_size:(shard + 1) * shard_size]
-        with TarWriter(str(dest / f"{split}-{shard:06d}.tar"), encoder=False) as writer:
+        path = dest / f"{split}-{shard:06d}.tar"
+        with TarWriter(str(path), encoder=False) as writer:
             for index in chunk.tolist():
                 data, extension, label = encoded_sample(dataset, index)
                 sample = {"__key__": f"{index:09d}", extension: data}
@@ -62,8 +63,9 @@ def write_split(dataset, dest: Path, split: str, shard_size: int, seed: int) -> 
                 writer.write(sample)
                 labels.append(label)
         counts.append(len(chunk))
+        sizes.append(path.stat().st_size)  # lets a run find a shard cut short by its size alone
     pattern = f"{split}-{{000000..{num_shards - 1:06d}}}.tar" if num_shards > 1 else f"{split}-000000.tar"
-    return {"shards": pattern, "counts": counts, "labels": labels}
+    return {"shards": pattern, "counts": counts, "labels": labels, "bytes": sizes}
 
 
 def make_shards(cfg: DataConfig, dest: Path, shard_size: int, seed: int = 0) -> dict:

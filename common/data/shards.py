@@ -7,12 +7,14 @@ and, when labelled, ``KEY.cls`` holding the class number) described by ``shards.
     {"format": "ssl-repro-shards/1", "classes": ["cat", "dog"],
      "info": {"channels": 3, "image_size": 224, "mean": [...], "std": [...]},
      "splits": {"train": {"shards": "train-{000000..000127}.tar", "counts": [1000, ..., 214],
-                          "labels": [3, 0, ...]},
+                          "labels": [3, 0, ...], "bytes": [2662400, ..., 573440]},
                 "test": {...}}}
 
 ``shards`` is a brace pattern, relative to ``data.root`` unless it is an absolute path or a URL; ``counts``
 are the samples of each shard, in order; ``labels`` (optional) every sample's label in shard order, for
-class-balanced subsets of the probes. Reading goes through the ``webdataset`` library (``gopen`` opens
+class-balanced subsets of the probes; ``bytes`` (optional) the size of each shard file. Opening a split checks
+every local shard (``check_shards``), so a missing or truncated one is found before a run trains, not when the
+stream reaches it. Reading goes through the ``webdataset`` library (``gopen`` opens
 local files, ``http(s)://`` with curl, ``pipe:`` commands).
 
 ``ShardedDataset.epoch_loader`` gives a rank's batches of one epoch in the deterministic order of
@@ -25,9 +27,11 @@ from __future__ import annotations
 import copy
 import io
 import json
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import torch
@@ -194,6 +198,37 @@ class _EpochReader:
         return decoded, int(member["cls"]) if "cls" in member else -1
 
 
+def _samples_in_tar(path: str) -> int:
+    """The samples of a tar shard, counted from its member headers (no image data is read)."""
+    from webdataset.tariterators import base_plus_ext
+
+    try:
+        with tarfile.open(path) as archive:
+            return len({base_plus_ext(member.name)[0] for member in archive if member.isfile()} - {None})
+    except (tarfile.TarError, OSError) as error:
+        raise DataError(f"shard {path} cannot be read, or is cut short ({error}): write it again with "
+                        "python -m common.data.make_shards") from None
+
+
+def check_shards(urls: list[str], counts: list[int], sizes: list[int] | None) -> None:
+    """Every local shard exists and is whole: its size is the one ``shards.json`` records (``bytes``), or, for an
+    index written without sizes, its tar headers name ``counts`` samples (slower: every header is read). Shards
+    behind a URL are checked when they are read."""
+    if sizes is not None and len(sizes) != len(urls):
+        raise DataError(f"{INDEX_FILE} lists {len(sizes)} shard sizes for {len(urls)} shards")
+    for number, (url, count) in enumerate(zip(urls, counts)):
+        if _is_remote(url) and not url.startswith("file:"):
+            continue
+        path = Path(url2pathname(urlparse(url).path)) if url.startswith("file:") else Path(url)
+        if not path.is_file():
+            raise DataError(f"shard {url} not found ({INDEX_FILE} lists it)")
+        if sizes is not None and path.stat().st_size != sizes[number]:
+            raise DataError(f"shard {url} holds {path.stat().st_size} bytes, {INDEX_FILE} says {sizes[number]}: "
+                            "it was cut short or replaced; write it again with python -m common.data.make_shards")
+        if sizes is None and (found := _samples_in_tar(str(path))) != count:
+            raise DataError(f"shard {url} holds {found} samples, {INDEX_FILE} says {count}")
+
+
 def load_webdataset(cfg: DataConfig, split: str) -> ShardedDataset:
     from webdataset.shardlists import expand_urls
 
@@ -203,4 +238,6 @@ def load_webdataset(cfg: DataConfig, split: str) -> ShardedDataset:
     entry = index["splits"][split]
     urls = [_join(cfg.root, name) for name in expand_urls(entry["shards"])]
     mode = "L" if index["info"]["channels"] == 1 else "RGB"
-    return ShardedDataset(urls, entry["counts"], entry.get("labels"), index["classes"], mode, cfg.skip_corrupt)
+    dataset = ShardedDataset(urls, entry["counts"], entry.get("labels"), index["classes"], mode, cfg.skip_corrupt)
+    check_shards(urls, entry["counts"], entry.get("bytes"))
+    return dataset
