@@ -3,7 +3,15 @@
 A checkpoint is a folder ``<output_dir>/checkpoints/step_<N>/`` holding ``state.pt`` (model, optimiser,
 grad-scaler, progress, config, code version) and ``backbone.safetensors``. It is written into a temporary
 folder first and renamed into place, so a kill at any moment during a save leaves the previous
-checkpoint complete and loadable; folders whose name does not match ``step_<N>`` are never read.
+checkpoint complete and loadable; folders whose name does not match ``step_<N>`` are never read, and the
+temporaries a killed save or a full disk left (``.tmp_step_*``) are removed when the next run starts.
+
+A run of ours (``is_run_folder``) is a folder holding ``.ssl-repro-run``, the lock file every run creates when
+it starts (``common.run_lock``); a folder of a run from before that file counts when it holds our
+``config.yaml`` and either a checkpoint ``checkpoints/step_<N>/state.pt`` or nothing but what a run writes.
+A run starts only in a new folder, an empty one, or a run of ours: any other folder is refused,
+``overwrite=true`` included, since it may be a data set or someone's work. ``overwrite=true`` removes only the
+files a run writes, by name (``remove_run_files``); whatever else the folder holds stays.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +29,7 @@ from torch import nn
 
 from common.config import diff_configs
 from common.errors import RunFolderError
+from common.run_lock import LOCK_FILE, RunLock, check_unlocked
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.pt"
@@ -30,9 +40,11 @@ RESUMABLE_KEYS = {"output_dir", "resume", "overwrite", "progress_bar", "log_ever
                   "save_every_epochs", "save_every_steps", "keep_last", "on_nonfinite", "max_skipped_fraction",
                   "data.root", "data.download", "data.num_workers", "eval.batch_size", "eval.progress"}
 # What a run writes into its folder: removed by overwrite=true, and the leftovers of a start that failed
-# before its first step are removed by the next start.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "timing.json", "backbone.safetensors", CHECKPOINT_DIR,
-             "train")  # train/: the TensorBoard events of Accelerate's tracker (init_trackers("train"))
+# before its first step are removed by the next start. Inside checkpoints/ only step_<N> and .tmp_step_* folders,
+# inside train/ only TensorBoard event files (Accelerate's tracker, init_trackers("train")) are a run's.
+RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "timing.json", "backbone.safetensors")
+TENSORBOARD_DIR, TENSORBOARD_EVENTS = "train", "events.out.tfevents.*"
+_TEMPORARY_NAME = re.compile(r"^\.tmp_step_\d+_\d+$")
 # The trainer saves the method and the online probe as one module (common.trainer.TrainingModule): the
 # method's weights are the model state's keys under this prefix.
 METHOD_PREFIX = "method."
@@ -83,42 +95,129 @@ def holds_run(output_dir: str | Path) -> bool:
                 or (folder / "results.json").exists() or (folder / "backbone.safetensors").exists())
 
 
-def remove_run_files(output_dir: str | Path) -> None:
+def _written_by_a_run(path: Path) -> bool:
+    """Whether an entry of a run folder has a name that a run (or an evaluation of it) writes."""
+    return (path.name in (*RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR, LOCK_FILE)
+            or any(path.match(pattern) for pattern in RUN_FILE_PATTERNS))
+
+
+def is_run_folder(output_dir: str | Path) -> bool:
+    """Whether ``output_dir`` is a run of ours (what counts: the module docstring)."""
     folder = Path(output_dir)
-    paths = [folder / name for name in RUN_FILES] + [p for pattern in RUN_FILE_PATTERNS for p in folder.glob(pattern)]
-    for path in paths:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
+    if (folder / LOCK_FILE).is_file():
+        return True
+    if not (folder / "config.yaml").is_file():
+        return False
+    return bool(list_checkpoints(folder)) or all(_written_by_a_run(path) for path in folder.iterdir())
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse, before anything is built, an ``output_dir`` that a run cannot use: empty (it would be the current
+    folder), a file or under one, a place we cannot write, a folder holding something other than a run of
+    ours, or one that another run is using. Writes nothing but a probe file, removed at once."""
+    if not str(output_dir).strip():
+        raise RunFolderError("output_dir is empty: name the run's folder (a run never writes into the current "
+                             "folder unnamed)")
+    folder = Path(output_dir)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"lies under '{existing}', a file"
+        raise RunFolderError(f"output_dir '{folder}' {where}: name a folder")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".ssl-repro-probe-", dir=existing)
+    except OSError as error:
+        raise RunFolderError(f"output_dir '{folder}' cannot be written ('{existing}': {error.strerror})") from None
+    os.close(descriptor)
+    os.unlink(probe)
+    if existing == folder and any(folder.iterdir()) and not is_run_folder(folder):
+        raise RunFolderError(f"output_dir '{folder}' is not empty and holds no run of ours (no {LOCK_FILE} or "
+                             "config.yaml with checkpoints): choose a new or empty folder; overwrite=true replaces "
+                             "only a run of ours")
+    check_unlocked(folder)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` and the folders under it that hold nothing, deepest first."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for directory in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()),
+                            key=lambda p: len(p.parts), reverse=True) + [folder]:
+        if not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def remove_temporaries(output_dir: str | Path) -> None:
+    """Remove the ``.tmp_step_*`` folders of saves that a kill or a full disk stopped midway. Only a process that
+    holds the folder's lock may call it: a running save's temporary would go too."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if _TEMPORARY_NAME.match(path.name):
+                _remove(path)
+
+
+def remove_run_files(output_dir: str | Path) -> None:
+    """Remove, by name, what a run writes (``RUN_FILES``, ``RUN_FILE_PATTERNS``, checkpoint and temporary folders,
+    TensorBoard event files); anything else stays, and a folder keeping something else stays too."""
+    folder = Path(output_dir)
+    for path in [folder / name for name in RUN_FILES] + [p for pattern in RUN_FILE_PATTERNS for p in folder.glob(pattern)]:
+        if path.is_file() or path.is_symlink():
             path.unlink()
+    checkpoints, tensorboard = folder / CHECKPOINT_DIR, folder / TENSORBOARD_DIR
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        for path in checkpoints.iterdir():
+            if _STEP_NAME.match(path.name) or _TEMPORARY_NAME.match(path.name):
+                _remove(path)
+    if tensorboard.is_dir() and not tensorboard.is_symlink():
+        for path in tensorboard.rglob(TENSORBOARD_EVENTS):
+            if path.is_file():
+                path.unlink()
+    _remove_if_empty(checkpoints)
+    _remove_if_empty(tensorboard)
 
 
 def prepare_run_folder(output_dir: str | Path, resume: str, overwrite: bool, config_text: str | None = None
-                       ) -> Path | None:
-    """The checkpoint to resume from, or None for a new run; refuses to start a new run over another one.
+                       ) -> tuple[Path | None, RunLock]:
+    """The checkpoint to resume from (None for a new run) and the folder's lock, held until released; refuses a
+    folder that is not a run of ours (``check_output_dir``) and a new run over another one.
 
     ``resume``: "false" (a new run; a folder holding another run is refused unless ``overwrite``), "true"
     (continue the latest checkpoint, which must exist) or "auto" (continue it if there is one, else start:
     what a requeued cluster job wants). Under "auto", a folder whose run was stopped before its first
     checkpoint, with the same config (``config_text``, the ``config.yaml`` this run writes), starts again:
     nothing in it can be continued, and refusing would fail every requeue of a job preempted that early.
+    Temporaries of interrupted saves are removed first: they are never checkpoints.
     """
     folder = Path(output_dir)
-    checkpoint = latest_checkpoint(folder) if resume in ("true", "auto") else None
-    if resume == "true" and checkpoint is None:
-        raise RunFolderError(f"resume=true but output_dir '{folder}' has no checkpoint to continue (resume=auto "
-                             "starts a new run when there is none)")
-    if checkpoint is None:
-        saved_config = folder / "config.yaml"
-        same_run_unsaved = (resume == "auto" and config_text is not None and saved_config.is_file()
-                            and saved_config.read_text() == config_text and not (folder / "results.json").exists())
-        if holds_run(folder) and not (overwrite or same_run_unsaved):
-            raise RunFolderError(f"output_dir '{folder}' holds another run: pass resume=true to continue it, "
-                                 "overwrite=true to replace it, or choose another output_dir")
-        remove_run_files(folder)  # the other run (overwrite=true), the same run before its first checkpoint, or
-        # what a failed start left
-    folder.mkdir(parents=True, exist_ok=True)
-    return checkpoint
+    check_output_dir(folder)
+    lock = RunLock(folder).acquire()
+    try:
+        remove_temporaries(folder)
+        checkpoint = latest_checkpoint(folder) if resume in ("true", "auto") else None
+        if resume == "true" and checkpoint is None:
+            raise RunFolderError(f"resume=true but output_dir '{folder}' has no checkpoint to continue (resume=auto "
+                                 "starts a new run when there is none)")
+        if checkpoint is None:
+            saved_config = folder / "config.yaml"
+            same_run_unsaved = (resume == "auto" and config_text is not None and saved_config.is_file()
+                                and saved_config.read_text() == config_text
+                                and not (folder / "results.json").exists())
+            if holds_run(folder) and not (overwrite or same_run_unsaved):
+                raise RunFolderError(f"output_dir '{folder}' holds another run: pass resume=true to continue it, "
+                                     "overwrite=true to replace it, or choose another output_dir")
+            remove_run_files(folder)  # the other run (overwrite=true), the same run before its first checkpoint,
+            # or what a failed start left
+    except BaseException:
+        lock.release()
+        raise
+    return checkpoint, lock
 
 
 def save_checkpoint(output_dir: str | Path, step: int, state: dict[str, Any], write_extra=None,

@@ -51,7 +51,7 @@ class TrainConfig:
     # false: a new run (refused if output_dir holds another) | true: continue the latest checkpoint, which
     # must exist | auto: continue it if there is one, else start (cluster requeue scripts)
     resume: Literal["false", "true", "auto"] = "false"
-    overwrite: bool = False  # replace another run's files in output_dir (checkpoints, logs, results, eval_*.json)
+    overwrite: bool = False  # replace the run in output_dir, a run of ours only (checkpoints, logs, results, eval_*.json)
     on_nonfinite: Literal["error", "skip"] = "error"  # error: stop and name the step and terms | skip: drop the step
     max_skipped_fraction: Fraction = 0.01  # on_nonfinite=skip: stop with an error beyond this share of the steps
     data: DataConfig = field(default_factory=DataConfig)

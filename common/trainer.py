@@ -38,6 +38,7 @@ from common.backbones import BACKBONE_FILE, build_backbone, save_backbone
 from common.backward_scale import BackwardScale, attach_backward_scale
 from common.batches import BatchStream
 from common.checkpoint import (
+    check_output_dir,
     check_resumable,
     code_version,
     latest_checkpoint,
@@ -46,15 +47,16 @@ from common.checkpoint import (
     save_checkpoint,
 )
 from common.config import to_dict, to_yaml
-from common.data import SkipRecord, build_dataset, dataset_info
+from common.data import SkipRecord, build_dataset, dataset_info, open_splits
 from common.data.summary import data_summary, summary_lines
 from common.distributed import check_launch
-from common.errors import RunFolderError
+from common.errors import ConfigError, RunFolderError
 from common.grad_cache import cached_accumulation
 from common.method import Method
 from common.metrics_log import MetricsLog, print_results
 from common.optim import build_optimizer, learning_rate, param_groups, scaled_lr
 from common.probe import OnlineProbe
+from common.run_lock import RunLock
 from common.seeds import GRAD_CACHE_RNG, MICRO_BATCH_RNG, derive_seed
 from common.trackers import check_tracker, start_tracker
 from common.train_config import TrainConfig, check_train_config
@@ -126,6 +128,7 @@ class Trainer:
         self.skipped_before: list[str] = []  # corrupt images skipped before a resume
         self.skip_record = SkipRecord()  # those skipped by the data sets this run makes (common.data.skip_record)
         self.tracker_run: dict | None = None  # {"tracker", "id"}: the tracker run, continued by a resume
+        self.folder_lock: RunLock | None = None  # the run folder's lock (main process), held while fit runs
 
     # ----------------------------------------------------------------------------------------- set-up
     def _setup(self) -> Path | None:
@@ -137,14 +140,21 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=tracker,
                                        project_dir=str(self.output_dir))
         acc = self.accelerator
+        if acc.is_main_process:
+            check_output_dir(cfg.output_dir)
         check_launch(acc.num_processes)
         check_train_config(cfg, acc.num_processes)
+        if cfg.mixed_precision == "fp16" and acc.device.type == "cpu":  # Accelerate would run float32 unannounced
+            raise ConfigError("mixed_precision=fp16 needs a GPU: on the CPU Accelerate ignores it and runs float32 "
+                              "(use mixed_precision=no, or bf16, which autocasts on the CPU)")
         self.info = dataset_info(cfg.data)
         self.in_chans = cfg.backbone.in_chans or self.info.channels
         method = build_initial_method(cfg, self.build_method, self.in_chans)
         feature_dim = method.feature_dim
         self.dataset = build_dataset(cfg.data, cfg.train_split)
         self.data_summary = data_summary(cfg.data, cfg.train_split, self.dataset, self.info, cfg.augment, self.in_chans)
+        if self.evaluate is not None:  # what the final evaluation reads: found missing now, not after the last step
+            open_splits(cfg.data, [split for split in ("train", "test") if split != cfg.train_split])
         if cfg.backbone.sync_bn:
             method = distributed.convert_sync_batchnorm(method)
         probe = OnlineProbe(feature_dim, self.info.num_classes) if cfg.online_probe and self.info.num_classes else None
@@ -173,8 +183,9 @@ class Trainer:
         self.method: Method = acc.unwrap_model(self.module).method
         attach_backward_scale(self.module, BackwardScale(getattr(acc, "scaler", None), cfg.grad_accum_steps,
                                                          acc.num_processes))
-        checkpoint = (prepare_run_folder(self.output_dir, cfg.resume, cfg.overwrite, to_yaml(cfg))
-                      if acc.is_main_process else None)
+        checkpoint = None
+        if acc.is_main_process:
+            checkpoint, self.folder_lock = prepare_run_folder(self.output_dir, cfg.resume, cfg.overwrite, to_yaml(cfg))
         acc.wait_for_everyone()
         return checkpoint
 
@@ -278,9 +289,14 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------- the loop
     def fit(self) -> dict:
-        """Train and evaluate, recording the corrupt images that training and evaluation skip."""
-        with self.skip_record:
-            return self._fit()
+        """Train and evaluate, recording the corrupt images that training and evaluation skip; the run folder stays
+        locked against other runs until this returns or raises."""
+        try:
+            with self.skip_record:
+                return self._fit()
+        finally:
+            if self.folder_lock is not None:
+                self.folder_lock.release()
 
     def _fit(self) -> dict:
         for signum in (signal.SIGTERM, signal.SIGUSR1):
@@ -448,3 +464,4 @@ class Trainer:
             print_results(results, self.output_dir)
         acc.wait_for_everyone()
         return results
+

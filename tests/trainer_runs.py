@@ -41,8 +41,9 @@ def launch(script: str, args: list[str], processes: int = 2,
 
 
 def run_until_checkpoint(script: str, args: list[str], output_dir: Path, step: int, sig: int = signal.SIGKILL,
-                         timeout: float = 600) -> subprocess.Popen:
-    """Start a trainer and send ``sig`` once checkpoint ``step`` exists (mid-run, while it keeps training)."""
+                         timeout: float = 600, wait: bool = True) -> subprocess.Popen:
+    """Start a trainer and send ``sig`` once checkpoint ``step`` exists (mid-run, while it keeps training); then
+    wait for it to end, unless ``wait`` is false (a SIGSTOP leaves it stopped, the caller ends it)."""
     proc = subprocess.Popen([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     target = output_dir / "checkpoints" / f"step_{step:08d}" / "state.pt"
@@ -55,7 +56,8 @@ def run_until_checkpoint(script: str, args: list[str], output_dir: Path, step: i
             raise AssertionError(f"no checkpoint at step {step} after {timeout} s")
         time.sleep(0.05)
     proc.send_signal(sig)
-    proc.wait(timeout=120)
+    if wait:
+        proc.wait(timeout=120)
     return proc
 
 
