@@ -160,15 +160,19 @@ def dataset_info(cfg: DataConfig | str) -> DatasetInfo:
     return DatasetInfo(channels, size, len(train.classes), mean, std)
 
 
-def build_dataset(cfg: DataConfig, split: str) -> Dataset:
-    """The ``split`` ("train" | "test" | "unlabeled" | "train+unlabeled") of ``cfg.name``; ``cfg.subset``
-    keeps the first N images of every split but "test", stratified by class. Folders and hf datasets of
-    grayscale images (every sampled training image grayscale) decode to one channel, others to RGB."""
+def _load(cfg: DataConfig, split: str) -> Dataset:
     _check_name(cfg)
     valid = SPLITS if cfg.name == "stl10" else ("train", "test")
     if split not in valid:
         raise ConfigError(f"dataset '{cfg.name}' has no split '{split}' (valid: {', '.join(valid)})")
-    dataset = LOADERS[cfg.name](cfg, split)
+    return LOADERS[cfg.name](cfg, split)
+
+
+def build_dataset(cfg: DataConfig, split: str) -> Dataset:
+    """The ``split`` ("train" | "test" | "unlabeled" | "train+unlabeled") of ``cfg.name``; ``cfg.subset``
+    keeps the first N images of every split but "test", stratified by class. Folders and hf datasets of
+    grayscale images (every sampled training image grayscale) decode to one channel, others to RGB."""
+    dataset = _load(cfg, split)
     if _measured(cfg):
         train = dataset if split == "train" else LOADERS[cfg.name](cfg, "train")
         channels, _ = image_channels_and_size(train, cfg.image_size)
@@ -180,7 +184,8 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
 
 def open_splits(cfg: DataConfig, splits: Iterable[str]) -> None:
     """Open each of ``splits`` as ``build_dataset`` does (its folder, Hugging Face split, or shard index and
-    shards), decoding no image: what is missing is a ``DataError`` now. A trainer opens the splits its final
-    evaluation reads before its first step, so that they are not found missing after its last."""
+    shards), decoding no image and measuring nothing: what is missing is a ``DataError`` now. A trainer opens
+    the splits its final evaluation reads before its first step, so that they are not found missing after its
+    last."""
     for split in splits:
-        build_dataset(cfg, split)
+        _load(cfg, split)
