@@ -34,7 +34,7 @@ from common.config import load_config
 from common.grad_cache import cached_accumulation
 from common.probe import OnlineProbe
 from common.seeds import derive_seed
-from common.trainer import Preempted, Trainer, TrainingModule, restored_buffers
+from common.trainer import NonFiniteLossError, Preempted, Trainer, TrainingModule, restored_buffers
 from examples.barlowtwins.method import BarlowTwins, BarlowTwinsConfig
 from msbreg.byol import BYOL, BYOLConfig
 from msbreg.msbreg import MSBReg, MSBRegConfig
@@ -359,3 +359,22 @@ def test_sigterm_inside_an_accumulation_cycle_resumes_exactly(data_root, tmp_pat
     states = [load_checkpoint(latest_checkpoint(out))["model"] for out in (straight, interrupted)]
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+@pytest.mark.slow
+def test_a_non_finite_cached_step_is_skipped_without_a_trace_or_named(data_root, tmp_path, fresh_accelerate):
+    """A diverging run (SGD at lr 1e30) on the cached path: on_nonfinite=skip drops its steps and puts the
+    batch-norm buffers back (both passes moved them), on_nonfinite=error names the step."""
+    bad = ["max_steps=4", "dtype=float32", "optim.name=sgd", "optim.lr=1e30", "optim.warmup_epochs=0",
+           "max_skipped_fraction=1"]  # float32: the weights overflow (float64 would hold 1e30 squared)
+    cfg = load_config(stochcon_train.CONFIG_SCHEMA, tiny(data_root, tmp_path / "skip", *bad, "on_nonfinite=skip"))
+    results = Trainer(cfg, stochcon_train.build_method).fit()
+    assert results["skipped_steps"] > 0
+    state = load_checkpoint(latest_checkpoint(tmp_path / "skip"))["model"]
+    buffers = [v for k, v in state.items() if k.endswith(("running_var", "running_mean"))]
+    assert buffers and all(bool(torch.isfinite(v).all()) for v in buffers)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    cfg = load_config(stochcon_train.CONFIG_SCHEMA, tiny(data_root, tmp_path / "error", *bad))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step"):
+        Trainer(cfg, stochcon_train.build_method).fit()
