@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from common.config_types import PositiveFloat
@@ -30,9 +31,16 @@ class BarlowTwins(Method):
         self.projector = head(feature_dim, cfg.projector, "method.projector", norm="bn")
         self.cfg = cfg
 
-    def forward(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+    couples_batch = True  # the cross-correlation is a statistic of the batch
+
+    def embed(self, views: list[Tensor], labels: Tensor) -> dict[str, Tensor]:
+        """``z`` [N, 2, D], the projections of both views, and the detached backbone ``features`` of view 0."""
         if len(views) != 2:
             raise ConfigError(f"Barlow Twins takes 2 views (augment.num_views=2), got {len(views)}")
         features = encode_views(self.backbone, views)
-        z1, z2 = (gather_with_grad(at_least_float32(z)) for z in project(self.projector, features))
-        return {"loss": barlow_twins_loss(z1, z2, self.cfg.lambda_offdiag), "features": features[0].detach()}
+        z = [at_least_float32(z) for z in project(self.projector, features)]
+        return {"z": torch.stack(z, dim=1), "features": features[0].detach()}
+
+    def loss_from_embeddings(self, embeddings: dict[str, Tensor], labels: Tensor) -> dict[str, Tensor]:
+        z1, z2 = (gather_with_grad(z) for z in embeddings["z"].unbind(1))
+        return {"loss": barlow_twins_loss(z1, z2, self.cfg.lambda_offdiag), "features": embeddings["features"]}
