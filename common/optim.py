@@ -40,7 +40,7 @@ class OptimConfig:
     warmup_epochs: NonNegativeFloat = 10.0  # linear warm-up from 0 to the peak (warmup_cosine), in epochs
     final_lr: Fraction = 0.0           # learning rate at the end of the cosine, as a fraction of the peak
     schedule: Literal["warmup_cosine", "step", "constant"] = "warmup_cosine"  # the learning rate per step
-    milestones: list[float] = field(default_factory=lambda: [0.8])  # step schedule: fractions of training
+    milestones: list[Fraction] = field(default_factory=lambda: [0.8])  # step schedule: fractions of training
     gamma: NonNegativeFloat = 0.1      # step schedule: the learning rate is multiplied by this at each milestone
     foreach: bool = True               # multi-tensor (foreach) update where the optimiser has one
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from common.augment import AugmentConfig, build_supervised_transform
-from common.config_types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from common.config_types import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from common.data import DataConfig, build_dataset, dataset_info, stratified_subset
 from common.errors import DataError
 from common.optim import OptimConfig, build_optimizer, param_groups
@@ -58,7 +58,7 @@ class LinearProbeConfig:
     eta: PositiveFloat = 1e-3     # LARS trust coefficient
     schedule: Literal["cosine", "step"] = "cosine"  # cosine (after warmup_epochs of linear warm-up) | step
     warmup_epochs: NonNegativeFloat = 0.0  # cosine: linear warm-up epochs before it
-    milestones: list[float] = field(default_factory=lambda: [1 / 3, 2 / 3])  # step: fractions of training
+    milestones: list[Fraction] = field(default_factory=lambda: [1 / 3, 2 / 3])  # step: fractions of training
     gamma: PositiveFloat = 0.1    # step: the factor at each milestone
     standardize: bool = True      # standardise features with the training mean / std
 
