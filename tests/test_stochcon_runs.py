@@ -1,6 +1,7 @@
 """StochCon through its entry point: every paper config resolves, and a tiny Fashion-MNIST-format run feeds the
 analyses and fine-tuning."""
 
+import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,8 @@ from common.checkpoint import list_checkpoints, load_checkpoint
 from common.config import load_config
 from common.data import build_dataset, dataset_info, stratified_subset
 from common.errors import ConfigError
+from common.study.context import Context, trainer_job
+from common.study.jobs import identity
 from common.trainer import build_initial_method
 from stochcon.analysis.__main__ import main as analysis_main
 from stochcon.analysis.runs import initial_method, load_trained_method
@@ -21,6 +24,8 @@ from stochcon.finetune import main as finetune_main
 from stochcon.stochcon import StochasticBranch
 from stochcon.train import StochConTrainConfig, build_method
 from tests.trainer_runs import ROOT, run, write_idx_fashion_mnist
+
+study = importlib.import_module("stochcon.study.jobs")  # the package exports its function jobs under that name
 
 # 300 training images in batches of 64: 4 steps an epoch (the trainer drops the last 44 images), so an epoch
 # ends at step 4, not at 300 / 64 = 4.7 steps.
@@ -270,3 +275,21 @@ def test_untrained_run_gives_the_initial_weights_and_a_run_without_latent_is_ref
         message = capsys.readouterr().err.strip()
         assert "\n" not in message and str(run_dir) in message and "without a latent variable" in message
         assert f"`{command}` needs a StochCon run" in message
+
+
+def test_table1_recipes_are_the_command_line_runs_they_replace(tmp_path):
+    """Table 1's runs moved from key=value arguments into stochcon/configs/fashion_mnist_study_*.yaml: each job
+    resolves to the config it had, so the study finds its finished runs done; the budget test's runs differ from
+    them only in their epochs."""
+    ctx = Context("full", [0], tmp_path / "runs", tmp_path / "docs")
+    latent = "method.stochcon.latent_dim=null"
+    before = {"simclr": ["--config", study.SIMCLR, "eval.knn_at_init=true"],
+              "bernoulli_d128": ["--config", study.BERNOULLI, *study.ALGORITHM1, latent],
+              "gaussian_d128": ["--config", study.GAUSSIAN, "method.stochcon.projectors=true", latent]}
+    jobs = {job.name: job for job in study.jobs(ctx)}
+    for name, args in before.items():
+        scale = study.pretraining_scale(ctx, study.Pretraining(name, "table1", 0, ()))
+        old = trainer_job(ctx, study.PAPER, name, "table1", study.TRAIN, [*args, *scale], 0)
+        assert identity(jobs[f"{study.PAPER}/{name}_s0"]) == identity(old), name
+        longer = identity(jobs[f"{study.PAPER}/{name}_e20_s0"])["config"]
+        assert longer["epochs"] == 20 and {**longer, "epochs": 2} == identity(old)["config"]

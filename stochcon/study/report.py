@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from common.plots import new_figure, save_figure
-from common.study.context import Context, read_json, results_per_seed
+from common.study.context import Context, evaluation_per_seed, read_json, results_per_seed
 from common.study.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
-from stochcon.study.jobs import FIGURE4, PAPER, WIDTHS
+from stochcon.study.jobs import BUDGET_EPOCHS, FIGURE4, FROZEN_EPOCHS, PAPER, RECIPES, WIDTHS, budget_run
 
 # The paper's numbers (test top-1 %, CIFAR-10 ResNet-50, Table 1; Appendix A.2)
 PAPER_TABLE1 = {"simclr": (94.35, 91.67), "bernoulli_d128": (96.42, 91.96), "gaussian_d128": (96.08, 92.40)}
@@ -35,12 +35,31 @@ def values(ctx: Context, run: str, key: str) -> PerSeed:
     return results_per_seed(ctx, PAPER, run, key)
 
 
+def probe(ctx: Context, run: str) -> PerSeed:
+    """The standard linear probe (``python -m evaluation linear``) of a pre-training's backbone, per seed."""
+    return evaluation_per_seed(ctx, PAPER, run, "linear", "linear.json", lambda data: data["results"]["linear_top1"])
+
+
 def analysis(ctx: Context, name: str, file: str) -> dict[int, dict]:
     out = {}
     for seed in ctx.seeds:
         data = read_json(ctx.runs / PAPER / "analysis" / f"{name}_s{seed}" / file)
         if data is not None:
             out[seed] = data
+    return out
+
+
+def confidence_values(ctx: Context, name: str, run: str, point: str, mode: str, field: str) -> PerSeed:
+    """``{seed: field}`` of ``run`` in the confidence analysis ``name``: at initialisation (``point="first"``) or
+    at the run's last checkpoint (``"last"``), read in eval mode (``mode="eval"``) or with batch statistics
+    (``"batch"``)."""
+    out: PerSeed = {}
+    for seed, data in analysis(ctx, name, "bit_confidence.json").items():
+        prefix = f"{run}_s{seed} step "
+        steps = {int(key[len(prefix):].split(" ")[0]): row for key, row in data.items()
+                 if key.startswith(prefix) and key.endswith(f" {mode}")}
+        if steps:
+            out[seed] = steps[min(steps) if point == "first" else max(steps)][field]
     return out
 
 
@@ -53,24 +72,34 @@ def table1(ctx: Context, docs: Path, command: str) -> list[Path]:
         vs_tuned = "—" if run == "simclr" else difference_cell(tuned, values(ctx, "simclr_finetune", "test_top1"))
         vs_frozen = "—" if run == "simclr" else difference_cell(frozen, values(ctx, "simclr_frozen", "test_top1"))
         rows.append([name, cell(tuned, s, 100, 1), vs_tuned, f"{paper_tuned:.2f}", cell(frozen, s, 100, 1),
-                     vs_frozen, f"{paper_frozen:.2f}", cell(values(ctx, run, "linear_top1"), s, 100, 1),
-                     cell(values(ctx, run, "knn_top1_k20"), s, 100, 1)])
+                     cell(values(ctx, f"{run}_frozen", "chosen_epoch"), s, digits=0), vs_frozen,
+                     f"{paper_frozen:.2f}", cell(probe(ctx, run), s, 100, 1),
+                     difference_cell(frozen, probe(ctx, run)), cell(values(ctx, run, "knn_top1_k20"), s, 100, 1),
+                     cell(confidence_values(ctx, "confidence", run, "last", "eval", "confident_fraction"), s,
+                          100, 1) if run.startswith("bernoulli") else "—"])
     supervised = values(ctx, "supervised_bypass1.0", "test_top1")
     rows.append(["Supervised (Appendix A.2's plain run)", cell(supervised, s, 100, 1), "—",
-                 f"{PAPER_SUPERVISED:.2f}", "—", "—", "—", "—", "—"])
+                 f"{PAPER_SUPERVISED:.2f}", "—", "—", "—", "—", "—", "—", "—", "—"])
     header = ["model", "fine-tuned top-1 %", "vs SimCLR fine-tuned (paired)", "paper fine-tuned",
-              "frozen top-1 %", "vs SimCLR frozen (paired)", "paper frozen", "pre-training linear probe on h %",
-              "pre-training 20-NN on h %"]
+              "frozen top-1 %", f"frozen: epoch chosen (of {FROZEN_EPOCHS})", "vs SimCLR frozen (paired)",
+              "paper frozen", "standard linear probe of the same backbone %", "frozen minus probe (paired)",
+              "pre-training 20-NN on h %", "confident bits at the end %"]
     notes = ("Fashion-MNIST test set (10,000 images). Pre-training: 2 epochs on 20,000 stratified training "
              "images (312 steps of 128; the paper: CIFAR-10, ResNet-50, 800 epochs). Fine-tuned / frozen: "
              "`python -m stochcon.finetune --mode finetune|frozen`, Appendix A.3's Adam 3e-4 with x0.1 at 80%, 3 "
-             "epochs (fine-tuned) or 15 (frozen) on 10,000 images, a linear head on the latent (the Bernoulli "
-             "code at Gumbel temperature 0.1, the Gaussian's mean; h for SimCLR); `test_top1` of that head. The "
+             f"epochs (fine-tuned) or at most {FROZEN_EPOCHS} (frozen: the epoch whose head scores best on 1,000 "
+             "held-out training images, stratified and outside the 10,000 it trains on; `holdout_fraction=0.1`) "
+             "on 10,000 images, a linear head on the latent (the Bernoulli code at Gumbel temperature 0.1, "
+             "evaluated noise-free; the Gaussian's mean; h for SimCLR); `test_top1` of that head. The frozen head "
+             "reads the code pi(h), not h: the standard probe (`python -m evaluation linear`: SGD on standardised "
+             "frozen h of the same 10,000 images, 100 epochs) says what the representation itself holds. The "
              "supervised row is trained from scratch for 2 epochs on 20,000 images (a different budget: context "
              "only). Paper columns: CIFAR-10 ResNet-50, Table 1. The \"+ additions\" row is Algorithm 1 with the "
              "Fashion-MNIST config's two settings (`both_directions=true`, `pi_init_gain=3`): a second setting "
              "for the Bernoulli latent, not in the paper. \"higher on k/n\": seeds where the row beats SimCLR "
-             "with the same seed.")
+             "with the same seed. Confident bits: the share of bit probabilities sigmoid(pi(h)) "
+             "outside (0.1, 0.9) on 1,024 test images, the trained network in eval mode "
+             "(`python -m stochcon.analysis confidence`).")
     path = write_table(docs / "stochcon_table1.md", "StochCon Table 1: fine-tuned and frozen test top-1", header,
                        rows, notes, command)
     groups = list(NAMES.values())
@@ -220,11 +249,24 @@ def figure4(ctx: Context, docs: Path, command: str) -> list[Path]:
             out[seed] = ordered[0 if which == "first" else -1][2]
         return out
 
+    def initial(run: str, mode: str, field: str) -> PerSeed:
+        return confidence_values(ctx, "confidence", run, "first", mode, field)
+
     rows = [[run.replace("_local", " (local crops)").replace("_", " ").replace("bernoulli d", "hard top, D = "),
-             cell(at(run, "train", "first"), s), cell(at(run, "train", "last"), s), cell(at(run, "test", "last"), s),
+             cell(at(run, "train", "first"), s), cell(initial(run, "batch", "active_fraction"), s),
+             cell(initial(run, "eval", "constant_units"), s, digits=1),
+             cell(initial(run, "batch", "constant_units"), s, digits=1),
+             cell(at(run, "train", "last"), s), cell(at(run, "test", "last"), s),
              cell(values(ctx, run, "knn_top1_k20"), s, 100, 1)] for run in runs]
     notes = ("Active bits (ones) of the eval-mode code as a fraction of its D bits, mean over 2,000 images "
-             "(`python -m stochcon.analysis bits`); epoch 0 is initialisation. The first four rows are Figure 4's "
+             "(`python -m stochcon.analysis bits`); epoch 0 is initialisation. At initialisation eval mode reads "
+             "batch norm's initial running statistics (mean 0, variance 1), which no training step sees: the "
+             "un-normalised features give logits pi(h) near pi's bias, so every unit is constant over the images "
+             "and the active fraction is the share of units whose bias is positive. The batch-statistics columns "
+             "read the initial network as its first training step does (train-mode batch norm on batches of the "
+             "training batch size x 2 views, running statistics left as they were; `python -m stochcon.analysis "
+             "confidence`, 1,024 test images): there most units vary. Either way every bit probability lies in "
+             "(0.1, 0.9) at the start (Table 1's confidence column). The first four rows are Figure 4's "
              "variants, D = 128 (the backbone width; the paper's 2048), with 2 global 28 px views and 2 local 14 px "
              "crops: top puts the global views through the latent, bottom the local ones (DINO's multi-crop); "
              "hard feeds 0/1 forward (straight-through), soft the relaxed variates. The last rows, without local "
@@ -232,8 +274,10 @@ def figure4(ctx: Context, docs: Path, command: str) -> list[Path]:
              "soft-top 512). The paper: about half the bits on at the start, fewer as training goes on; a "
              "capacity-restricted model keeps half.")
     path = write_table(docs / "stochcon_figure4.md", "StochCon Figure 4: active bits by placement",
-                       ["run", "active fraction at init (train)", "at the end (train)", "at the end (test)",
-                        "20-NN on h %"], rows, notes, command)
+                       ["run", "active fraction at init, eval mode (train)", "at init, batch statistics (test)",
+                        "constant units at init, eval mode", "constant units at init, batch statistics",
+                        "active fraction at the end (train)", "at the end (test)", "20-NN on h %"], rows, notes,
+                       command)
     fig, axes = new_figure(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, split in zip(axes, ("train", "test")):
         for k, run in enumerate(runs):
@@ -247,6 +291,69 @@ def figure4(ctx: Context, docs: Path, command: str) -> list[Path]:
     axes[0].set_ylabel("active bits / D (mean over images)")
     axes[1].legend(fontsize=7)
     fig.suptitle("Active bits of the Bernoulli code during training (mean ± sd over seeds)", fontsize=10)
+    return [path, save_figure(fig, path.with_suffix(".png"))]
+
+
+def budget(ctx: Context, docs: Path, command: str) -> list[Path]:
+    """The budget test: the three recipes at 2 to 20 epochs, each head's gap to SimCLR's and the Bernoulli's
+    confident bits, against epochs."""
+    s = ctx.seeds
+    measures = {"fine-tuned": lambda run: values(ctx, f"{run}_finetune", "test_top1"),
+                "frozen": lambda run: values(ctx, f"{run}_frozen", "test_top1"),
+                "standard probe": lambda run: probe(ctx, run)}
+    rows = []
+    gaps: dict[str, dict[str, list[PerSeed]]] = {}
+    confident = {mode: [confidence_values(ctx, "confidence_budget", budget_run("bernoulli_d128", e), "last", mode,
+                                          "confident_fraction") for e in BUDGET_EPOCHS] for mode in ("eval", "batch")}
+    for run in RECIPES:
+        for k, epochs in enumerate(BUDGET_EPOCHS):
+            name = budget_run(run, epochs)
+            row = [NAMES[run], str(epochs), cell(values(ctx, name, "knn_top1_k20"), s, 100, 1)]
+            for label, read in measures.items():
+                mine, simclr = read(name), read(budget_run("simclr", epochs))
+                row.append(cell(mine, s, 100, 1))
+                if run != "simclr":
+                    row.append(difference_cell(mine, simclr))
+                    paired = {seed: mine[seed] - simclr[seed] for seed in set(mine) & set(simclr)}
+                    gaps.setdefault(run, {}).setdefault(label, []).append(paired)
+                else:
+                    row.append("—")
+            row.append(cell(confident["eval"][k], s, 100, 1) if run == "bernoulli_d128" else "—")
+            rows.append(row)
+    notes = ("Each recipe (`stochcon/configs/fashion_mnist_study_{simclr,bernoulli,gaussian}.yaml`: Algorithm 1, "
+             "the backbone-wide latent, 20,000 stratified training images, batch 128) trained for 2 (Table 1's runs), "
+             "5, 10 and 20 epochs; the heads as in Table 1 (fine-tuned 3 epochs; frozen at most "
+             f"{FROZEN_EPOCHS}, the epoch chosen on held-out training images; the standard probe of h). Gaps are "
+             "paired by seed against SimCLR at the same epochs. Confident bits: bit probabilities sigmoid(pi(h)) "
+             "outside (0.1, 0.9) on 1,024 test images at the run's end, eval mode (`python -m stochcon.analysis "
+             "confidence`; the PNG shows the batch-statistics reading too). The question: does the Bernoulli's gap "
+             "close as its code becomes confident, i.e. does StochCon only need a longer budget?")
+    header = ["model", "epochs", "20-NN on h %", "fine-tuned %", "vs SimCLR", "frozen %", "vs SimCLR",
+              "standard probe %", "vs SimCLR", "confident bits %"]
+    path = write_table(docs / "stochcon_budget.md", "StochCon budget test: 2 to 20 epochs", header, rows, notes,
+                       command)
+    fig, axes = new_figure(1, 4, figsize=(16, 3.6))
+    epochs = list(BUDGET_EPOCHS)
+    for mode, color in (("eval", "C0"), ("batch", "C1")):
+        line_figure(axes[0], epochs, confident[mode], f"{mode} mode" if mode == "eval" else "batch statistics",
+                    color, scale=100)
+    axes[0].set_ylim(-2, 102)  # a share: 0 (every bit a near-fair coin) to 100 (every bit certain)
+    axes[0].set_ylabel("confident bits (%)")
+    axes[0].set_title("Bernoulli: bits outside (0.1, 0.9)", fontsize=10)
+    for ax, label in zip(axes[1:], measures):
+        for run, color in (("bernoulli_d128", "C2"), ("gaussian_d128", "C3")):
+            line_figure(ax, epochs, gaps.get(run, {}).get(label, [{}] * len(epochs)), NAMES[run], color, scale=100)
+        ax.axhline(0.0, color="k", linestyle=":")
+        ax.set_ylabel("minus SimCLR (points)")
+        ax.set_title(f"{label}: gap to SimCLR", fontsize=10)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(epochs)
+        ax.set_xticklabels([str(e) for e in epochs])
+        ax.set_xlabel("pre-training epochs")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("StochCon against SimCLR as the budget grows (mean ± sd over seeds)", fontsize=10)
     return [path, save_figure(fig, path.with_suffix(".png"))]
 
 
@@ -277,6 +384,6 @@ def appendix_a2(ctx: Context, docs: Path, command: str) -> list[Path]:
 def report(ctx: Context, command: str) -> list[Path]:
     docs = ctx.docs
     out: list[Path] = []
-    for write in (table1, figure2_left, figure2_right, figure3, figure4, appendix_a2):
+    for write in (table1, figure2_left, figure2_right, figure3, figure4, budget, appendix_a2):
         out += write(ctx, docs, command)
     return out
