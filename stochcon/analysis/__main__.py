@@ -1,7 +1,8 @@
 """`python -m stochcon.analysis <command> RUN [RUN ...] --out DIR`: the paper's analyses on trained runs.
 
     bits         active-bit counts of the Bernoulli code on train and test, at initialisation and every
-                 checkpoint (Figure 4)
+                 checkpoint (Figure 4), in eval mode (at initialisation batch norm's initial running statistics
+                 make every unit constant: `confidence` reads that network with batch statistics too)
     rf-units     random-forest units vs mean F1, 5-fold stratified on the training set (Figure 2 right)
     variance     aggregate variance of the Gaussian latent on the test set vs bottleneck size (Figure 3)
     confidence   bit probabilities of the Bernoulli code at initialisation and at the run's last checkpoint, with
