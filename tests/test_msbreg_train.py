@@ -13,7 +13,10 @@ from common.study.context import Context
 from msbreg.analysis import alignment_uniformity, collapse_curve, projection_geometry
 from msbreg.byol import BYOL
 from msbreg.msbreg import MSBReg
+from msbreg.study import jobs as study_jobs
 from msbreg.study import table4
+from msbreg.study.jobs import TABLE3, cell_name
+from msbreg.study.report import table3 as table3_report
 from msbreg.train import MSBRegTrainConfig, build_method, main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "msbreg" / "configs"
@@ -168,9 +171,16 @@ def test_table4_study_plans_one_reading_at_a_time(tmp_path):
         ("defaults", "msbreg_ln"), ("ls_centred_raw", "msbreg_bn"), ("ls_centred_raw", "msbreg_ln"),
         # lb_per_sample is what the configs already use: not run twice
         ("lb_per_image", "byol_ln_lb"), ("lb_per_image", "msbreg_bn"), ("lb_per_image", "msbreg_ln")]
-    assert len(table4.planned()) == 25  # the 25 (reading, cell) rows of the study
+    # Table 5's lambda_b on the layer-norm cells that weigh L_b, and only there
+    assert [pair for pair in table4.planned() if pair[0] == "lb_table5_scale"] == [
+        ("lb_table5_scale", "byol_ln_lb"), ("lb_table5_scale", "msbreg_ln")]
+    assert len(table4.planned()) == 27  # the 27 (reading, cell) rows of the study
     jobs = {job.name: job for job in table4.jobs(Context("full", [0, 1], tmp_path, tmp_path / "docs"))}
-    assert len(jobs) == 50
+    assert len(jobs) == 54
+    argv = jobs["msbreg/table4_lb_table5_scale_byol_ln_lb_s0"].argv
+    assert argv[argv.index("--config") + 1].endswith("fashion_mnist_byol_ln_lb.yaml")
+    assert load_config(MSBRegTrainConfig, argv[argv.index("--config"):argv.index("output_dir=" + str(
+        tmp_path / "msbreg" / "table4_lb_table5_scale_byol_ln_lb_s0"))]).method.lambda_b == 0.5
     argv = jobs["msbreg/table4_lb_per_image_msbreg_ln_s1"].argv
     assert argv[argv.index("--config") + 1].endswith("fashion_mnist_msbreg_ln.yaml")
     assert argv.index("max_steps=600") < argv.index("method.brownian_direction=per_image")
@@ -211,3 +221,29 @@ def test_table4_study_table_from_run_folders(tmp_path):
     assert numbers["defaults"]["byol_bn"]["seeds"] == [0, 1]
     assert [run["knn20"] for run in numbers["defaults"]["byol_bn"]["runs"]] == [0.80, 0.84]
     assert numbers["defaults"]["byol_ln"]["runs"][0]["collapsed"] is True
+
+
+def test_table3_study_runs_byol_uniformity_at_each_lambda_u(tmp_path):
+    ctx = Context("full", [0], tmp_path / "runs", tmp_path / "docs")
+    jobs = {job.name: job for job in study_jobs(ctx)}
+    for lambda_u, run in ((0.1, "k2_ls0_lb0_lu0.1"), (0.3, "k2_ls0_lb0_lu0.3"), (1.0, "k2_ls0_lb0_lu1")):
+        job = jobs[f"msbreg/{run}_s0"]  # lambda_u 1 keeps its name: its finished runs are not trained again
+        assert job.study == "table3" and f"method.lambda_u={lambda_u}" in job.argv
+        for embedding in ("backbone", "projection"):
+            assert jobs[f"msbreg/{run}_s0_alignment_{embedding}"].needs == (job.name,)
+    # one row per weight in the report, each from its own runs
+    for views, lambda_s, lambda_b, lambda_u in TABLE3.values():
+        folder = ctx.runs / "msbreg" / f"{cell_name(views, lambda_s, lambda_b, lambda_u)}_s0"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"linear_top1": 0.5 + lambda_u / 10, "knn_top1_k20": 0.5}))
+        for embedding in ("backbone", "projection"):
+            analysis = folder.with_name(f"{folder.name}_alignment_{embedding}")
+            analysis.mkdir()
+            (analysis / "alignment_uniformity.json").write_text(json.dumps(
+                {"alignment": 0.2 + lambda_u, "uniformity": -1.0 - lambda_u}))
+    table, figure = table3_report(ctx, ctx.docs, "python -m msbreg.study --report-only")
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| BYOL + L_uniform")]
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| BYOL + L_uniform (λ_u 0.1)", "51.0"], ["| BYOL + L_uniform (λ_u 0.3)", "53.0"],
+        ["| BYOL + L_uniform (λ_u 1)", "60.0"]]
+    assert "| 0.500 | -1.300 | 0.500 | -1.300 |" in rows[1] and figure.stat().st_size > 1000

@@ -11,7 +11,8 @@ the supplement says of Table 5 and ``tests/test_msbreg_losses.py`` checks).
 - Table 5: K in {2, 4} x lambda_s in {0, 0.004} x lambda_b in {0, 0.5}: the corners of the paper's grid that carry
   its claims (K = 4's best cell 0.004 / 0.5 against no regulariser; either term alone; the same at K = 2, where
   the supplement says both terms help BYOL). K = 8 is left out: its runs cost twice K = 4's (18 CPU minutes each).
-- Table 3: BYOL (the K = 2, 0 / 0 cell), BYOL + L_uniform (K = 2, lambda_u = 1, as the paper-scale config),
+- Table 3: BYOL (the K = 2, 0 / 0 cell), BYOL + L_uniform (K = 2) at lambda_u 0.1, 0.3 and 1 (``LAMBDA_U``: the
+  paper gives no weight; 1 is the paper-scale config's, and the order of the rows' uniformity depends on it),
   BYOL + L_b + L_s (K = 2, lambda_s = 0.004, lambda_b = 0.25: the K = 2 cell of Table 5 with the row's 72.8 %,
   as the paper-scale config), MSBReg (the K = 4, 0.004 / 0.5 cell); then ``msbreg.analysis.alignment_uniformity``
   on each, in its own folder, once on the backbone features and once on the online projections (the paper does
@@ -28,16 +29,24 @@ from msbreg.analysis.alignment_uniformity import EMBEDDINGS
 from msbreg.study import table4
 from msbreg.study.table4 import BUDGET, PAPER, TRAIN
 
+
+def uniformity_row(lambda_u: float) -> str:
+    """Table 3's name of BYOL + L_uniform at weight ``lambda_u`` (``byol_uniformity`` at the config's 1)."""
+    return "byol_uniformity" if lambda_u == 1.0 else f"byol_uniformity_lu{lambda_u:g}"
+
+
 CONFIG = config_path("msbreg/configs/fashion_mnist_msbreg.yaml")
 VIEWS = (2, 4)
 LAMBDA_S = (0.0, 0.004)
 LAMBDA_B = (0.0, 0.5)
 # tier 0: BYOL and MSBReg's best cell against K = 4 without the regularisers; the rest of the grid comes after
 MAIN_CELLS = ((2, 0.0, 0.0), (4, 0.0, 0.0), (4, 0.004, 0.5))
-# Table 3's rows: name -> (K, lambda_s, lambda_b, lambda_u)
+# BYOL + L_uniform's weights: supplementary Table 3 does not give its lambda_u, so a decade around the config's 1
+LAMBDA_U = (0.1, 0.3, 1.0)
+# Table 3's rows: name -> (K, lambda_s, lambda_b, lambda_u); BYOL + L_uniform once per weight of LAMBDA_U
 TABLE3 = {
     "byol": (2, 0.0, 0.0, 0.0),
-    "byol_uniformity": (2, 0.0, 0.0, 1.0),
+    **{uniformity_row(lambda_u): (2, 0.0, 0.0, lambda_u) for lambda_u in LAMBDA_U},
     "byol_lb_ls": (2, 0.004, 0.25, 0.0),
     "msbreg": (4, 0.004, 0.5, 0.0),
 }

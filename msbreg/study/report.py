@@ -10,15 +10,17 @@ from common.study.context import Context, evaluation_per_seed, results_per_seed
 from common.study.report import PerSeed, bar_figure, cell, difference_cell, mean_sd, write_table
 from msbreg.analysis.alignment_uniformity import EMBEDDINGS
 from msbreg.study import table4
-from msbreg.study.jobs import LAMBDA_B, LAMBDA_S, PAPER, TABLE3, VIEWS, cell_name
+from msbreg.study.jobs import LAMBDA_B, LAMBDA_S, LAMBDA_U, PAPER, TABLE3, VIEWS, cell_name, uniformity_row
 
 # Supplementary Table 5 (ImageNet-100, ResNet-18, 300 epochs, linear top-1 %) at the study's grid points
 PAPER_TABLE5 = {(2, 0.0, 0.0): 71.9, (2, 0.0, 0.5): 72.8, (2, 0.004, 0.0): 72.8, (2, 0.004, 0.5): 72.4,
                 (4, 0.0, 0.0): 78.2, (4, 0.0, 0.5): 79.7, (4, 0.004, 0.0): 79.7, (4, 0.004, 0.5): 80.4}
 # Supplementary Table 3 (ImageNet-100, ResNet-18): linear top-1 %, alignment, uniformity
-PAPER_TABLE3 = {"byol": (71.9, 0.25, -1.52), "byol_uniformity": (72.1, 0.27, -2.95),
+# (the paper's BYOL + L_uniform row, weight not given, beside each of ours)
+PAPER_TABLE3 = {"byol": (71.9, 0.25, -1.52), **{uniformity_row(u): (72.1, 0.27, -2.95) for u in LAMBDA_U},
                 "byol_lb_ls": (72.8, 0.26, -2.92), "msbreg": (80.4, 0.36, -3.8)}
-TABLE3_NAMES = {"byol": "BYOL (K = 2)", "byol_uniformity": "BYOL + L_uniform", "byol_lb_ls": "BYOL + L_b + L_s",
+UNIFORMITY_NAMES = {uniformity_row(u): f"BYOL + L_uniform (λ_u {u:g})" for u in LAMBDA_U}
+TABLE3_NAMES = {"byol": "BYOL (K = 2)", **UNIFORMITY_NAMES, "byol_lb_ls": "BYOL + L_b + L_s",
                 "msbreg": "MSBReg (K = 4)"}
 BUDGET_NOTE = ("Fashion-MNIST, the quickstart CNN at width 8, 600 steps of 256 images (2.6 epochs), "
                "`msbreg/configs/fashion_mnist_msbreg.yaml` (batch norm in the heads) with only K and the loss weights "
@@ -100,19 +102,26 @@ def table3(ctx: Context, docs: Path, command: str) -> list[Path]:
              "non-negative after the last ReLU) and on the online projections (where L_s, L_b and L_uniform act) "
              "(`python -m msbreg.analysis.alignment_uniformity --embedding backbone|projection`). BYOL is Table 5's "
              "K = 2 cell without regularisers, MSBReg its K = 4 cell (0.004, 0.5); BYOL + L_uniform adds Wang & "
-             "Isola's loss with weight 1, BYOL + L_b + L_s is K = 2 with λ_s 0.004 and λ_b 0.25, as the "
+             "Isola's loss with weight λ_u 0.1, 0.3 or 1 (the paper does not give it; the paper-scale config "
+             "uses 1), each beside the paper's one row; BYOL + L_b + L_s is K = 2 with λ_s 0.004 and λ_b 0.25, as the "
              "paper-scale configs `msbreg/configs/imagenet100_resnet18_{byol,byol_uniformity,byol_lb_ls,msbreg}"
              ".yaml`.")
     path = write_table(docs / "msbreg_table3.md", "MSBReg Table 3: alignment and uniformity", header, rows, notes,
                        command)
-    return [path, alignment_uniformity_figure(path.with_suffix(".png"), points)]
+    return [path, alignment_uniformity_figure(path.with_suffix(".png"), points, list(UNIFORMITY_NAMES.values()))]
 
 
-def alignment_uniformity_figure(path: Path, points: dict[str, dict[str, tuple[PerSeed, PerSeed]]]) -> Path:
+def alignment_uniformity_figure(path: Path, points: dict[str, dict[str, tuple[PerSeed, PerSeed]]],
+                                path_labels: list[str] = ()) -> Path:
     """Wang & Isola's plane, one panel per embedding: alignment against uniformity, each seed a dot, the mean a
-    larger marker."""
+    larger marker; the means of ``path_labels`` (BYOL + L_uniform at each weight, in order) joined by a dashed
+    line, so that where the weight moves it reads against the other methods."""
     fig, axes = new_figure(1, len(points), figsize=(4.6 * len(points), 3.8), squeeze=False)
     for ax, (embedding, runs) in zip(axes[0], points.items()):
+        means = [(mean_sd(runs[label][0])[0], mean_sd(runs[label][1])[0]) for label in path_labels
+                 if label in runs and set(runs[label][0]) & set(runs[label][1])]
+        if len(means) > 1:
+            ax.plot(*zip(*means), color="0.5", linestyle="--", linewidth=1, zorder=0)
         for k, (label, (alignment, uniformity)) in enumerate(runs.items()):
             seeds = sorted(set(alignment) & set(uniformity))
             if not seeds:
