@@ -8,7 +8,10 @@ i.e. |phi| > log 9 ~ 2.2; a unit is *constant* when its deterministic code 1[phi
 The backbone's batch norm reads either its running statistics (eval mode, every evaluation) or the statistics
 of its batch (train mode, every training step). Before the first step the running statistics are their initial
 mean 0 and variance 1, so eval mode reads an un-normalised network that the training step never sees;
-``batch_statistics_features`` measures what the training step sees.
+``batch_statistics_features`` measures what the training step sees: train-mode batch norm on batches as large as
+a training step's (the batch times the views that go through the backbone together), in a random order, with the
+running statistics put back afterwards. The images are the evaluation transform's (not augmented views), so the
+batch statistics are those of clean images.
 """
 
 from __future__ import annotations

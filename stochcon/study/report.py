@@ -264,7 +264,7 @@ def figure4(ctx: Context, docs: Path, command: str) -> list[Path]:
              "un-normalised features give logits pi(h) near pi's bias, so every unit is constant over the images "
              "and the active fraction is the share of units whose bias is positive. The batch-statistics columns "
              "read the initial network as its first training step does (train-mode batch norm on batches of the "
-             "training batch size x 2 views, running statistics left as they were; `python -m stochcon.analysis "
+             "training batch size x 2 views of unaugmented images, running statistics left as they were; `python -m stochcon.analysis "
              "confidence`, 1,024 test images): there most units vary. Either way every bit probability lies in "
              "(0.1, 0.9) at the start (Table 1's confidence column). The first four rows are Figure 4's "
              "variants, D = 128 (the backbone width; the paper's 2048), with 2 global 28 px views and 2 local 14 px "
