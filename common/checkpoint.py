@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.config import diff_configs
+from common.config import diff_configs, dotted_value
 from common.errors import RunFolderError
 from common.run_lock import LOCK_FILE, RunLock, check_unlocked
 
@@ -42,7 +42,7 @@ RESUMABLE_KEYS = {"output_dir", "resume", "overwrite", "progress_bar", "log_ever
 # What a run writes into its folder: removed by overwrite=true, and the leftovers of a start that failed
 # before its first step are removed by the next start. Inside checkpoints/ only step_<N> and .tmp_step_* folders,
 # inside train/ only TensorBoard event files (Accelerate's tracker, init_trackers("train")) are a run's.
-RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "timing.json", "backbone.safetensors")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "results.json", "timing.json", "backbone.safetensors", "data.json")
 TENSORBOARD_DIR, TENSORBOARD_EVENTS = "train", "events.out.tfevents.*"
 _TEMPORARY_NAME = re.compile(r"^\.tmp_step_\d+_\d+$")
 # The trainer saves the method and the online probe as one module (common.trainer.TrainingModule): the
@@ -284,9 +284,14 @@ def load_method_weights(method: nn.Module, state: dict[str, Any], source: str | 
     return method.eval()
 
 
-def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> None:
-    """One-line error naming the keys that differ between a checkpoint's config and the current one."""
+def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> list[str]:
+    """One-line error naming the keys that differ between a checkpoint's config and the current one. Keys the
+    checkpoint's config lacks were added to the code after the run started: they do not block a resume (an
+    upgrade must not strand a week-long run), and are returned so that the trainer says which values they take."""
     differing = [key for key in diff_configs(saved_config, config) if key not in RESUMABLE_KEYS]
+    added = [key for key in differing if not dotted_value(saved_config, key)[0] and dotted_value(config, key)[0]]
+    differing = [key for key in differing if key not in added]
     if differing:
         raise RunFolderError(f"cannot resume from '{path}': config differs in {', '.join(differing)} "
                              "(resume with the same config, or start a new output_dir)")
+    return added

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from common.backbones import BackboneConfig, build_backbone, load_backbone, save_backbone
 from common.checkpoint import (
+    check_resumable,
     code_version,
     latest_checkpoint,
     list_checkpoints,
@@ -122,3 +123,19 @@ def test_method_weights_come_back_from_the_trainers_model_state_without_the_prob
     other = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.BatchNorm1d(5))
     with pytest.raises(RunFolderError, match=r"checkpoint '.*step_0+7' does not fit the method it names: size mismatch for 0.weight"):
         load_method_weights(other, load_checkpoint(folder), folder)
+
+
+def test_keys_added_after_a_run_started_do_not_block_its_resume_but_changed_ones_do(tmp_path):
+    """An upgrade adds config keys (grad_cache, tracker_project, ...): a checkpoint saved before them lacks them.
+    Its run resumes and is told the values they take; a key it has with another value is refused, and so is a
+    key it has that the code no longer knows."""
+    saved = {"seed": 0, "optim": {"lr": 0.3}, "method": {"name": "simclr", "temperature": 0.1}}
+    current = {"seed": 0, "grad_cache": True, "optim": {"lr": 0.3, "bias_and_norm_lr_scale": 1.0},
+               "method": {"name": "simclr", "temperature": 0.1}}
+    assert sorted(check_resumable(saved, current, tmp_path)) == ["grad_cache", "optim.bias_and_norm_lr_scale"]
+    changed = {**current, "optim": {"lr": 0.5, "bias_and_norm_lr_scale": 1.0}}
+    with pytest.raises(RunFolderError, match=r"differs in optim\.lr \("):
+        check_resumable(saved, changed, tmp_path)
+    removed = {"seed": 0, "optim": {"lr": 0.3}, "method": {"name": "simclr"}}
+    with pytest.raises(RunFolderError, match=r"differs in method\.temperature \("):
+        check_resumable(saved, removed, tmp_path)

@@ -146,6 +146,11 @@ def test_resume_compares_configs_by_meaning(data_root, tmp_path):
     moved = tmp_path / "moved" / "run"
     moved.parent.mkdir()
     shutil.copytree(first, moved)
+    # a checkpoint saved before a key existed (an upgrade in the middle of a run) still resumes, and says so
+    state_file = latest_checkpoint(moved) / "state.pt"
+    state = torch.load(state_file, weights_only=False)
+    del state["config"]["grad_cache"]
+    torch.save(state, state_file)
     copied_root = tmp_path / "data_copy"
     shutil.copytree(data_root, copied_root)
     spelt = f"./{os.path.relpath(moved, ROOT)}/"
@@ -153,6 +158,7 @@ def test_resume_compares_configs_by_meaning(data_root, tmp_path):
                            "eval.batch_size=64", "log_every_steps=3", "progress_bar=true", "keep_last=5"])
     assert resumed.returncode == 0, resumed.stderr[-1500:]
     assert "resumed from" in resumed.stdout
+    assert "saved before these keys existed; the run goes on with grad_cache=True" in resumed.stdout
     changed = run(SCRIPT, tiny(data_root, first, *args, "resume=true", "method.temperature=0.5", "seed=3"))
     assert changed.returncode == 2 and one_line(changed.stderr)
     differing = changed.stderr.split("differs in ", 1)[1].split(" (", 1)[0].split(", ")
