@@ -8,6 +8,7 @@ A ``backbone.safetensors`` is self-describing: its metadata holds the ``Backbone
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from dataclasses import dataclass, fields
@@ -170,14 +171,25 @@ def build_backbone(cfg: BackboneConfig, in_chans: int = 3) -> tuple[nn.Module, i
 
 BACKBONE_FILE = "backbone.safetensors"
 _METADATA_KEY = "backbone_config"
+# A backbone whose forward pass a paper package changed with modules of its own (VCReg's mean removal keeps a
+# running mean per layer) names, in this attribute, how to put them back on the plain network:
+# {"function": "package.module:name", "config": {...}}; ``load_backbone`` imports the function by name (as
+# ``common.sweep`` imports a trainer) and calls ``function(backbone, config)`` before loading the weights.
+REBUILD_ATTRIBUTE = "saved_rebuild"
+_REBUILD_KEY = "rebuild"
 
 
 def save_backbone(backbone: nn.Module, cfg: BackboneConfig, in_chans: int, path: str | Path) -> None:
-    """Weights as safetensors, with the ``BackboneConfig`` (and input channels) as JSON metadata."""
+    """Weights as safetensors, with the ``BackboneConfig`` (and input channels) as JSON metadata, and the
+    backbone's ``REBUILD_ATTRIBUTE`` when it has one (see ``load_backbone``)."""
     config = {f.name: getattr(cfg, f.name) for f in fields(cfg)} | {"in_chans": in_chans}
     state = {k: v.detach().contiguous().cpu() for k, v in backbone.state_dict().items()}
+    metadata = {_METADATA_KEY: json.dumps(config)}
+    rebuild = getattr(backbone, REBUILD_ATTRIBUTE, None)
+    if rebuild is not None:
+        metadata[_REBUILD_KEY] = json.dumps(rebuild)
     tmp = Path(f"{path}.tmp")
-    save_file(state, str(tmp), metadata={_METADATA_KEY: json.dumps(config)})
+    save_file(state, str(tmp), metadata=metadata)
     os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; run files follow the user's umask
     tmp.replace(path)
 
@@ -220,6 +232,22 @@ def read_backbone_config(spec: str | Path) -> tuple[BackboneConfig, int, Path]:
     return cfg, in_chans, file
 
 
+def _rebuild(backbone: nn.Module, file: Path) -> None:
+    """Put back the modules a paper package added to the saved network (``REBUILD_ATTRIBUTE``)."""
+    with safe_open(str(file), framework="pt") as handle:
+        spec = (handle.metadata() or {}).get(_REBUILD_KEY)
+    if spec is None:
+        return
+    rebuild = json.loads(spec)
+    module_name, _, function_name = rebuild["function"].partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError):
+        raise RunFolderError(f"'{file}' needs {rebuild['function']} to rebuild its network, which this "
+                             "installation does not have") from None
+    function(backbone, rebuild["config"])
+
+
 def is_model_name(spec: str | Path) -> bool:
     """True when ``spec`` names a model rather than a path on disk."""
     text = str(spec)
@@ -239,11 +267,13 @@ def load_backbone(spec: str | Path, pretrained: bool = True) -> tuple[nn.Module,
         raise RunFolderError(f"checkpoint not found: {spec}")
     cfg, in_chans, file = read_backbone_config(spec)
     backbone, dim = build_backbone(cfg, in_chans)
+    _rebuild(backbone, file)
     state = load_file(str(file))
     expected = backbone.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    # an empty buffer takes its shape from the file (a layer that learns its width at the first forward)
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape and expected[k].numel()]
     if missing or unexpected or reshaped:
         raise RunFolderError(f"'{file}' does not fit backbone '{cfg.name}': {len(missing)} missing keys "
                          f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "

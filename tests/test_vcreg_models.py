@@ -7,6 +7,7 @@ from torch import nn
 from common.backbones import BackboneConfig, build_backbone, load_backbone, save_backbone
 from common.cifar_resnet import BasicBlock, CifarResNet, resnet32
 from common.errors import ConfigError, RunFolderError
+from evaluation.detection.convert import convert_checkpoint
 from vcreg import apply_vcreg
 from vcreg.placement import VCRegLayerConfig
 
@@ -82,18 +83,25 @@ def test_resnet32_with_mean_removal_hands_centred_features_to_the_next_block_and
     assert torch.equal(seen["eval"], seen["raw"] - running_mean)
 
 
-def test_a_mean_removal_backbone_is_refused_by_the_plain_loader(tmp_path):
-    """A saved backbone with mean removal holds the running means its eval forward subtracts; the evaluation
-    protocols' loader rebuilds the plain network, so it refuses the file (one line) instead of evaluating a
-    network without the centring. Without mean removal the saved backbone is the plain network's."""
+def test_a_saved_mean_removal_backbone_is_evaluated_with_its_layers(tmp_path):
+    """A saved backbone with mean removal holds the running means its eval forward subtracts: the loader every
+    evaluation protocol uses puts its VCReg layers back (the file names ``vcreg.placement.rebuild_saved``), so the
+    loaded network computes what the trained one computes in eval mode. Without mean removal the saved backbone
+    is the plain network's. Detectron2's conversion refuses the first in one line."""
     for mean_removal in (False, True):
         backbone = resnet32(in_chans=1)
         apply_vcreg(backbone, VCRegLayerConfig(placement="blocks", mean_removal=mean_removal))
         backbone.train()(torch.randn(4, 1, 28, 28))
         path = tmp_path / f"mean_removal_{mean_removal}.safetensors"
         save_backbone(backbone, BackboneConfig(name="resnet32"), 1, path)
+        loaded = load_backbone(path)[0]
+        assert isinstance(loaded, CifarResNet)
+        images = torch.randn(3, 1, 28, 28)
+        with torch.no_grad():
+            assert torch.equal(loaded.eval()(images), backbone.eval()(images))
+        layers = [m for m in loaded.modules() if "vcreg" in m._modules]
+        assert len(layers) == (15 if mean_removal else 0)
         if mean_removal:
-            with pytest.raises(RunFolderError, match="15 unexpected"):
-                load_backbone(path)
-        else:
-            assert isinstance(load_backbone(path)[0], CifarResNet)
+            assert layers[0].vcreg.running_mean.abs().sum() > 0
+            with pytest.raises(RunFolderError, match="Detectron2"):
+                convert_checkpoint(path, tmp_path / "r32.pkl")

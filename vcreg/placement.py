@@ -21,8 +21,9 @@ Without mean removal they hold no parameters or buffers, so the state dict (and 
 ``backbone.safetensors``) is the same as without VCReg, and since forward is the identity the plain model
 evaluates a VCReg-trained one exactly. With ``mean_removal`` (Appendix A) each layer changes the forward pass
 and keeps a ``running_mean`` buffer (``vcreg.layer``): the state dict then has ``<module>.vcreg.running_mean``
-entries, and only a network with the same layers evaluates it, so ``common.backbones.load_backbone``, which
-rebuilds the plain network, refuses such a file instead of evaluating another network.
+entries, and only a network with the same layers evaluates it: ``apply_vcreg`` then names ``rebuild_saved`` in the
+backbone's ``common.backbones.REBUILD_ATTRIBUTE``, so a saved ``backbone.safetensors`` carries it and
+``common.backbones.load_backbone`` (every evaluation protocol) puts the layers back before loading the weights.
 
 ``VCRegLayerConfig`` is the ``vcreg`` section of a config; ``apply_vcreg(backbone, cfg.vcreg)`` reads it whole.
 """
@@ -31,12 +32,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from torch import nn
 
-from common.backbones import SmallConvNet
+from common.backbones import REBUILD_ATTRIBUTE, SmallConvNet
 from common.config_types import NonNegativeFloat, PositiveFloat
 from common.errors import ConfigError
 from vcreg.layer import VCReg
@@ -212,4 +213,12 @@ def apply_vcreg(model: nn.Module, cfg: VCRegLayerConfig) -> list[str]:
         remove_layers(model)
         raise ConfigError(f"VCReg override patterns {unmatched} match no layer of placement {cfg.placement!r}; "
                          f"layers are named like {names[0]!r}")
+    if cfg.mean_removal:  # the forward pass changed: a saved backbone must get these layers back to be evaluated
+        setattr(model, REBUILD_ATTRIBUTE, {"function": "vcreg.placement:rebuild_saved", "config": asdict(cfg)})
     return names
+
+
+def rebuild_saved(model: nn.Module, config: dict) -> None:
+    """``common.backbones.load_backbone``'s hook: the VCReg layers (and their running means) a saved backbone
+    was trained with, on the plain network it rebuilt."""
+    apply_vcreg(model, VCRegLayerConfig(**config))

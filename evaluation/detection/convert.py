@@ -98,9 +98,12 @@ def save_detectron2_pickle(weights: Mapping[str, np.ndarray], path: str | Path) 
 
 def convert_checkpoint(spec: str | Path, output: str | Path) -> dict[str, np.ndarray]:
     """Load a backbone with ``common.backbones.load_backbone`` and write its Detectron2 pickle to ``output``."""
-    from common.backbones import load_backbone
+    from common.backbones import REBUILD_ATTRIBUTE, load_backbone
 
     backbone = load_backbone(spec)[0]
+    if getattr(backbone, REBUILD_ATTRIBUTE, None) is not None:
+        raise RunFolderError(f"'{spec}' was trained with layers that change its forward pass "
+                             f"({getattr(backbone, REBUILD_ATTRIBUTE)['function']}), which Detectron2's ResNet does not have")
     weights = torchvision_to_detectron2(backbone.state_dict())
     save_detectron2_pickle(weights, output)
     return weights
