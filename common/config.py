@@ -206,6 +206,7 @@ def _build(cls: type, default: Any, layers: list[Any], prefix: str) -> Any:
     """An instance of dataclass ``cls``: the fields of ``default`` (an instance of ``cls``, or None for its own
     defaults) overridden by each mapping of ``layers`` in turn."""
     hints = field_types(cls)
+    layers = [upgraded(cls, layer) for layer in layers]
     for layer in layers:
         if not isinstance(layer, dict):
             raise _fail(prefix.rstrip(".") or "config", f"a mapping of keys ({cls.__name__})", layer)
@@ -225,6 +226,30 @@ def _build(cls: type, default: Any, layers: list[Any], prefix: str) -> Any:
         else:
             values[name] = current
     return cls(**values)
+
+
+def upgraded(cls: type, layer: Any) -> Any:
+    """``layer`` with the keys a section renamed mapped to their new names: a section class may declare
+    ``upgrade_keys(values) -> values`` so that older run folders and YAML files still load and resume."""
+    upgrade = getattr(cls, "upgrade_keys", None)
+    return upgrade(layer) if upgrade is not None and isinstance(layer, dict) else layer
+
+
+def upgrade_config_dict(schema: type, values: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict with every section's renamed keys upgraded (``upgraded``), nothing else filled in:
+    what ``common.checkpoint.check_resumable`` compares with the current config."""
+    out = dict(upgraded(schema, values))
+    for name, tp in field_types(schema).items():
+        section = out.get(name)
+        if not isinstance(section, dict):
+            continue
+        choices = method_union(tp)
+        if choices is not None:
+            cls = choices.get(section.get("name"))
+            out[name] = upgrade_config_dict(cls, section) if cls is not None else section
+        elif is_section_type(tp):
+            out[name] = upgrade_config_dict(tp, section)
+    return out
 
 
 def _build_section(tp: Any, current: Any, given: list[Any], key: str) -> Any:

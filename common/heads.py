@@ -61,3 +61,17 @@ def head(in_dim: int, widths: Sequence[int], key: str, **mlp_options) -> nn.Sequ
                           f"got {list(widths)}")
     *hidden, out = widths
     return mlp(in_dim, hidden, out, **mlp_options)
+
+
+def widths_from_old_keys(values: dict, keys: tuple[str, str, str | None], new_key: str,
+                         defaults: tuple[int, int, int]) -> dict:
+    """``values`` (a config section written before the one head vocabulary) with the old width keys
+    ``(hidden, output, hidden_layers or None)`` replaced by ``new_key``'s width list: ``[hidden] * layers + [output]``,
+    a missing old key taking its old default. Sections without the old keys come back unchanged."""
+    hidden, output, layers = keys
+    present = [key for key in keys if key is not None and key in values]
+    if not present:
+        return values
+    widths = ([values.get(hidden, defaults[0])] * (values.get(layers, defaults[2]) if layers else defaults[2])
+              + [values.get(output, defaults[1])])
+    return {**{k: v for k, v in values.items() if k not in present}, new_key: widths}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from common.config_types import Fraction, Widths
 from common.errors import ConfigError
-from common.heads import head
+from common.heads import head, widths_from_old_keys
 from common.method import Method, ParameterGroup
 from common.schedules import ema_momentum
 from msbreg.ema import ema_update, frozen_copy
@@ -30,6 +30,18 @@ class BYOLConfig:
     # The predictor's learning rate stays at the peak (no warm-up, no decay) while the rest follows the schedule,
     # as SimSiam's (Chen & He 2021); not in BYOL's or MSBReg's recipe, hence false
     predictor_fixed_lr: bool = False
+
+    @staticmethod
+    def upgrade_keys(values: dict) -> dict:
+        """A section written before the one head vocabulary (an older run's config.yaml or YAML file):
+        proj_hidden_dim and proj_output_dim become ``projector``, pred_hidden_dim ``predictor`` (ending in the
+        projector's output width, as it did)."""
+        output = values.get("proj_output_dim", 128)
+        values = widths_from_old_keys(values, ("proj_hidden_dim", "proj_output_dim", None), "projector", (512, 128, 1))
+        if "pred_hidden_dim" in values:
+            values = {**{k: v for k, v in values.items() if k != "pred_hidden_dim"},
+                      "predictor": [values["pred_hidden_dim"], output]}
+        return values
 
 
 class BYOL(Method):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from common.config_types import PositiveFloat, Widths
-from common.heads import head
+from common.heads import head, widths_from_old_keys
 from common.info_nce import multicrop_info_nce
 from common.method import Method
 from common.views import encode_views, project
@@ -27,6 +27,16 @@ class SimCLRConfig:
     # code concatenates them); false: one call per view, statistics per view (lightly's and solo-learn's
     # examples), about 20% faster on a CPU (bench/method_overhead.py).
     views_together: bool = True
+
+    @staticmethod
+    def upgrade_keys(values: dict) -> dict:
+        """A section written before the one head vocabulary (an older run's config.yaml or YAML file):
+        proj_hidden_dim x proj_hidden_layers and proj_output_dim become ``projector``, proj_norm ``projector_norm``."""
+        values = widths_from_old_keys(values, ("proj_hidden_dim", "proj_output_dim", "proj_hidden_layers"),
+                                      "projector", (2048, 128, 1))
+        if "proj_norm" in values:
+            values = {**{k: v for k, v in values.items() if k != "proj_norm"}, "projector_norm": values["proj_norm"]}
+        return values
 
 
 def projector(cfg: SimCLRConfig, feature_dim: int) -> nn.Sequential:
