@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from accelerate.state import AcceleratorState, GradientState
 from torch import nn
-from trainer_runs import launch, run, write_idx_fashion_mnist
+from trainer_runs import launch, run
 
 from common.checkpoint import latest_checkpoint, load_checkpoint
 from common.config import load_config
@@ -279,20 +279,6 @@ def test_two_processes_with_cached_accumulation_equal_the_whole_batch(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- the trainer itself
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_idx_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
-
-
-@pytest.fixture
-def fresh_accelerate():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def tiny(root, out, *extra) -> list[str]:
     """SimCLR on 512 synthetic images, batch 64 in 2 cached micro-batches, a width-4 CNN, float64."""
     return [f"output_dir={out}", f"data.root={root}", "data.subset=null", "data.num_workers=0", "batch_size=64",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_runs import ROOT, env, run, write_idx_fashion_mnist
+from trainer_runs import ROOT, env, run
 
 from common.checkpoint import latest_checkpoint
 from common.errors import EXIT_PREEMPTED
@@ -224,11 +224,6 @@ class TwoMachines:
 
 def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_idx_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
 def test_two_machines_preempted_twice_and_requeued_equal_one_process(data_root, tmp_path):

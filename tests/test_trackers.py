@@ -7,18 +7,13 @@ import signal
 
 import pytest
 import torch
-from trainer_runs import run, run_until_checkpoint, write_idx_fashion_mnist
+from trainer_runs import run, run_until_checkpoint
 
 from common.checkpoint import latest_checkpoint
 from common.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED
 from common.trackers import TRACKER_PACKAGES, flat_config
 
 SCRIPT = "stochcon/train.py"
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_idx_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
 def tiny(root, out, *extra):

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
-from trainer_runs import ROOT, env, run, run_until_checkpoint, write_idx_fashion_mnist
+from accelerate.state import AcceleratorState
+from trainer_runs import ROOT, env, run, run_until_checkpoint
 
 from common.checkpoint import latest_checkpoint
 from common.config import load_config
@@ -22,21 +22,6 @@ from evaluation.final import evaluate_method
 from stochcon import train as stochcon_train
 
 SCRIPT = "stochcon/train.py"
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_idx_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
-
-
-@pytest.fixture
-def fresh_accelerate():
-    """Trainers run in this process here: each starts from a fresh Accelerate state."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def tiny(root, out, *extra):

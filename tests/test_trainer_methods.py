@@ -9,7 +9,7 @@ import signal
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainer_runs import launch, run, run_until_checkpoint, same_weights, write_idx_fashion_mnist
+from trainer_runs import launch, run, run_until_checkpoint, same_weights
 
 from common.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -36,11 +36,6 @@ METHODS = {
         "--config", "vcreg/configs/fashion_mnist_vcreg.yaml", "method.name=vicreg", "augment.name=multiview",
         "augment.num_views=2", "method.projector=[32,32]", "vcreg.enabled=false"]),
 }
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return write_idx_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
 
 
 def tiny(method, root, out, *extra):
