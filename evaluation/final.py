@@ -46,6 +46,9 @@ class FinalEvalConfig:
     linear_weight_decay: NonNegativeFloat = 0.0  # the probe's L2 penalty
     batch_size: PositiveInt = 512      # feature extraction batch
     max_train_images: PositiveInt | None = None  # k-NN bank / probe training set: this many train images, stratified
+    # this many test images, stratified: smoke runs only (the study's tiny budget); None, the whole test split,
+    # for every figure that is reported
+    max_test_images: PositiveInt | None = None
 
 
 def knn_figures(features: FeatureSplits, ecfg: FinalEvalConfig, device: torch.device, progress: bool,
@@ -71,7 +74,7 @@ def evaluate_method(method: Method, cfg, accelerator, stage: str) -> dict:
     method = accelerator.unwrap_model(method)
     progress = cfg.progress_bar
     features = train_test_features(method.backbone, cfg.data, cfg.backbone.in_chans, cfg.augment.image_size,
-                                   ecfg.batch_size, ecfg.max_train_images, device, progress)
+                                   ecfg.batch_size, ecfg.max_train_images, device, progress, ecfg.max_test_images)
     if stage == "init":
         return knn_figures(features, ecfg, device, progress, suffix="_at_init")
     results = knn_figures(features, ecfg, device, progress)

@@ -38,9 +38,10 @@ def check_classes(targets, dataset: str) -> None:
 
 def train_test_features(backbone: nn.Module, data: DataConfig, in_chans: int | None, image_size: int | None,
                         batch_size: int, max_train_images: int | None, device: torch.device,
-                        progress: bool = False) -> FeatureSplits:
+                        progress: bool = False, max_test_images: int | None = None) -> FeatureSplits:
     """Frozen features of ``data``'s train split (``max_train_images`` of it, stratified, if set) and test
-    split, through the dataset's evaluation transform; every image must be labelled."""
+    split (``max_test_images`` of it, stratified, if set), through the dataset's evaluation transform; every image
+    must be labelled."""
     info = dataset_info(data)
     transform = build_eval_transform(info, in_chans or info.channels, image_size)
     train_set, test_set = build_dataset(data, "train"), build_dataset(data, "test")
@@ -51,7 +52,10 @@ def train_test_features(backbone: nn.Module, data: DataConfig, in_chans: int | N
     model = _CastInputs(backbone)
     train_x, train_y = extract_features(model, train_set, transform, batch_size, device, data.num_workers, indices,
                                         progress)
-    test_x, test_y = extract_features(model, test_set, transform, batch_size, device, data.num_workers,
+    test_indices = None
+    if max_test_images is not None and max_test_images < len(test_set):
+        test_indices = torch.tensor(stratified_subset(test_set.targets, max_test_images))
+    test_x, test_y = extract_features(model, test_set, transform, batch_size, device, data.num_workers, test_indices,
                                       progress=progress)
     for dataset in (train_set, test_set):  # a trainer counts the corrupt images its evaluation skipped too
         hand_over_skips(dataset)

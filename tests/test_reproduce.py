@@ -21,7 +21,8 @@ TABLES = ["stochcon_table1", "stochcon_figure2_left", "stochcon_figure2_right", 
           "stochcon_figure4", "stochcon_budget", "stochcon_appendix_a2", "msbreg_table5", "msbreg_table3",
           "vcreg_table2", "vcreg_table3",
           "vcreg_table4", "vcreg_table5", "vcreg_table6", "vcreg_figure1", "vcreg_gradient_share",
-          "vcreg_table2_budget", "msbreg_table4"]
+          "vcreg_table2_budget", "vcreg_table3_resnet32", "vcreg_table5_resnet32", "vcreg_table2_resnet32",
+          "msbreg_table4"]
 STUDIES = (stochcon.study, msbreg.study, vcreg.study)
 
 

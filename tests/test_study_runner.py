@@ -177,3 +177,14 @@ def test_sigterm_stops_the_study_and_the_same_command_resumes_it(tmp_path):
 
 def test_sigterm_stops_every_running_job_process_and_the_same_command_resumes_them(tmp_path):
     check_stopped_then_resumed(tmp_path, parallel=2, waiting=["a", "b"])  # each job its own process
+
+
+def test_only_selects_the_matching_jobs_and_the_jobs_they_need(tmp_path):
+    """``--only 'vcreg/table2_resnet32_*'``: those runs, their transfer probes, and the class split they train on."""
+    ctx = Context("tiny", [0], tmp_path / "runs" / "tiny", tmp_path / "docs")
+    every = vcreg_jobs(ctx)
+    chosen = cli.selected(every, ["vcreg/table2_resnet32_baseline_s0*"])
+    assert [job.name for job in chosen] == ["vcreg/fashion_mnist_split", "vcreg/table2_resnet32_baseline_s0",
+                                           "vcreg/table2_resnet32_baseline_s0_transfer"]
+    assert cli.main(["--budget", "tiny", "--runs", str(tmp_path / "runs"), "--only", "vcreg/no_such_job"],
+                    papers=("vcreg",)) == 2

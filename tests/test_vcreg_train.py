@@ -141,10 +141,11 @@ def test_train_entry_point_writes_supervised_figures(tmp_path):
                        "vcreg.placement=everywhere", "tracker=none"]) == 2
 
 
-def test_trainer_hands_its_backward_scale_to_the_vcreg_layers_under_fp16(tmp_path):
-    """mixed_precision=fp16 with gradient accumulation: the trainer gives every VCReg layer the run's
-    BackwardScale (the grad scaler, the accumulation steps, the world size) and two steps train with finite
-    losses (the layers used to raise under fp16 autocast because nothing attached the scaler)."""
+def test_trainer_hands_its_backward_scale_to_the_vcreg_layers_under_autocast(tmp_path):
+    """Mixed precision with gradient accumulation: the trainer gives every VCReg layer the run's BackwardScale
+    (the grad scaler, the accumulation steps, the world size) and two steps train with finite losses (the layers
+    used to raise under autocast because nothing attached the scale). bf16: the CPU's autocast (fp16 on a CPU is
+    refused, since Accelerate would run it in float32; a real GradScaler through the layer is test_vcreg_layer's)."""
     from accelerate.state import AcceleratorState, GradientState
     from trainer_runs import write_idx_fashion_mnist
 
@@ -157,7 +158,7 @@ def test_trainer_hands_its_backward_scale_to_the_vcreg_layers_under_fp16(tmp_pat
     cfg = load_config(VCRegTrainConfig, [
         "--config", "vcreg/configs/fashion_mnist_vcreg.yaml", f"data.root={root}", "data.subset=null",
         f"output_dir={tmp_path / 'run'}", "max_steps=2", "batch_size=64", "grad_accum_steps=2",
-        "mixed_precision=fp16", "backbone.width=4", "eval.knn_at_init=false", "eval.linear=false",
+        "mixed_precision=bf16", "backbone.width=4", "eval.knn_at_init=false", "eval.linear=false",
         "eval.max_train_images=null", "tracker=none", "progress_bar=false", "log_every_steps=1"])
     AcceleratorState._reset_state(True)
     GradientState._reset_state()

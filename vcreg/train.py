@@ -94,7 +94,7 @@ def evaluate(method: Method, cfg: VCRegTrainConfig, accelerator, stage: str) -> 
     fine_data = replace(cfg.data, labels="fine")
     fine = train_test_features(accelerator.unwrap_model(method).backbone, fine_data, cfg.backbone.in_chans,
                                cfg.augment.image_size, cfg.eval.batch_size, cfg.eval.max_train_images, device,
-                               cfg.progress_bar)
+                               cfg.progress_bar, cfg.eval.max_test_images)
     probe = LinearProbeConfig(epochs=pcfg.epochs, batch_size=pcfg.batch_size, optimizer=pcfg.optimizer,
                               lr=pcfg.lr, weight_decay=pcfg.weight_decay, schedule="cosine",
                               warmup_epochs=pcfg.warmup_epochs, standardize=pcfg.standardize)

@@ -18,6 +18,7 @@ when a SIGTERM/SIGUSR1 stopped the study (the same command resumes it).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
 import sys
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 from common.errors import EXIT_FAILED, EXIT_PREEMPTED
 from common.study.context import BUDGETS, Context
 from common.study.cpu_time import write_cpu_time
-from common.study.jobs import ROOT, run_jobs
+from common.study.jobs import ROOT, Job, run_jobs
 
 PAPERS = ("stochcon", "msbreg", "vcreg")  # each paper's study is the package <paper>.study
 
@@ -55,8 +56,24 @@ def parser(prog: str, papers: tuple[str, ...]) -> argparse.ArgumentParser:
                      help="jobs at once, each its own process (1: one after another inside this process)")
     top.add_argument("--threads", type=int, default=None,
                      help="threads per job (default: 2 // jobs, at least 1: the study's 2-core machine)")
+    top.add_argument("--only", nargs="+", default=None, metavar="GLOB",
+                     help="run only the jobs whose name (<paper>/<run>_s<seed>) matches one of these shell patterns, "
+                          "and the jobs they need (e.g. 'vcreg/table3_resnet32_*')")
     top.add_argument("--report-only", action="store_true", help="write the tables and figures, run nothing")
     return top
+
+
+def selected(jobs: list[Job], patterns: list[str]) -> list[Job]:
+    """The jobs whose name matches one of ``patterns`` (shell-style), and every job they need, in list order."""
+    by_name = {job.name: job for job in jobs}
+    wanted = {job.name for job in jobs if any(fnmatch.fnmatchcase(job.name, p) for p in patterns)}
+    stack = list(wanted)
+    while stack:
+        for need in by_name[stack.pop()].needs:
+            if need not in wanted:
+                wanted.add(need)
+                stack.append(need)
+    return [job for job in jobs if job.name in wanted]
 
 
 def default_docs(budget: str, runs: Path) -> Path:
@@ -81,6 +98,11 @@ def main(argv: list[str] | None = None, papers: tuple[str, ...] = PAPERS, prog: 
     ctx = context(args)
     chosen = papers if getattr(args, "paper", "all") == "all" else (args.paper,)
     jobs = [job for paper in chosen for job in study(paper).jobs(ctx)]
+    if args.only:
+        jobs = selected(jobs, args.only)
+        if not jobs:
+            print(f"error: --only {' '.join(args.only)} matches no job", file=sys.stderr)
+            return 2
     code = 0
     if not args.report_only:
         outcome = run_jobs(jobs, args.jobs, args.threads or max(1, 2 // args.jobs),

@@ -52,7 +52,7 @@ class Context:
         if not self.tiny:
             return []
         return ["max_steps=2", "batch_size=64", "log_every_steps=1", *([f"data.subset={subset}"] if subset else []),
-                "eval.max_train_images=200", "eval.linear_epochs=1", "eval.batch_size=256"]
+                "eval.max_train_images=200", "eval.max_test_images=200", "eval.linear_epochs=1", "eval.batch_size=256"]
 
 
 def trainer_job(ctx: Context, paper: str, name: str, study: str, module: str, args: list[str], seed: int,

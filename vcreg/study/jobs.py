@@ -56,6 +56,33 @@ def variants(batch: int) -> dict[str, list[str]]:
     }
 
 
+# The paper's own network (issue: verdicts on the paper's architecture): Tables 3, 5 and 2 on ResNet-32 with a VCReg
+# layer after each of its 15 residual blocks, at the paper's alpha 0.16 and beta 0.01, under each reading the
+# text allows: Algorithm 1 as printed or eqs. 3-4 as written (``batch_mean``), each without and with Appendix A's
+# forward mean removal, and eq. 7's smooth-L1 penalty on top of the paper configs' reading.
+RESNET32_CONFIGS = {"table3": "vcreg/configs/fashion_mnist_lt_resnet32_vcreg.yaml",
+                    "table5": "vcreg/configs/fashion_mnist_superclass_resnet32_vcreg.yaml",
+                    "table2": "vcreg/configs/fashion_mnist_split_resnet32_vcreg.yaml"}
+# eq. 7's delta: the 0.9 quantile of |C_ij| at initialisation on ResNet-32 at 28 px (the rule of the paper-scale
+# configs; python -m vcreg.analysis.covariance_scale --config vcreg/configs/fashion_mnist_lt_resnet32_vcreg.yaml)
+RESNET32_DELTA = 0.64
+
+
+def resnet32_settings() -> dict[str, list[str]]:
+    on = ["vcreg.enabled=true", "vcreg.placement=blocks", "vcreg.alpha=0.16", f"vcreg.beta={BETA}"]
+    return {
+        "baseline": ["vcreg.enabled=false"],
+        "algorithm1": on + ["vcreg.normalization=algorithm1", "vcreg.mean_removal=false", "vcreg.delta=null"],
+        "algorithm1_mean_removal": on + ["vcreg.normalization=algorithm1", "vcreg.mean_removal=true",
+                                         "vcreg.delta=null"],
+        "equations": on + ["vcreg.normalization=batch_mean", "vcreg.mean_removal=false", "vcreg.delta=null"],
+        "equations_mean_removal": on + ["vcreg.normalization=batch_mean", "vcreg.mean_removal=true",
+                                        "vcreg.delta=null"],
+        "algorithm1_mean_removal_eq7": on + ["vcreg.normalization=algorithm1", "vcreg.mean_removal=true",
+                                             f"vcreg.delta={RESNET32_DELTA}"],
+    }
+
+
 # Figure 1: every regulariser, VCReg after both hidden layers at the two_moons default (the grid's strongest
 # corner); then VCReg alone at the grid's mildest corner, after the last hidden layer only, and with batch_mean
 TWO_MOONS = {"two_moons": [],
@@ -123,6 +150,7 @@ def jobs(ctx: Context) -> list[Job]:
                               ["--config", SUPERVISED, *full, *settings[name], f"epochs={LONGER_EPOCHS}",
                                *(tiny if ctx.tiny else [])], seed, tier=1, needs=split_needed)
             out += [run, transfer_job(ctx, run, seed)]
+        out += resnet32_jobs(ctx, seed)
         for method in ("simclr", "vicreg"):
             for name, setting in variants(ctx.pick(128, 64) * 2).items():  # two views per image
                 extra = ["eval.knn_at_init=true"] if name == "baseline" else []
@@ -143,6 +171,24 @@ def jobs(ctx: Context) -> list[Job]:
                                *ctx.pick([], ["--runs", "1", "--steps", "5", "--samples", "40", "--grid", "20"])],
                          folder=folder, done=folder / "two_moons.json", study="figure1"))
     return [split, *moons, *out]
+
+
+def resnet32_jobs(ctx: Context, seed: int) -> list[Job]:
+    """Tables 3, 5 and 2 on ResNet-32 (``RESNET32_CONFIGS``) in every ``resnet32_settings``, Table 2 with its transfer
+    probe; after the small CNN's settings (tier 2), the baseline and the paper configs' reading first (tier 1)."""
+    first, _ = split_folders(ctx)
+    _, tiny_args = zip(*supervised_tables(ctx).values())
+    tiny = dict(zip(supervised_tables(ctx), tiny_args))
+    out = []
+    for study, config in RESNET32_CONFIGS.items():
+        extra = [f"data.root={first}"] if study == "table2" else []
+        for name, args in resnet32_settings().items():
+            run = trainer_job(ctx, PAPER, f"{study}_resnet32_{name}", f"{study}_resnet32", TRAIN,
+                              ["--config", config_path(config), *extra, *args, *(tiny[study] if ctx.tiny else [])],
+                              seed, tier=1 if name in ("baseline", "algorithm1_mean_removal") else 2,
+                              needs=(f"{PAPER}/fashion_mnist_split",) if study == "table2" else ())
+            out += [run, transfer_job(ctx, run, seed)] if study == "table2" else [run]
+    return out
 
 
 def evaluation_folder(run: Job, kind: str) -> Path:

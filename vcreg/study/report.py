@@ -13,7 +13,7 @@ from common.errors import InputError
 from common.plots import new_figure, save_figure
 from common.study.context import Context, diverged_at, evaluation_per_seed, read_json, results_per_seed
 from common.study.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
-from vcreg.study.jobs import LONGER_EPOCHS, MAIN, PAPER, TWO_MOONS
+from vcreg.study.jobs import LONGER_EPOCHS, MAIN, PAPER, RESNET32_DELTA, TWO_MOONS
 
 SETTINGS = {
     "baseline": "baseline (no VCReg)",
@@ -45,7 +45,7 @@ def evaluation_values(ctx: Context, run: str, job: str, read) -> PerSeed:
 
 def settings_table(ctx: Context, docs: Path, command: str, study: str, title: str,
                    columns: list[tuple[str, dict[str, PerSeed], float, int]], notes: str, ylabel: str,
-                   names: dict[str, str] = SETTINGS) -> list[Path]:
+                   names: dict[str, str] = SETTINGS, settings_note: str = SETTINGS_NOTE) -> list[Path]:
     """One row per setting: each column ``(header, {setting: values}, scale, digits)`` as mean ± sd, then the
     paired difference against the baseline (the first setting) on the first column, which the figure shows."""
     s = ctx.seeds
@@ -54,14 +54,63 @@ def settings_table(ctx: Context, docs: Path, command: str, study: str, title: st
     rows = [[label, *(cell(data[name], s, scale, digits) for _, data, scale, digits in columns),
              "—" if name == base else difference_cell(first[name], first[base])] for name, label in names.items()]
     header = ["setting", *(c[0] for c in columns), f"{columns[0][0]}: vs baseline (paired)"]
-    path = write_table(docs / f"vcreg_{study}.md", title, header, rows, notes + "\n\n" + SETTINGS_NOTE, command)
+    path = write_table(docs / f"vcreg_{study}.md", title, header, rows, notes + "\n\n" + settings_note, command)
     png = bar_figure(path.with_suffix(".png"), list(names.values()), {columns[0][0]: [first[n] for n in names]},
                      ylabel, title, scale=columns[0][2])
     return [path, png]
 
 
-def per_setting(ctx: Context, study: str, key: str) -> dict[str, PerSeed]:
-    return {name: values(ctx, f"{study}_{name}", key) for name in SETTINGS}
+def per_setting(ctx: Context, study: str, key: str, names: dict[str, str] = SETTINGS) -> dict[str, PerSeed]:
+    return {name: values(ctx, f"{study}_{name}", key) for name in names}
+
+
+RESNET32_SETTINGS = {
+    "baseline": "baseline (no VCReg)",
+    "algorithm1": "Algorithm 1, identity forward",
+    "algorithm1_mean_removal": "Algorithm 1 + mean removal (the paper configs')",
+    "equations": "eqs. 3-4, identity forward",
+    "equations_mean_removal": "eqs. 3-4 + mean removal",
+    "algorithm1_mean_removal_eq7": f"Algorithm 1 + mean removal + eq. 7 (delta {RESNET32_DELTA:g})",
+}
+RESNET32_NOTE = ("Settings (`vcreg/study/jobs.py`, `resnet32_settings`): He et al.'s ResNet-32 with a VCReg layer after "
+                 "each of its 15 residual blocks (Appendix A), at the paper's alpha 0.16 and beta 0.01 "
+                 "(256 images per step, 1 process). *Algorithm 1*: the algorithm as printed (its covariance gradient "
+                 "lacks eq. 4's 1/(n-1), so it pulls n-1 times harder); *eqs. 3-4*: the loss as written "
+                 "(`vcreg.normalization=batch_mean`); *mean removal*: Appendix A's layer centring the forward pass "
+                 "over the batch before each VCReg layer (a running mean in eval mode); *eq. 7*: the smooth-L1 "
+                 "covariance penalty, delta the 0.9 quantile of |C_ij| at initialisation (a rule of ours: the paper "
+                 "gives none). \"higher on k/n\": seeds where the setting beats the baseline trained with the same seed.")
+
+
+def resnet32_tables(ctx: Context, docs: Path, command: str) -> list[Path]:
+    """Tables 3, 5 and 2 on the paper's ResNet-32, one table and bar chart each, every reading of the layer."""
+    names = RESNET32_SETTINGS
+    transfer = {name: evaluation_values(ctx, f"table2_resnet32_{name}", "transfer", lambda d: d["results"]["top1"])
+                for name in names}
+    tables = {
+        "table3": ("VCReg Table 3 on ResNet-32: long-tailed training (ratio 100)",
+                   [("test top-1 % (its classifier)", per_setting(ctx, "table3_resnet32", "test_top1", names), 100, 1),
+                    ("linear probe %", per_setting(ctx, "table3_resnet32", "linear_top1", names), 100, 1)],
+                   (f"Fashion-MNIST-LT ({longtail_counts_text(ctx)}), 3 epochs, "
+                   "`vcreg/configs/fashion_mnist_lt_resnet32_vcreg.yaml`; balanced test set."), "balanced test top-1 (%)"),
+        "table5": ("VCReg Table 5 on ResNet-32: superclass training, subclass probe",
+                   [("subclass probe top-1 %", per_setting(ctx, "table5_resnet32", "subclass_linear_top1", names), 100, 1),
+                    ("superclass test top-1 %", per_setting(ctx, "table5_resnet32", "test_top1", names), 100, 1)],
+                   ("Fashion-MNIST's 4 superclasses, 2 epochs, `vcreg/configs/fashion_mnist_superclass_resnet32_vcreg.yaml`"
+                   "; the subclass probe as in the small CNN's Table 5."), "subclass probe top-1 (%)"),
+        "table2": ("VCReg Table 2 on ResNet-32: transfer to unseen classes",
+                   [("transfer top-1 % (classes 5-9)", transfer, 100, 1),
+                    ("in-domain test top-1 % (classes 0-4)", per_setting(ctx, "table2_resnet32", "test_top1", names),
+                     100, 1)],
+                   ("Pre-trained on Fashion-MNIST classes 0-4 for 2 epochs "
+                   "(`vcreg/configs/fashion_mnist_split_resnet32_vcreg.yaml`), Kornblith et al.'s probe on classes 5-9 "
+                   "as in the small CNN's Table 2."), "transfer top-1 (%)"),
+    }
+    out: list[Path] = []
+    for study, (title, columns, notes, ylabel) in tables.items():
+        out += settings_table(ctx, docs, command, f"{study}_resnet32", title, columns, notes, ylabel, names=names,
+                              settings_note=RESNET32_NOTE)
+    return out
 
 
 def longtail_counts_text(ctx: Context) -> str:
@@ -291,7 +340,7 @@ def gradient_share(ctx: Context, docs: Path, command: str) -> list[Path]:
 
 def report(ctx: Context, command: str) -> list[Path]:
     out: list[Path] = []
-    for write in (table2, table2_budget, table3, table4, table5, table6, figure1, gradient_share):
+    for write in (table2, table2_budget, table3, table4, table5, table6, figure1, gradient_share, resnet32_tables):
         out += write(ctx, ctx.docs, command)
     return out
 
