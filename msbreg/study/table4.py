@@ -49,7 +49,7 @@ USES_LB = ("byol_ln_lb", "msbreg_bn", "msbreg_ln")
 USES_MC = ("msbreg_bn", "msbreg_ln")  # BYOL + L_b is MSBReg with K = 2, where leave-one-out is BYOL's loss
 LN_WITH_LB = ("byol_ln_lb", "msbreg_ln")  # the layer-norm cells that weigh L_b
 # Supplementary Table 5's best lambda_b (ImageNet-100), 100 times Table 4's 5e-3 for the LN rows: whether Table 4's
-# LN cells change at the scale on which Table 5 reports L_b's gains (issue 28 point 10; docs/reproduction.md)
+# LN cells change at the scale on which Table 5 reports L_b's gains (the supplement's Tables 4 and 5 set lambda_b 100 times apart; docs/reproduction.md discusses it)
 TABLE5_LAMBDA_B = 0.5
 
 # Reading -> (the overrides that make it, the cells it can change). "defaults" runs every cell with the
