@@ -108,12 +108,15 @@ def build_initial_method(cfg: TrainConfig, build_method: BuildMethod, in_chans: 
 @contextmanager
 def restored_buffers(module: nn.Module, enabled: bool):
     """Yields a function that puts every buffer (batch-norm running statistics and counters) back to its
-    value on entry: a skipped step must leave no trace."""
+    value on entry: a skipped step must leave no trace. A buffer sized by its first forward (a VCReg layer's
+    running mean under Appendix A's mean removal) goes back to its size on entry too, empty on a first step."""
     saved = [(b, b.detach().clone()) for b in module.buffers()] if enabled else []
 
     def restore() -> None:
         with torch.no_grad():
             for buffer, value in saved:
+                if buffer.shape != value.shape:
+                    buffer.resize_(value.shape)
                 buffer.copy_(value)
 
     yield restore

@@ -20,6 +20,7 @@ from common.errors import EXIT_BAD_INPUT, EXIT_PREEMPTED
 from common.trainer import Trainer, restored_buffers
 from evaluation.final import evaluate_method
 from stochcon import train as stochcon_train
+from vcreg.layer import VCReg
 
 SCRIPT = "stochcon/train.py"
 
@@ -256,6 +257,16 @@ def test_skipped_steps_leave_no_trace_and_too_many_stop_the_run(data_root, tmp_p
         assert not all(torch.equal(a, b) for a, b in zip(before, bn.buffers()))
         restore()
     assert all(torch.equal(a, b) for a, b in zip(before, bn.buffers()))
+
+    # a buffer that its first forward sizes (VCReg's running mean with Appendix A's mean removal) is emptied again
+    layer = VCReg(1.0, 1.0, mean_removal=True)
+    with restored_buffers(layer, enabled=True) as restore:
+        layer(torch.randn(8, 3) * torch.inf)
+        assert layer.running_mean.shape == (3,)
+        restore()
+    assert layer.running_mean.shape == (0,)
+    x = torch.randn(8, 3)
+    assert torch.equal(layer.eval()(x), x)  # as before any step: nothing to subtract
 
     bad = ["optim.name=sgd", "optim.lr=1e30", "optim.warmup_epochs=0", "eval.knn_at_init=false", "eval.linear=false",
            "on_nonfinite=skip"]
