@@ -284,14 +284,23 @@ def load_method_weights(method: nn.Module, state: dict[str, Any], source: str | 
     return method.eval()
 
 
-def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> list[str]:
+def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: Path,
+                    before_added: dict[str, Any] | None = None) -> list[str]:
     """One-line error naming the keys that differ between a checkpoint's config and the current one. Keys the
     checkpoint's config lacks were added to the code after the run started: they do not block a resume (an
-    upgrade must not strand a week-long run), and are returned so that the trainer says which values they take."""
+    upgrade must not strand a week-long run). Where ``before_added`` (``common.config.values_before_added_keys``)
+    gives the value such a key's runs computed before it existed, the key must have it (another value would
+    change the run halfway); the other added keys are returned, so that the trainer says which values they take."""
     differing = [key for key in diff_configs(saved_config, config) if key not in RESUMABLE_KEYS]
     added = [key for key in differing if not dotted_value(saved_config, key)[0] and dotted_value(config, key)[0]]
     differing = [key for key in differing if key not in added]
     if differing:
         raise RunFolderError(f"cannot resume from '{path}': config differs in {', '.join(differing)} "
                              "(resume with the same config, or start a new output_dir)")
-    return added
+    before_added = before_added or {}
+    changed = [f"{key}={before_added[key]!r}, not {dotted_value(config, key)[1]!r}"
+               for key in added if key in before_added and dotted_value(config, key)[1] != before_added[key]]
+    if changed:
+        raise RunFolderError(f"cannot resume from '{path}': it was saved before these keys existed, so it computed "
+                             f"{'; '.join(changed)} (resume without them, or start a new output_dir)")
+    return [key for key in added if key not in before_added]

@@ -16,6 +16,7 @@ and ``null`` (or ``~``, or nothing) means None where the field allows None.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -44,6 +45,9 @@ from common.yaml_text import (
 T = TypeVar("T")
 HELP_FLAGS = ("-h", "--help")
 PRINT_CONFIG_FLAG = "--print-config"
+# the resolved config and the value each key added to the code had before it existed (``values_before_added_keys``):
+# what the study runner (``common.study.jobs.identity``) compares to tell a finished job
+PRINT_IDENTITY_FLAG = "--print-identity"
 # ------------------------------------------------------------------------------------------------- types
 def is_section_type(tp: Any) -> bool:
     """Whether a field of this type is a nested section (a dataclass)."""
@@ -239,16 +243,49 @@ def upgrade_config_dict(schema: type, values: dict[str, Any]) -> dict[str, Any]:
     """A saved config dict with every section's renamed keys upgraded (``upgraded``), nothing else filled in:
     what ``common.checkpoint.check_resumable`` compares with the current config."""
     out = dict(upgraded(schema, values))
+    for name, cls, section in section_classes(schema, out):
+        out[name] = upgrade_config_dict(cls, section)
+    return out
+
+
+def section_classes(schema: type, values: dict[str, Any]):
+    """(field name, section class, its dict) for each nested section of a config dict of ``schema``, a method
+    union resolved by the section's ``name``."""
     for name, tp in field_types(schema).items():
-        section = out.get(name)
+        section = values.get(name)
         if not isinstance(section, dict):
             continue
         choices = method_union(tp)
-        if choices is not None:
-            cls = choices.get(section.get("name"))
-            out[name] = upgrade_config_dict(cls, section) if cls is not None else section
-        elif is_section_type(tp):
-            out[name] = upgrade_config_dict(tp, section)
+        cls = choices.get(section.get("name")) if choices is not None else tp if is_section_type(tp) else None
+        if cls is not None:
+            yield name, cls, section
+
+
+def values_before_added_keys(schema: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted key -> the value that every run computed before the key existed, for the keys added to the code
+    after runs were made without them: a section class declares ``keys_added(values) -> {field: that value}``
+    (given the section's values, since a key may matter only with another: ``grad_cache`` with
+    ``grad_accum_steps`` above 1). A key at that value computes what a run saved without the key computed, so
+    neither a resume (``common.checkpoint.check_resumable``) nor a study's identity (``common.study.jobs``)
+    tells them apart."""
+    keys_added = getattr(schema, "keys_added", None)
+    out = dict(keys_added(values)) if keys_added is not None else {}
+    for name, cls, section in section_classes(schema, values):
+        out.update({f"{name}.{key}": value for key, value in values_before_added_keys(cls, section).items()})
+    return out
+
+
+def without_values_before_added_keys(values: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
+    """A nested config dict less each dotted key of ``before`` (``values_before_added_keys``) that holds the value
+    runs computed before the key existed: what the run computes, the same for a run saved before the key."""
+    out = copy.deepcopy(values)
+    for dotted, value in before.items():
+        *parents, key = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node and node[key] == value:
+            del node[key]
     return out
 
 
@@ -320,6 +357,7 @@ class CommandLine:
     overrides: list[str]
     help: bool = False
     print_config: bool = False
+    print_identity: bool = False
 
 
 def split_argv(argv: Sequence[str]) -> CommandLine:
@@ -334,6 +372,8 @@ def split_argv(argv: Sequence[str]) -> CommandLine:
             line.help = True
         elif arg == PRINT_CONFIG_FLAG:
             line.print_config = True
+        elif arg == PRINT_IDENTITY_FLAG:
+            line.print_identity = True
         elif arg.startswith("--"):
             body = arg[2:]
             if "=" in body:

@@ -17,7 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.config import field_types, is_section_type, method_union, resolve, split_argv, to_yaml, type_name
+import yaml
+
+from common.config import (
+    field_types,
+    is_section_type,
+    method_union,
+    resolve,
+    split_argv,
+    to_dict,
+    to_yaml,
+    type_name,
+    values_before_added_keys,
+)
 
 T = TypeVar("T")
 
@@ -129,8 +141,10 @@ def schema_help(schema: type, values: Any = None, source: str | None = None) -> 
 def parse_command_line(schema: type[T], argv: Sequence[str] | None, usage: str,
                        default_config: str | Path | None = None) -> T | None:
     """What every entry point does with its arguments: ``--help`` prints ``usage`` and every key of ``schema``
-    (type, default, comment); ``--print-config`` prints the resolved YAML; both return None without running
-    anything. Otherwise the resolved config. Bad keys or values are a ConfigError with ``--help`` too."""
+    (type, default, comment); ``--print-config`` prints the resolved YAML, ``--print-identity`` the same with the
+    value each key added to the code had before it existed (``common.config.values_before_added_keys``: what the
+    study runner compares);
+    each returns None without running anything. Otherwise the resolved config. Bad keys or values are a ConfigError with ``--help`` too."""
     line = split_argv(sys.argv[1:] if argv is None else argv)
     cfg = resolve(schema, line, default_config)
     if line.help:  # the values this command line would run with (the default config of a trainer), not bare defaults
@@ -141,5 +155,10 @@ def parse_command_line(schema: type[T], argv: Sequence[str] | None, usage: str,
         return None
     if line.print_config:
         print(to_yaml(cfg), end="")
+        return None
+    if line.print_identity:
+        values = to_dict(cfg)
+        print(yaml.safe_dump({"config": values, "keys_added": values_before_added_keys(schema, values)},
+                             sort_keys=False), end="")
         return None
     return cfg

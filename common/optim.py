@@ -44,6 +44,11 @@ class OptimConfig:
     gamma: NonNegativeFloat = 0.1      # step schedule: the learning rate is multiplied by this at each milestone
     foreach: bool = True               # multi-tensor (foreach) update where the optimiser has one
 
+    @staticmethod
+    def keys_added(values: dict) -> dict:
+        """Before the key existed biases and norms took the peak rate (``common.config.values_before_added_keys``)."""
+        return {"bias_and_norm_lr_scale": 1.0}
+
 
 class LARS(torch.optim.Optimizer):
     """Layer-wise Adaptive Rate Scaling (You et al., 2017) as in SimCLR's TensorFlow code.

@@ -59,6 +59,13 @@ class TrainConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
 
+    @staticmethod
+    def keys_added(values: dict) -> dict:
+        """The value runs computed before each added key existed (``common.config.values_before_added_keys``):
+        before gradient caching a run accumulated each micro-batch's own loss; with one micro-batch per step both
+        compute the same."""
+        return {"grad_cache": values.get("grad_cache") if values.get("grad_accum_steps", 1) == 1 else False}
+
 
 def check_train_config(cfg: TrainConfig, num_processes: int) -> None:
     """What a single key's type cannot say; a ConfigError naming the key."""

@@ -46,7 +46,7 @@ from common.checkpoint import (
     prepare_run_folder,
     save_checkpoint,
 )
-from common.config import dotted_value, to_dict, to_yaml, upgrade_config_dict
+from common.config import dotted_value, to_dict, to_yaml, upgrade_config_dict, values_before_added_keys
 from common.data import SkipRecord, build_dataset, dataset_info, open_splits
 from common.data.summary import data_summary, summary_lines
 from common.distributed import check_launch
@@ -237,7 +237,8 @@ class Trainer:
         checkpoint = Path(found[0])
         state = load_checkpoint(checkpoint)
         current = to_dict(self.cfg)
-        added = check_resumable(upgrade_config_dict(type(self.cfg), state["config"]), current, checkpoint)
+        added = check_resumable(upgrade_config_dict(type(self.cfg), state["config"]), current, checkpoint,
+                                values_before_added_keys(type(self.cfg), current))
         if added:
             values = ", ".join(f"{key}={dotted_value(current, key)[1]!r}" for key in added)
             self.accelerator.print(f"note: {checkpoint} was saved before these keys existed; the run goes on "

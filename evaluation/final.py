@@ -50,6 +50,11 @@ class FinalEvalConfig:
     # for every figure that is reported
     max_test_images: PositiveInt | None = None
 
+    @staticmethod
+    def keys_added(values: dict) -> dict:
+        """Before the key existed every test image was evaluated (``common.config.values_before_added_keys``)."""
+        return {"max_test_images": None}
+
 
 def knn_figures(features: FeatureSplits, ecfg: FinalEvalConfig, device: torch.device, progress: bool,
                 suffix: str = "") -> dict[str, float]:

@@ -32,6 +32,11 @@ class BYOLConfig:
     predictor_fixed_lr: bool = False
 
     @staticmethod
+    def keys_added(values: dict) -> dict:
+        """Before the key existed the predictor followed the schedule (``common.config.values_before_added_keys``)."""
+        return {"predictor_fixed_lr": False}
+
+    @staticmethod
     def upgrade_keys(values: dict) -> dict:
         """A section written before the one head vocabulary (an older run's config.yaml or YAML file):
         proj_hidden_dim and proj_output_dim become ``projector``, pred_hidden_dim ``predictor`` (ending in the

@@ -71,6 +71,11 @@ class FinetuneConfig(TrainConfig):
         )
     )
 
+    @staticmethod
+    def keys_added(values: dict) -> dict:
+        """Before the held-out split, a head was tested after its last epoch (``TrainConfig.keys_added``)."""
+        return {**TrainConfig.keys_added(values), "holdout_fraction": 0.0}
+
 
 @dataclass
 class Holdout:

@@ -1,5 +1,5 @@
 """The study runner (``common.study``) keeps what a user has: a job's identity is the config it resolves (a recipe
-moved into a YAML file reruns nothing), each budget has its own run folders, a folder holding something else is
+moved into a YAML file reruns nothing, nor does a key added to the code at the value runs had before it), each budget has its own run folders, a folder holding something else is
 moved aside (never deleted), tiny reports stay out of the committed docs, SIGTERM stops the study (exit 75) and
 the same command resumes it, and every job's config resolves from any folder."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.study import cli
 from common.study.context import Context
-from common.study.jobs import ROOT, STARTED, Job, identity, run_jobs
+from common.study.jobs import RECORD, ROOT, STARTED, Job, identity, run_jobs, same_identity
 from tests.trainer_runs import write_idx_fashion_mnist
 from vcreg.study.jobs import jobs as vcreg_jobs
 
@@ -48,6 +48,21 @@ def test_a_recipe_moved_from_arguments_into_a_yaml_file_is_already_done(tmp_path
     assert identity(changed) != identity(new)
     moved = Job(**{**new.__dict__, "argv": [*new.argv, "output_dir=elsewhere", "progress_bar=true"]})
     assert identity(moved) == identity(new)  # keys that cannot change a result are not the job's identity
+
+    # a record written before keys were added to the code (at the values runs had before them) is still done
+    record_path = new.state / RECORD
+    record = json.loads(record_path.read_text())
+    assert record["identity"]["keys_added"]["vcreg.mean_removal"] is False
+    assert record["identity"]["config"]["vcreg"]["mean_removal"] is False
+    older = {"module": new.module, "config": json.loads(json.dumps(record["identity"]["config"]))}
+    for section, key in (("vcreg", "mean_removal"), ("optim", "bias_and_norm_lr_scale")):
+        del older["config"][section][key]
+    del older["config"]["grad_cache"]
+    record_path.write_text(json.dumps({**record, "identity": older}))
+    assert quiet([new]).skipped == [new.name] and new.done.stat().st_mtime_ns == stamp
+    # the key at another value computes something else
+    centred = Job(**{**new.__dict__, "argv": [*new.argv, "vcreg.mean_removal=true"]})
+    assert not same_identity(older, identity(centred))
 
 
 def test_each_budget_has_its_own_run_folders(tmp_path):

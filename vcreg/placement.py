@@ -69,6 +69,12 @@ class VCRegLayerConfig:
     mean_removal: bool = True
     overrides: dict[str, dict[str, float]] = field(default_factory=dict)  # {"stages.3.*": {"alpha": 1.28}}
 
+    @staticmethod
+    def keys_added(values: dict) -> dict:
+        """Before Appendix A's mean removal existed the forward pass was the identity
+        (``common.config.values_before_added_keys``)."""
+        return {"mean_removal": False}
+
 
 def _family(module: nn.Module) -> str | None:
     from timm.models.convnext import ConvNeXt

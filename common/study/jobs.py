@@ -3,8 +3,10 @@ command's own ``main(argv)`` (``stochcon.train``, ``vcreg.train``, ``stochcon.fi
 evaluation``, the analyses).
 
 A job's identity is what it computes: for a command that resolves a config (``configured``: the trainers,
-fine-tuning, evaluation protocols) the config its ``--print-config`` prints, less the keys that cannot change a
-result (``common.checkpoint.RESUMABLE_KEYS``: output folder, resume, logging...), with the command's module;
+fine-tuning, evaluation protocols) the config its ``--print-identity`` prints, less the keys that cannot change a
+result (``common.checkpoint.RESUMABLE_KEYS``: output folder, resume, logging...), with the command's module; a
+key added to the code since a job ran counts as absent while it holds the value runs computed before it
+existed (``same_identity``), so an upgrade that adds a key reruns nothing;
 for any other command its module and arguments. A job is finished when its ``done`` file exists and the
 ``reproduce.json`` beside it records the same identity and the same finished inputs (the jobs it needs); a
 rerun skips it, so an interrupted study continues where it stopped (a trainer started with ``resume=auto``
@@ -42,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from common.checkpoint import RESUMABLE_KEYS
+from common.config import PRINT_IDENTITY_FLAG, without_values_before_added_keys
 from common.errors import EXIT_PREEMPTED, ConfigError
 
 RECORD = "reproduce.json"
@@ -61,7 +64,7 @@ class Job:
     study: str  # the table or figure the job belongs to (CPU time is summed per study)
     needs: tuple[str, ...] = ()  # jobs that must finish first
     tier: int = 0  # order: main comparisons (0) before the variants around them (1)
-    configured: bool = False  # the command answers --print-config: its identity is the config it resolves
+    configured: bool = False  # the command answers --print-identity: its identity is the config it resolves
 
     @property
     def state(self) -> Path:
@@ -104,10 +107,25 @@ def identity(job: Job) -> dict:
         return {"module": job.module, "argv": list(job.argv)}
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main_of(job.module)([*job.argv, "--print-config"])
+        code = main_of(job.module)([*job.argv, PRINT_IDENTITY_FLAG])
     if code:
         raise ConfigError(f"job {job.name}: its config does not resolve: {err.getvalue().strip()}")
-    return {"module": job.module, "config": without_keys(yaml.safe_load(out.getvalue()), RESUMABLE_KEYS)}
+    printed = yaml.safe_load(out.getvalue())
+    return {"module": job.module, "config": without_keys(printed["config"], RESUMABLE_KEYS),
+            "keys_added": printed["keys_added"]}
+
+
+def same_identity(saved: dict | None, current: dict) -> bool:
+    """Whether a job recorded (or started) under ``saved`` computes what ``current`` computes: the same command
+    and config, where a key added to the code since (``current["keys_added"]``: the value runs computed before
+    it existed) counts as absent at that value, so a record written before the key still matches."""
+    if saved is None or saved.get("module") != current["module"]:
+        return False
+    if "config" not in current:
+        return saved == current
+    before = current["keys_added"]
+    return ("config" in saved and without_values_before_added_keys(saved["config"], before)
+            == without_values_before_added_keys(current["config"], before))
 
 
 def _inputs(job: Job, records: dict[str, dict]) -> dict[str, float]:
@@ -117,7 +135,7 @@ def _inputs(job: Job, records: dict[str, dict]) -> dict[str, float]:
 def is_finished(job: Job, ident: dict, records: dict[str, dict]) -> bool:
     """Done with this identity, after the jobs it needs finished as they are now."""
     record = read_record(job)
-    return (job.done.is_file() and record is not None and record.get("identity") == ident
+    return (job.done.is_file() and record is not None and same_identity(record.get("identity"), ident)
             and all(n in records for n in job.needs) and record.get("inputs") == _inputs(job, records))
 
 
@@ -159,7 +177,7 @@ def _prepare(job: Job, ident: dict, say) -> None:
     that holds anything else (a finished run, a run of another command, files of someone else) is moved aside,
     with the runner's files of it."""
     started = job.state / STARTED
-    same = started.is_file() and json.loads(started.read_text()) == ident
+    same = started.is_file() and same_identity(json.loads(started.read_text()), ident)
     if not same or job.done.is_file() or read_record(job) is not None:
         for folder in (job.folder, job.state):
             if folder.is_dir() and any(folder.iterdir()):
