@@ -132,10 +132,13 @@ def test_resume_compares_configs_by_meaning(data_root, tmp_path):
     moved = tmp_path / "moved" / "run"
     moved.parent.mkdir()
     shutil.copytree(first, moved)
-    # a checkpoint saved before a key existed (an upgrade in the middle of a run) still resumes, and says so
+    # a checkpoint saved before keys existed (an upgrade in the middle of a run) still resumes: silently for a key
+    # at the value its runs had before it (grad_cache with one micro-batch a step: keys_added), and naming the
+    # value for a key that declares none (augment.hue stands for one here)
     state_file = latest_checkpoint(moved) / "state.pt"
     state = torch.load(state_file, weights_only=False)
     del state["config"]["grad_cache"]
+    del state["config"]["augment"]["hue"]
     torch.save(state, state_file)
     copied_root = tmp_path / "data_copy"
     shutil.copytree(data_root, copied_root)
@@ -144,7 +147,8 @@ def test_resume_compares_configs_by_meaning(data_root, tmp_path):
                            "eval.batch_size=64", "log_every_steps=3", "progress_bar=true", "keep_last=5"])
     assert resumed.returncode == 0, resumed.stderr[-1500:]
     assert "resumed from" in resumed.stdout
-    assert "saved before these keys existed; the run goes on with grad_cache=True" in resumed.stdout
+    assert "saved before these keys existed; the run goes on with augment.hue=" in resumed.stdout
+    assert "grad_cache" not in resumed.stdout
     changed = run(SCRIPT, tiny(data_root, first, *args, "resume=true", "method.temperature=0.5", "seed=3"))
     assert changed.returncode == 2 and one_line(changed.stderr)
     differing = changed.stderr.split("differs in ", 1)[1].split(" (", 1)[0].split(", ")
