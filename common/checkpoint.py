@@ -288,7 +288,7 @@ def check_resumable(saved_config: dict[str, Any], config: dict[str, Any], path: 
                     before_added: dict[str, Any] | None = None) -> list[str]:
     """One-line error naming the keys that differ between a checkpoint's config and the current one. Keys the
     checkpoint's config lacks were added to the code after the run started: they do not block a resume (an
-    upgrade must not strand a week-long run). Where ``before_added`` (``common.config.values_before_added_keys``)
+    upgrade must not strand a week-long run). Where ``before_added`` (``common.config_upgrade.values_before_added_keys``)
     gives the value such a key's runs computed before it existed, the key must have it (another value would
     change the run halfway); the other added keys are returned, so that the trainer says which values they take."""
     differing = [key for key in diff_configs(saved_config, config) if key not in RESUMABLE_KEYS]

@@ -28,8 +28,8 @@ from common.config import (
     to_dict,
     to_yaml,
     type_name,
-    values_before_added_keys,
 )
+from common.config_upgrade import values_before_added_keys
 
 T = TypeVar("T")
 
@@ -142,7 +142,7 @@ def parse_command_line(schema: type[T], argv: Sequence[str] | None, usage: str,
                        default_config: str | Path | None = None) -> T | None:
     """What every entry point does with its arguments: ``--help`` prints ``usage`` and every key of ``schema``
     (type, default, comment); ``--print-config`` prints the resolved YAML, ``--print-identity`` the same with the
-    value each key added to the code had before it existed (``common.config.values_before_added_keys``: what the
+    value each key added to the code had before it existed (``common.config_upgrade.values_before_added_keys``: what the
     study runner compares);
     each returns None without running anything. Otherwise the resolved config. Bad keys or values are a ConfigError with ``--help`` too."""
     line = split_argv(sys.argv[1:] if argv is None else argv)

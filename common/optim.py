@@ -46,7 +46,7 @@ class OptimConfig:
 
     @staticmethod
     def keys_added(values: dict) -> dict:
-        """Before the key existed biases and norms took the peak rate (``common.config.values_before_added_keys``)."""
+        """Before the key existed biases and norms took the peak rate (``common.config_upgrade.values_before_added_keys``)."""
         return {"bias_and_norm_lr_scale": 1.0}
 
 

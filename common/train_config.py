@@ -61,7 +61,7 @@ class TrainConfig:
 
     @staticmethod
     def keys_added(values: dict) -> dict:
-        """The value runs computed before each added key existed (``common.config.values_before_added_keys``):
+        """The value runs computed before each added key existed (``common.config_upgrade.values_before_added_keys``):
         before gradient caching a run accumulated each micro-batch's own loss; with one micro-batch per step both
         compute the same."""
         return {"grad_cache": values.get("grad_cache") if values.get("grad_accum_steps", 1) == 1 else False}

@@ -46,7 +46,8 @@ from common.checkpoint import (
     prepare_run_folder,
     save_checkpoint,
 )
-from common.config import dotted_value, to_dict, to_yaml, upgrade_config_dict, values_before_added_keys
+from common.config import dotted_value, to_dict, to_yaml
+from common.config_upgrade import upgrade_config_dict, values_before_added_keys
 from common.data import SkipRecord, build_dataset, dataset_info, open_splits
 from common.data.summary import data_summary, summary_lines
 from common.distributed import check_launch

@@ -52,7 +52,7 @@ class FinalEvalConfig:
 
     @staticmethod
     def keys_added(values: dict) -> dict:
-        """Before the key existed every test image was evaluated (``common.config.values_before_added_keys``)."""
+        """Before the key existed every test image was evaluated (``common.config_upgrade.values_before_added_keys``)."""
         return {"max_test_images": None}
 
 

@@ -33,7 +33,7 @@ class BYOLConfig:
 
     @staticmethod
     def keys_added(values: dict) -> dict:
-        """Before the key existed the predictor followed the schedule (``common.config.values_before_added_keys``)."""
+        """Before the key existed the predictor followed the schedule (``common.config_upgrade.values_before_added_keys``)."""
         return {"predictor_fixed_lr": False}
 
     @staticmethod

@@ -10,10 +10,8 @@ import pytest
 import yaml
 
 from common.checkpoint import check_resumable
-from common.config import (
-    config_from_dict,
-    load_config,
-    to_dict,
+from common.config import config_from_dict, load_config, to_dict
+from common.config_upgrade import (
     upgrade_config_dict,
     values_before_added_keys,
     without_values_before_added_keys,

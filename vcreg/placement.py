@@ -72,7 +72,7 @@ class VCRegLayerConfig:
     @staticmethod
     def keys_added(values: dict) -> dict:
         """Before Appendix A's mean removal existed the forward pass was the identity
-        (``common.config.values_before_added_keys``)."""
+        (``common.config_upgrade.values_before_added_keys``)."""
         return {"mean_removal": False}
 
 

@@ -44,7 +44,8 @@ from pathlib import Path
 import yaml
 
 from common.checkpoint import RESUMABLE_KEYS
-from common.config import PRINT_IDENTITY_FLAG, without_values_before_added_keys
+from common.config import PRINT_IDENTITY_FLAG
+from common.config_upgrade import without_values_before_added_keys
 from common.errors import EXIT_PREEMPTED, ConfigError
 
 RECORD = "reproduce.json"
