@@ -1,5 +1,5 @@
-"""common.plan: FLOPs against a hand count, the exact batch polynomial, activation memory against the CPU's
-measured peak, and the command on a paper config."""
+"""common.pass_count and common.plan: FLOPs against a hand count, the exact batch polynomial, activation memory
+against the CPU's measured peak, and the command on a paper config."""
 
 from pathlib import Path
 
@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from common.plan import FIT_BATCHES, count_pass, main, markdown_table, plan_config, quadratic
+from common.pass_count import FIT_BATCHES, count_pass, quadratic
+from common.plan import main, markdown_table, plan_config
 
 SIMCLR = Path(__file__).resolve().parent.parent / "stochcon" / "configs" / "fashion_mnist_simclr.yaml"
 
