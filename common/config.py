@@ -47,6 +47,9 @@ PRINT_CONFIG_FLAG = "--print-config"
 # the resolved config and the value each key added to the code had before it existed (``values_before_added_keys``):
 # what the study runner (``common.study.jobs.identity``) compares to tell a finished job
 PRINT_IDENTITY_FLAG = "--print-identity"
+# ``--upgrade-config JSON``: a config dict saved by an older version of the command, its renamed keys upgraded
+# (``common.config_upgrade.upgrade_config_dict``): how the study runner reads a job recorded before a rename
+UPGRADE_CONFIG_FLAG = "--upgrade-config"
 # ------------------------------------------------------------------------------------------------- types
 def is_section_type(tp: Any) -> bool:
     """Whether a field of this type is a nested section (a dataclass)."""
@@ -307,6 +310,7 @@ class CommandLine:
     help: bool = False
     print_config: bool = False
     print_identity: bool = False
+    upgrade_config: str | None = None  # the JSON text after UPGRADE_CONFIG_FLAG
 
 
 def split_argv(argv: Sequence[str]) -> CommandLine:
@@ -323,6 +327,11 @@ def split_argv(argv: Sequence[str]) -> CommandLine:
             line.print_config = True
         elif arg == PRINT_IDENTITY_FLAG:
             line.print_identity = True
+        elif arg == UPGRADE_CONFIG_FLAG:
+            if i + 1 == len(args):
+                raise ConfigError(f"{UPGRADE_CONFIG_FLAG} needs a config dict in JSON after it")
+            line.upgrade_config = args[i + 1]
+            i += 1
         elif arg.startswith("--"):
             body = arg[2:]
             if "=" in body:

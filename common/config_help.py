@@ -29,7 +29,8 @@ from common.config import (
     to_yaml,
     type_name,
 )
-from common.config_upgrade import values_before_added_keys
+from common.config_upgrade import upgrade_config_dict, values_before_added_keys
+from common.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -143,9 +144,19 @@ def parse_command_line(schema: type[T], argv: Sequence[str] | None, usage: str,
     """What every entry point does with its arguments: ``--help`` prints ``usage`` and every key of ``schema``
     (type, default, comment); ``--print-config`` prints the resolved YAML, ``--print-identity`` the same with the
     value each key added to the code had before it existed (``common.config_upgrade.values_before_added_keys``: what the
-    study runner compares);
-    each returns None without running anything. Otherwise the resolved config. Bad keys or values are a ConfigError with ``--help`` too."""
+    study runner compares), ``--upgrade-config JSON`` that older config dict with its renamed keys upgraded (how the
+    study runner reads a record made before a rename); each returns None without running anything. Otherwise the
+    resolved config. Bad keys or values are a ConfigError with ``--help`` too."""
     line = split_argv(sys.argv[1:] if argv is None else argv)
+    if line.upgrade_config is not None:
+        try:
+            saved = json.loads(line.upgrade_config)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"--upgrade-config: not a JSON config dict ({error})") from None
+        if not isinstance(saved, dict):
+            raise ConfigError("--upgrade-config: not a JSON config dict")
+        print(json.dumps(upgrade_config_dict(schema, saved)))
+        return None
     cfg = resolve(schema, line, default_config)
     if line.help:  # the values this command line would run with (the default config of a trainer), not bare defaults
         config_file = line.config_file or (str(default_config) if default_config else None)

@@ -4,6 +4,7 @@ added to the code since a run was made is, at the value runs computed before it 
 new study identity nor a resume note; at another value a resume is refused."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from common.config_upgrade import (
 )
 from common.errors import RunFolderError
 from msbreg.train import MSBRegTrainConfig
+from stochcon import train as stochcon_train
 from stochcon.train import StochConTrainConfig
 from vcreg import train as vcreg_train
 from vcreg.train import VCRegTrainConfig
@@ -115,3 +117,17 @@ def test_print_identity_is_the_config_with_the_added_keys_earlier_values(capsys)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["config"] == config
     assert without_values_before_added_keys(config, printed["keys_added"]) == _without(config, ADDED)
+
+
+def test_upgrade_config_prints_an_older_config_under_the_current_names(capsys):
+    saved = {"seed": 3, "method": OLD_SIMCLR}
+    assert stochcon_train.main(["--upgrade-config", json.dumps(saved)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"seed": 3, "method": {"name": "simclr", "temperature": 0.2, "projector": [512, 512, 64],
+                                             "projector_norm": "ln"}}
+    for bad in ("{not json", "[1, 2]"):
+        assert stochcon_train.main(["--upgrade-config", bad]) == 2
+        message = capsys.readouterr().err.strip()
+        assert "\n" not in message and "--upgrade-config: not a JSON config dict" in message
+    assert stochcon_train.main(["--upgrade-config"]) == 2
+    assert "needs a config dict in JSON" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The study runner (``common.study``) keeps what a user has: a job's identity is the config it resolves (a recipe
-moved into a YAML file reruns nothing, nor does a key added to the code at the value runs had before it), each budget has its own run folders, a folder holding something else is
+moved into a YAML file reruns nothing, nor does a key added to the code at the value runs had before it, nor a key
+renamed since), each budget has its own run folders, a folder holding something else is
 moved aside (never deleted), tiny reports stay out of the committed docs, SIGTERM stops the study (exit 75) and
 the same command resumes it, and every job's config resolves from any folder."""
 
@@ -13,7 +14,18 @@ from pathlib import Path
 
 from common.study import cli
 from common.study.context import Context
-from common.study.jobs import RECORD, ROOT, STARTED, Job, identity, run_jobs, same_identity
+from common.study.jobs import (
+    RECORD,
+    ROOT,
+    STARTED,
+    Job,
+    identity,
+    is_finished,
+    recorded_as,
+    run_jobs,
+    same_identity,
+)
+from stochcon.study.jobs import jobs as stochcon_jobs
 from tests.trainer_runs import write_idx_fashion_mnist
 from vcreg.study.jobs import jobs as vcreg_jobs
 
@@ -63,6 +75,29 @@ def test_a_recipe_moved_from_arguments_into_a_yaml_file_is_already_done(tmp_path
     # the key at another value computes something else
     centred = Job(**{**new.__dict__, "argv": [*new.argv, "vcreg.mean_removal=true"]})
     assert not same_identity(older, identity(centred))
+
+
+def test_a_record_written_before_keys_were_renamed_is_still_done(tmp_path):
+    """StochCon's SimCLR head was proj_hidden_dim x proj_hidden_layers, proj_output_dim and proj_norm before it
+    became ``projector`` and ``projector_norm``: a study finished under the old names reruns none of it."""
+    ctx = Context("full", [0], tmp_path / "runs", tmp_path / "docs")
+    job = next(job for job in stochcon_jobs(ctx) if job.name == "stochcon/simclr_s0")
+    current = identity(job)
+    saved = json.loads(json.dumps(current))
+    method = saved["config"]["method"]
+    *hidden, output = method.pop("projector")
+    assert hidden and len(set(hidden)) == 1
+    method |= {"proj_hidden_dim": hidden[0], "proj_hidden_layers": len(hidden), "proj_output_dim": output,
+               "proj_norm": method.pop("projector_norm")}
+    assert not same_identity(saved, current)  # as written, the old names differ ...
+    assert recorded_as(job, saved, current)  # ... and read under the new ones, it is the same job
+    job.state.mkdir(parents=True)
+    (job.state / RECORD).write_text(json.dumps({"identity": saved, "inputs": {}}))
+    job.done.parent.mkdir(parents=True)
+    job.done.write_text("{}")
+    assert not job.needs and is_finished(job, current, {})
+    method["proj_output_dim"] = output + 1  # renamed, but another head: another job
+    assert not recorded_as(job, saved, current)
 
 
 def test_each_budget_has_its_own_run_folders(tmp_path):

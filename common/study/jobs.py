@@ -6,7 +6,8 @@ A job's identity is what it computes: for a command that resolves a config (``co
 fine-tuning, evaluation protocols) the config its ``--print-identity`` prints, less the keys that cannot change a
 result (``common.checkpoint.RESUMABLE_KEYS``: output folder, resume, logging...), with the command's module; a
 key added to the code since a job ran counts as absent while it holds the value runs computed before it
-existed (``same_identity``), so an upgrade that adds a key reruns nothing;
+existed (``same_identity``), and a key renamed since is read under its new name (``recorded_as``), so an upgrade
+that adds or renames a key reruns nothing;
 for any other command its module and arguments. A job is finished when its ``done`` file exists and the
 ``reproduce.json`` beside it records the same identity and the same finished inputs (the jobs it needs); a
 rerun skips it, so an interrupted study continues where it stopped (a trainer started with ``resume=auto``
@@ -44,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from common.checkpoint import RESUMABLE_KEYS
-from common.config import PRINT_IDENTITY_FLAG
+from common.config import PRINT_IDENTITY_FLAG, UPGRADE_CONFIG_FLAG
 from common.config_upgrade import without_values_before_added_keys
 from common.errors import EXIT_PREEMPTED, ConfigError
 
@@ -129,6 +130,20 @@ def same_identity(saved: dict | None, current: dict) -> bool:
             == without_values_before_added_keys(current["config"], before))
 
 
+def recorded_as(job: Job, saved: dict | None, current: dict) -> bool:
+    """Whether ``job``'s record (or started file) ``saved`` has the identity ``current``: as it stands, or with the
+    keys renamed since it was written upgraded by the job's own command (``--upgrade-config``), so that a rename
+    reruns no finished job either."""
+    if same_identity(saved, current):
+        return True
+    if not job.configured or saved is None or not isinstance(saved.get("config"), dict):
+        return False
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main_of(job.module)([*job.argv, UPGRADE_CONFIG_FLAG, json.dumps(saved["config"])])
+    return code == 0 and same_identity({**saved, "config": json.loads(out.getvalue())}, current)
+
+
 def _inputs(job: Job, records: dict[str, dict]) -> dict[str, float]:
     return {name: records[name]["finished_at"] for name in job.needs}
 
@@ -136,7 +151,7 @@ def _inputs(job: Job, records: dict[str, dict]) -> dict[str, float]:
 def is_finished(job: Job, ident: dict, records: dict[str, dict]) -> bool:
     """Done with this identity, after the jobs it needs finished as they are now."""
     record = read_record(job)
-    return (job.done.is_file() and record is not None and same_identity(record.get("identity"), ident)
+    return (job.done.is_file() and record is not None and recorded_as(job, record.get("identity"), ident)
             and all(n in records for n in job.needs) and record.get("inputs") == _inputs(job, records))
 
 
@@ -178,7 +193,7 @@ def _prepare(job: Job, ident: dict, say) -> None:
     that holds anything else (a finished run, a run of another command, files of someone else) is moved aside,
     with the runner's files of it."""
     started = job.state / STARTED
-    same = started.is_file() and same_identity(json.loads(started.read_text()), ident)
+    same = started.is_file() and recorded_as(job, json.loads(started.read_text()), ident)
     if not same or job.done.is_file() or read_record(job) is not None:
         for folder in (job.folder, job.state):
             if folder.is_dir() and any(folder.iterdir()):
