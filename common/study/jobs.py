@@ -136,7 +136,8 @@ def recorded_as(job: Job, saved: dict | None, current: dict) -> bool:
     reruns no finished job either."""
     if same_identity(saved, current):
         return True
-    if not job.configured or saved is None or not isinstance(saved.get("config"), dict):
+    if (not job.configured or saved is None or saved.get("module") != current["module"]
+            or not isinstance(saved.get("config"), dict)):
         return False
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
