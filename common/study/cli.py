@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from common.errors import EXIT_FAILED, EXIT_PREEMPTED
+from common.study.archive import restore, save
 from common.study.context import BUDGETS, Context
 from common.study.cpu_time import write_cpu_time
 from common.study.jobs import ROOT, Job, run_jobs
@@ -50,6 +51,11 @@ def parser(prog: str, papers: tuple[str, ...]) -> argparse.ArgumentParser:
     top.add_argument("--docs", type=Path, default=None,
                      help="generated tables and figures (default: the repository's docs/reproduction for the full "
                           "budget, <runs>/tiny/reports for the tiny one)")
+    top.add_argument("--archive", type=Path, default=None,
+                     help="finished jobs' results kept with the repository, restored into <runs> before the study "
+                          "and saved after it (default: the repository's docs/reproduction/records for the full "
+                          "budget, none for the tiny one; common.study.archive)")
+    top.add_argument("--no-archive", action="store_true", help="neither restore nor save an archive")
     top.add_argument("--data-root", default=None,
                      help="Fashion-MNIST IDX files (default: the loader's search, /usr/share/datasets/fashion-mnist)")
     top.add_argument("--jobs", type=int, default=1,
@@ -81,6 +87,12 @@ def default_docs(budget: str, runs: Path) -> Path:
     return ROOT / "docs" / "reproduction" if budget == "full" else runs / "reports"
 
 
+def default_archive(args: argparse.Namespace) -> Path | None:
+    if args.no_archive:
+        return None
+    return args.archive.resolve() if args.archive else (ROOT / "docs" / "reproduction" / "records" if args.budget == "full" else None)
+
+
 def context(args: argparse.Namespace) -> Context:
     """The study's context from the command's arguments: this budget's runs under ``<runs>/<budget>``."""
     runs = (args.runs / args.budget).resolve()
@@ -103,10 +115,15 @@ def main(argv: list[str] | None = None, papers: tuple[str, ...] = PAPERS, prog: 
         if not jobs:
             print(f"error: --only {' '.join(args.only)} matches no job", file=sys.stderr)
             return 2
+    archive = default_archive(args)
+    if archive is not None:
+        print(f"restored {len(restore(jobs, ctx.runs, archive))} finished jobs from {archive}")
     code = 0
     if not args.report_only:
         outcome = run_jobs(jobs, args.jobs, args.threads or max(1, 2 // args.jobs),
                            say=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
+        if archive is not None:  # a study cut short keeps what finished too
+            print(f"saved {len(save(jobs, ctx.runs, archive))} finished jobs into {archive}")
         print(f"{len(outcome.finished)} finished, {len(outcome.skipped)} already done, "
               f"{len(outcome.failed)} failed, {len(outcome.blocked)} blocked, "
               f"{len(outcome.stopped) + len(outcome.not_started)} stopped")

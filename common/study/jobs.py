@@ -33,6 +33,7 @@ import importlib
 import io
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -52,6 +53,7 @@ from common.errors import EXIT_PREEMPTED, ConfigError
 RECORD = "reproduce.json"
 STARTED = "reproduce.started.json"  # the identity a job was started with (an interrupted job resumes only under it)
 LOG = "reproduce.log"
+RESTORED = "restored.json"  # beside the record of a job copied from the archive (common.study.archive)
 ROOT = Path(__file__).resolve().parents[2]  # where the project's packages are imported from
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -67,6 +69,16 @@ class Job:
     needs: tuple[str, ...] = ()  # jobs that must finish first
     tier: int = 0  # order: main comparisons (0) before the variants around them (1)
     configured: bool = False  # the command answers --print-identity: its identity is the config it resolves
+
+    @property
+    def runs(self) -> Path:
+        """The runs folder this job's folder lies in (``folder`` is ``<runs>/<name>``)."""
+        return self.folder.parents[len(Path(self.name).parts) - 1]
+
+    @property
+    def restored(self) -> bool:
+        """Copied from the archive: its results are here, its checkpoints are not."""
+        return (self.state / RESTORED).is_file()
 
     @property
     def state(self) -> Path:
@@ -102,11 +114,22 @@ def without_keys(config: dict, dotted: set[str], prefix: str = "") -> dict:
             for key, value in config.items() if f"{prefix}{key}" not in dotted}
 
 
+def portable(argv: Sequence[str], job: Job) -> list[str]:
+    """``argv`` with the repository's and the runs folder's paths written ``<repo>`` and ``<runs>``: where a
+    study runs does not change what it computes."""
+    out = []
+    for arg in argv:
+        for folder, name in ((job.runs, "<runs>"), (ROOT, "<repo>")):
+            arg = re.sub(rf"(^|=){re.escape(str(folder))}(?=/|$)", rf"\g<1>{name}", arg)
+        out.append(arg)
+    return out
+
+
 def identity(job: Job) -> dict:
     """What ``job`` computes (see the module's docstring); a configured command whose config does not resolve is
     a ``ConfigError`` naming the job, before anything runs."""
     if not job.configured:
-        return {"module": job.module, "argv": list(job.argv)}
+        return {"module": job.module, "argv": portable(job.argv, job)}
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main_of(job.module)([*job.argv, PRINT_IDENTITY_FLAG])
@@ -136,6 +159,8 @@ def recorded_as(job: Job, saved: dict | None, current: dict) -> bool:
     reruns no finished job either."""
     if same_identity(saved, current):
         return True
+    if not job.configured and saved is not None and isinstance(saved.get("argv"), list):
+        return same_identity({**saved, "argv": portable(saved["argv"], job)}, current)  # written before <runs>
     if (not job.configured or saved is None or saved.get("module") != current["module"]
             or not isinstance(saved.get("config"), dict)):
         return False
@@ -204,6 +229,25 @@ def _prepare(job: Job, ident: dict, say) -> None:
     started.write_text(json.dumps(ident) + "\n")
 
 
+def to_run_again(order: list[Job], pending: list[Job], records: dict[str, dict]) -> list[Job]:
+    """The finished jobs that must run again: a restored job that a job to run needs (the archive kept its
+    results, not its checkpoints), and every finished job that needs a job running again (its inputs change)."""
+    again: list[Job] = []
+    running = {job.name for job in pending}
+    changed = True
+    while changed:
+        changed = False
+        for job in order:
+            if job.name in running or job.name not in records:
+                continue
+            needed = job.restored and any(job.name in other.needs for other in order if other.name in running)
+            if needed or any(n in running for n in job.needs):
+                running.add(job.name)
+                again.append(job)
+                changed = True
+    return again
+
+
 @dataclass
 class Outcome:
     finished: list[str] = field(default_factory=list)
@@ -231,6 +275,11 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, say=print) -> Outcome
             outcome.skipped.append(job.name)
         else:
             pending.append(job)
+    for job in to_run_again(order, pending, records):
+        del records[job.name]
+        outcome.skipped.remove(job.name)
+        pending.append(job)
+    pending.sort(key=order.index)
     say(f"{len(outcome.skipped)} jobs already done, {len(pending)} to run")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
