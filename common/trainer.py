@@ -49,7 +49,7 @@ from common.checkpoint import (
 from common.config import dotted_value, to_dict, to_yaml
 from common.config_upgrade import upgrade_config_dict, values_before_added_keys
 from common.data import SkipRecord, build_dataset, dataset_info, open_splits
-from common.data.summary import data_summary, summary_lines
+from common.data_summary import data_summary, summary_lines
 from common.distributed import check_launch
 from common.errors import ConfigError, RunFolderError
 from common.grad_cache import cached_accumulation

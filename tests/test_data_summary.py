@@ -8,7 +8,7 @@ from trainer_runs import FMNIST, run, write_idx_fashion_mnist
 
 from common.augment import AugmentConfig
 from common.data import DataConfig, build_dataset, dataset_info
-from common.data.summary import data_summary
+from common.data_summary import data_summary
 
 SCRIPT = "stochcon/train.py"
 

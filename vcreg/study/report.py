@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from common.data import DataConfig, build_dataset, dataset_info
-from common.data.summary import class_counts
+from common.data_summary import class_counts
 from common.errors import InputError
 from common.plots import new_figure, save_figure
 from common.study.context import Context, diverged_at, evaluation_per_seed, read_json, results_per_seed
