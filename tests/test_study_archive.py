@@ -3,6 +3,7 @@ restored on another machine, so that the tables regenerate there and the study g
 a restored job that a job still to run needs runs again (the archive holds no checkpoint), and nothing local is
 ever overwritten."""
 
+import json
 from pathlib import Path
 
 from common.study import cli
@@ -56,7 +57,7 @@ def test_a_study_saved_then_restored_elsewhere_reruns_nothing_and_reports_the_sa
     assert not list(second.glob("*.replaced-*"))
 
 
-def test_a_restored_job_that_a_job_to_run_needs_runs_again_with_the_jobs_that_need_it(tmp_path):
+def test_a_restored_job_that_a_job_to_run_needs_runs_again_and_the_jobs_that_read_it_stay_done(tmp_path):
     first, second, archive = tmp_path / "first", tmp_path / "second", tmp_path / "archive"
     assert quiet([command_job(first, "pretrain"), command_job(first, "probe", "pretrain")]).finished == [
         "pretrain", "probe"]
@@ -67,13 +68,17 @@ def test_a_restored_job_that_a_job_to_run_needs_runs_again_with_the_jobs_that_ne
     jobs = [command_job(second, "pretrain"), command_job(second, "probe", "pretrain")]
     assert restore(jobs, second, archive) == ["pretrain", "probe"]
     assert quiet(jobs).skipped == ["pretrain", "probe"]  # nothing new needs the weights: nothing runs
+    recorded = json.loads((jobs[0].state / RECORD).read_text())
 
     jobs.append(command_job(second, "transfer", "pretrain"))  # a job added since: it needs pretrain's weights
     outcome = quiet(jobs)
-    assert outcome.finished == ["pretrain", "probe", "transfer"] and not outcome.failed
+    assert outcome.finished == ["pretrain", "transfer"] and outcome.skipped == ["probe"] and not outcome.failed
     assert (second / "transfer" / "done.txt").is_file() and not jobs[0].restored
+    assert (second / "pretrain" / "starts.txt").read_text() == "quick\n"  # a fresh run, in an empty folder
     (aside,) = second.glob("pretrain.replaced-*")  # the restored copy is moved aside, not deleted
     assert (aside / "done.txt").is_file()
+    # the same job computed again: its record keeps its time, so the probe that read it is still done
+    assert json.loads((jobs[0].state / RECORD).read_text())["finished_at"] == recorded["finished_at"]
     assert quiet(jobs).skipped == ["pretrain", "probe", "transfer"]
 
 

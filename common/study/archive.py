@@ -8,7 +8,8 @@ archive (``docs/reproduction/records`` for the full budget), laid out as the run
 copies into the runs folder every archived job that is not there, with a ``restored.json`` marker beside its
 record. A restored job is finished as the runner judges it (its ``done`` file and record are there), so the
 study skips it and its report reads it; but it holds no checkpoint, so when a job still to run needs it, the
-runner runs it again (``common.study.jobs.run_jobs``). Nothing local is overwritten: a job with a folder under the
+runner runs it again, as the same job recomputing its record, so the jobs that read its earlier run stay done
+(``common.study.jobs.restored_needed``). Nothing local is overwritten: a job with a folder under the
 runs folder is never restored over.
 """
 

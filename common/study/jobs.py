@@ -54,6 +54,7 @@ RECORD = "reproduce.json"
 STARTED = "reproduce.started.json"  # the identity a job was started with (an interrupted job resumes only under it)
 LOG = "reproduce.log"
 RESTORED = "restored.json"  # beside the record of a job copied from the archive (common.study.archive)
+RECOMPUTES = "reproduce.recomputes.json"  # a restored job run again for its checkpoint: the record it recomputes
 ROOT = Path(__file__).resolve().parents[2]  # where the project's packages are imported from
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -191,9 +192,13 @@ def execute(module: str, argv: Sequence[str], state: Path, inputs: dict[str, flo
         code = main_of(module)(list(argv))
     code = code or 0
     if code == 0:
+        # a restored job run again to recompute its checkpoint keeps its record's time: the jobs that read its
+        # output stay finished (same identity, same result)
+        recomputes = state / RECOMPUTES
+        finished_at = json.loads(recomputes.read_text())["finished_at"] if recomputes.is_file() else time.time()
         record = {"module": module, "argv": list(argv), "identity": json.loads((state / STARTED).read_text()),
                   "inputs": inputs, "cpu_seconds": round(_process_cpu_seconds() - cpu, 2),
-                  "wall_seconds": round(time.perf_counter() - wall, 2), "finished_at": time.time()}
+                  "wall_seconds": round(time.perf_counter() - wall, 2), "finished_at": finished_at}
         (state / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return code
 
@@ -214,10 +219,10 @@ def move_aside(folder: Path) -> Path:
     return folder.rename(target)
 
 
-def _prepare(job: Job, ident: dict, say) -> None:
+def _prepare(job: Job, ident: dict, say, recomputes: dict | None = None) -> None:
     """A job interrupted under this identity keeps its folder (a trainer's checkpoints: resume=auto); a folder
     that holds anything else (a finished run, a run of another command, files of someone else) is moved aside,
-    with the runner's files of it."""
+    with the runner's files of it. ``recomputes``: the record of the restored job this run computes again."""
     started = job.state / STARTED
     same = started.is_file() and recorded_as(job, json.loads(started.read_text()), ident)
     if not same or job.done.is_file() or read_record(job) is not None:
@@ -227,24 +232,24 @@ def _prepare(job: Job, ident: dict, say) -> None:
     job.state.mkdir(parents=True, exist_ok=True)
     job.folder.mkdir(parents=True, exist_ok=True)  # empty: a trainer starts in it, a command writes its output there
     started.write_text(json.dumps(ident) + "\n")
+    if recomputes is not None:
+        (job.state / RECOMPUTES).write_text(json.dumps({"finished_at": recomputes["finished_at"]}) + "\n")
 
 
-def to_run_again(order: list[Job], pending: list[Job], records: dict[str, dict]) -> list[Job]:
-    """The finished jobs that must run again: a restored job that a job to run needs (the archive kept its
-    results, not its checkpoints), and every finished job that needs a job running again (its inputs change)."""
+def restored_needed(order: list[Job], pending: list[Job], records: dict[str, dict]) -> list[Job]:
+    """The restored jobs that a job to run needs, and the restored jobs those need: the archive kept their
+    results, not their checkpoints, so they run again (recomputing their records: ``RECOMPUTES``)."""
     again: list[Job] = []
     running = {job.name for job in pending}
-    changed = True
-    while changed:
-        changed = False
-        for job in order:
-            if job.name in running or job.name not in records:
-                continue
-            needed = job.restored and any(job.name in other.needs for other in order if other.name in running)
-            if needed or any(n in running for n in job.needs):
-                running.add(job.name)
-                again.append(job)
-                changed = True
+    by_name = {job.name: job for job in order}
+    stack = list(pending)
+    while stack:
+        for name in stack.pop().needs:
+            need = by_name.get(name)
+            if need is not None and name not in running and name in records and need.restored:
+                running.add(name)
+                again.append(need)
+                stack.append(need)
     return again
 
 
@@ -275,8 +280,9 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, say=print) -> Outcome
             outcome.skipped.append(job.name)
         else:
             pending.append(job)
-    for job in to_run_again(order, pending, records):
-        del records[job.name]
+    recomputed = {}
+    for job in restored_needed(order, pending, records):
+        recomputed[job.name] = records.pop(job.name)
         outcome.skipped.remove(job.name)
         pending.append(job)
     pending.sort(key=order.index)
@@ -327,7 +333,7 @@ def run_jobs(jobs: list[Job], parallel: int, threads: int, say=print) -> Outcome
                 if job is None:
                     break
                 pending.remove(job)
-                _prepare(job, identities[job.name], say)
+                _prepare(job, identities[job.name], say, recomputed.get(job.name))
                 say(f"start  {job.name}")
                 if parallel <= 1:
                     code = execute(job.module, job.argv, job.state, _inputs(job, records))
