@@ -34,9 +34,10 @@ def test_a_study_saved_then_restored_elsewhere_reruns_nothing_and_reports_the_sa
                          "--archive", str(archive), "--docs", str(tmp_path / runs / "docs"),
                          "--only", "msbreg/k2_ls0_lb0_s0*", *extra], papers=("msbreg",))
 
-    assert study("first") == 0
+    assert study("first", "--no-archive") == 0
     first = tmp_path / "first" / "tiny" / "msbreg"
-    assert (first / "k2_ls0_lb0_s0" / "checkpoints").is_dir()
+    assert (first / "k2_ls0_lb0_s0" / "checkpoints").is_dir() and not archive.exists()
+    assert study("first", "--report-only") == 0  # runs made without the archive are saved by a report
     kept = {path.relative_to(archive) for path in archive.rglob("*") if path.is_file()}
     assert Path("msbreg/k2_ls0_lb0_s0/results.json") in kept
     assert Path("msbreg/k2_ls0_lb0_s0_alignment_projection/alignment_uniformity.json") in kept
