@@ -9,7 +9,9 @@
 run never touches a full study's runs); a job whose result exists under the same identity (the config it
 resolves, see ``common.study.jobs``) is skipped, so an interrupted study continues. Then each paper's tables
 (``<docs>/<paper>_*.md``) and figures (``.png`` beside them) are written from whatever has finished, and
-``<docs>/cpu_time.md`` sums the CPU time per study of every paper. ``--docs`` defaults to the repository's
+``<docs>/cpu_time.md`` sums the CPU time per study of every paper. The full budget restores finished jobs from
+``docs/reproduction/records`` before it runs and saves them there after (``common.study.archive``; ``--archive``,
+``--no-archive``), so its tables regenerate, and the study goes on, on any machine. ``--docs`` defaults to the repository's
 ``docs/reproduction`` for the full budget and to ``<runs>/tiny/reports`` for the tiny one (its numbers measure
 nothing). Exit code 0 when every job finished, 1 when one failed (its log is named), 2 on a bad argument, 75
 when a SIGTERM/SIGUSR1 stopped the study (the same command resumes it).
