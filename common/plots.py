@@ -27,3 +27,10 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def legend(ax: Any, **legend_kwargs: Any) -> None:
+    """`ax.legend(**legend_kwargs)` when the axes hold a labelled artist: a study's report draws its figures before
+    every run has finished, and a legend of nothing is a matplotlib warning."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**legend_kwargs)

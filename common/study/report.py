@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.plots import new_figure, save_figure
+from common.plots import legend, new_figure, save_figure
 
 # A bar group is at least 1.1 inches wide; at 8 pt a character is about 0.06 inches, so 16 fit on a line.
 TICK_LABEL_CHARACTERS = 16
@@ -103,8 +103,8 @@ def bar_figure(path: Path, groups: Sequence[str], series: dict[str, Sequence[Per
     ax.set_xticklabels([textwrap.fill(g, TICK_LABEL_CHARACTERS) for g in groups], fontsize=8)  # never overlap
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    if len(series) > 1 and ax.get_legend_handles_labels()[0]:  # nothing to name while no series has run
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
+    if len(series) > 1:
+        legend(ax, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     _zoom(ax, [v * scale for per_group in series.values() for values in per_group for v in values.values()])
     low, high = ax.get_ylim()
     for g in range(len(groups)):

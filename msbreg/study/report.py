@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.plots import new_figure, save_figure
+from common.plots import legend, new_figure, save_figure
 from common.study.context import Context, evaluation_per_seed, results_per_seed
 from common.study.report import PerSeed, bar_figure, cell, difference_cell, mean_sd, write_table
 from msbreg.analysis.alignment_uniformity import EMBEDDINGS
@@ -133,8 +133,7 @@ def alignment_uniformity_figure(path: Path, points: dict[str, dict[str, tuple[Pe
         ax.set_xlabel("alignment (lower: views closer)")
         ax.set_ylabel("uniformity (lower: more uniform)")
         ax.set_title(f"{embedding} embedding", fontsize=10)
-        if ax.get_legend_handles_labels()[1]:
-            ax.legend(fontsize=8)
+        legend(ax, fontsize=8)
     fig.suptitle("MSBReg Table 3 (Fashion-MNIST, CPU scale)", fontsize=10)
     return save_figure(fig, path)
 

@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 
 from common.config import load_config
-from common.plots import new_figure, save_figure
+from common.plots import legend, new_figure, save_figure
 from common.study.context import Context, config_path, trainer_job
 from common.study.jobs import Job
 from common.study.report import PerSeed, cell, mean_sd, write_table
@@ -210,7 +210,7 @@ def readings_figure(ctx: Context) -> Path | None:
     knn_axis.set_xlabel("20-NN top-1 (dots: seeds, bar: mean)")
     std_axis.set_xlabel("final proj_std (gray: sphere level 1/sqrt(d), red: collapse threshold)")
     std_axis.set_xlim(left=0)
-    knn_axis.legend(fontsize=7, loc="best")
+    legend(knn_axis, fontsize=7, loc="best")
     knn_axis.set_title("Supplementary Table 4 on Fashion-MNIST, by reading")
     output = save_figure(figure, ctx.docs / "msbreg_table4_readings.png")
     output.with_suffix(".json").write_text(json.dumps(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.plots import new_figure, save_figure
+from common.plots import legend, new_figure, save_figure
 from common.study.context import Context, evaluation_per_seed, read_json, results_per_seed
 from common.study.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
 from stochcon.study.jobs import BUDGET_EPOCHS, FIGURE4, FROZEN_EPOCHS, PAPER, RECIPES, WIDTHS, budget_run
@@ -27,7 +27,7 @@ def log2_axis(ax, xlabel: str, title: str, legend_size: int = 8) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=legend_size)
+    legend(ax, fontsize=legend_size)
 
 
 def values(ctx: Context, run: str, key: str) -> PerSeed:
@@ -289,7 +289,7 @@ def figure4(ctx: Context, docs: Path, command: str) -> list[Path]:
         ax.set_xlabel("epoch (0: initialisation)")
         ax.set_title(f"{split} set", fontsize=10)
     axes[0].set_ylabel("active bits / D (mean over images)")
-    axes[1].legend(fontsize=7)
+    legend(axes[1], fontsize=7)
     fig.suptitle("Active bits of the Bernoulli code during training (mean ± sd over seeds)", fontsize=10)
     return [path, save_figure(fig, path.with_suffix(".png"))]
 
@@ -351,8 +351,7 @@ def budget(ctx: Context, docs: Path, command: str) -> list[Path]:
         ax.set_xticks(epochs)
         ax.set_xticklabels([str(e) for e in epochs])
         ax.set_xlabel("pre-training epochs")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        legend(ax, fontsize=7)
     fig.suptitle("StochCon against SimCLR as the budget grows (mean ± sd over seeds)", fontsize=10)
     return [path, save_figure(fig, path.with_suffix(".png"))]
 

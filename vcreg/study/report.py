@@ -10,7 +10,7 @@ from pathlib import Path
 from common.data import DataConfig, build_dataset, dataset_info
 from common.data_summary import class_counts
 from common.errors import InputError
-from common.plots import new_figure, save_figure
+from common.plots import legend, new_figure, save_figure
 from common.study.context import Context, diverged_at, evaluation_per_seed, read_json, results_per_seed
 from common.study.report import PerSeed, bar_figure, cell, difference_cell, line_figure, write_table
 from vcreg.study.jobs import LONGER_EPOCHS, MAIN, PAPER, RESNET32_DELTA, TWO_MOONS
@@ -334,7 +334,7 @@ def gradient_share(ctx: Context, docs: Path, command: str) -> list[Path]:
     ax.set_xlabel("VCReg layer (1: after the first conv unit)")
     ax.set_ylabel("added / incoming gradient norm")
     ax.set_title("VCReg's pull against the task, first step (solid) and last (dotted)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the lines fill them
+    legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: the lines fill them
     return [path, save_figure(fig, path.with_suffix(".png"))]
 
 
