@@ -70,6 +70,8 @@ def test_a_restored_job_that_a_job_to_run_needs_runs_again_and_the_jobs_that_rea
     assert restore(jobs, second, archive) == ["pretrain", "probe"]
     assert quiet(jobs).skipped == ["pretrain", "probe"]  # nothing new needs the weights: nothing runs
     recorded = json.loads((jobs[0].state / RECORD).read_text())
+    assert recorded["machine"]["cpu"] and recorded["machine"]["torch"]  # where it was made: a seed's run is the
+    # same run only on the same CPU model and torch build
 
     jobs.append(command_job(second, "transfer", "pretrain"))  # a job added since: it needs pretrain's weights
     outcome = quiet(jobs)

@@ -17,7 +17,7 @@ finished or not, or files the study did not write) is moved aside to ``<folder>.
 in an empty folder: nothing is deleted. The runner's own files of a job (``reproduce.json``, the log, the
 identity it started under) are kept beside its folder, in ``<folder>.job/``, since a trainer refuses a folder
 holding files it did not write. ``reproduce.json`` also holds the job's CPU time (user + system of its process,
-every thread) and wall time.
+every thread), wall time and the machine that ran it (CPU model, Python, torch).
 
 With ``jobs=1`` every job runs inside this process (no interpreter start per job: the tiny budget's test);
 with more, each job is a subprocess (``python -m common.study.worker``) and ``jobs`` of them run at once,
@@ -182,6 +182,21 @@ def is_finished(job: Job, ident: dict, records: dict[str, dict]) -> bool:
             and all(n in records for n in job.needs) and record.get("inputs") == _inputs(job, records))
 
 
+def machine() -> dict[str, str]:
+    """What ran a job: the same seed on another CPU model or torch build is another run (float reductions differ,
+    and training amplifies the difference), so a record says where it was made."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "python": platform.python_version(), "torch": torch.__version__}
+
+
 def execute(module: str, argv: Sequence[str], state: Path, inputs: dict[str, float]) -> int:
     """Run one command in this process, its output into ``state/reproduce.log``; on success write
     ``state/reproduce.json`` (command, identity, inputs, CPU and wall seconds). The exit code."""
@@ -198,7 +213,8 @@ def execute(module: str, argv: Sequence[str], state: Path, inputs: dict[str, flo
         finished_at = json.loads(recomputes.read_text())["finished_at"] if recomputes.is_file() else time.time()
         record = {"module": module, "argv": list(argv), "identity": json.loads((state / STARTED).read_text()),
                   "inputs": inputs, "cpu_seconds": round(_process_cpu_seconds() - cpu, 2),
-                  "wall_seconds": round(time.perf_counter() - wall, 2), "finished_at": finished_at}
+                  "wall_seconds": round(time.perf_counter() - wall, 2), "finished_at": finished_at,
+                  "machine": machine()}
         (state / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return code
 
