@@ -62,12 +62,12 @@ def test_a_restored_job_that_a_job_to_run_needs_runs_again_and_the_jobs_that_rea
     first, second, archive = tmp_path / "first", tmp_path / "second", tmp_path / "archive"
     assert quiet([command_job(first, "pretrain"), command_job(first, "probe", "pretrain")]).finished == [
         "pretrain", "probe"]
-    assert sorted(save([command_job(first, name) for name in ("pretrain", "probe")], first, archive)) == [
+    assert sorted(save([command_job(first, name) for name in ("pretrain", "probe")], archive)) == [
         "pretrain", "probe"]
     assert not (archive / "pretrain" / "weights.bin").exists()  # only the text files travel
 
     jobs = [command_job(second, "pretrain"), command_job(second, "probe", "pretrain")]
-    assert restore(jobs, second, archive) == ["pretrain", "probe"]
+    assert restore(jobs, archive) == ["pretrain", "probe"]
     assert quiet(jobs).skipped == ["pretrain", "probe"]  # nothing new needs the weights: nothing runs
     recorded = json.loads((jobs[0].state / RECORD).read_text())
     assert recorded["machine"]["cpu"] and recorded["machine"]["torch"]  # where it was made: a seed's run is the
@@ -89,11 +89,11 @@ def test_restoring_never_writes_over_a_local_folder_and_saving_skips_unfinished_
     first, second, archive = tmp_path / "first", tmp_path / "second", tmp_path / "archive"
     quiet([command_job(first, "a"), command_job(first, "b")])
     (first / "b" / "done.txt").unlink()  # b did not finish after all
-    assert save([command_job(first, name) for name in "abc"], first, archive) == ["a"]
+    assert save([command_job(first, name) for name in "abc"], archive) == ["a"]
     local = second / "a"
     local.mkdir(parents=True)
     (local / "mine.txt").write_text("keep me")
-    assert restore([command_job(second, "a")], second, archive) == []
+    assert restore([command_job(second, "a")], archive) == []
     assert [path.name for path in local.iterdir()] == ["mine.txt"]
     assert not (second / "a.job").exists()
 
@@ -102,12 +102,12 @@ def test_a_restored_jobs_marker_is_not_archived_and_a_resave_replaces_the_copy(t
     runs, archive = tmp_path / "runs", tmp_path / "archive"
     job = command_job(runs, "a")
     quiet([job])
-    save([job], runs, archive)
+    save([job], archive)
     (runs / "a" / "notes.txt").write_text("a file written since")
-    assert save([job], runs, archive) == ["a"]
+    assert save([job], archive) == ["a"]
     assert (archive / "a" / "notes.txt").is_file()
     (job.state / RESTORED).write_text("{}")
-    assert save([job], runs, archive) == []  # restored: the archive already holds it
+    assert save([job], archive) == []  # restored: the archive already holds it
     assert RESTORED not in {path.name for path in archived_files(job.state)}
 
 

@@ -44,7 +44,7 @@ def _copy(files: Iterable[Path], source: Path, target: Path) -> None:
         shutil.copyfile(source / relative, target / relative)
 
 
-def save(jobs: Iterable[Job], runs: Path, archive: Path) -> list[str]:
+def save(jobs: Iterable[Job], archive: Path) -> list[str]:
     """Copy each finished job's small files (``archived_files`` of its folder and of the runner's folder beside it)
     into ``archive``, replacing that job's earlier copy; a restored job is already there. A job is finished here
     when its ``done`` file and record exist (a record of another identity is judged where it is restored). The
@@ -54,7 +54,7 @@ def save(jobs: Iterable[Job], runs: Path, archive: Path) -> list[str]:
         if not job.done.is_file() or not (job.state / RECORD).is_file() or job.restored:
             continue
         for folder in (job.folder, job.state):
-            target = archive / folder.relative_to(runs)
+            target = archive / folder.relative_to(job.runs)
             fresh = target.with_name(f"{target.name}.saving")
             shutil.rmtree(fresh, ignore_errors=True)  # a save cut short: only ever the archive's own copy
             _copy(archived_files(folder), folder, fresh)
@@ -66,16 +66,16 @@ def save(jobs: Iterable[Job], runs: Path, archive: Path) -> list[str]:
     return saved
 
 
-def restore(jobs: Iterable[Job], runs: Path, archive: Path) -> list[str]:
-    """Copy into ``runs`` every job of ``jobs`` that the archive holds a record of and that has neither folder
+def restore(jobs: Iterable[Job], archive: Path) -> list[str]:
+    """Copy into its runs folder every job of ``jobs`` that the archive holds a record of and that has neither folder
     there, marked as restored. The names restored."""
     restored = []
     for job in jobs:
-        state = archive / job.state.relative_to(runs)
+        state = archive / job.state.relative_to(job.runs)
         if not (state / RECORD).is_file() or job.folder.exists() or job.state.exists():
             continue
         for folder in (job.folder, job.state):
-            source = archive / folder.relative_to(runs)
+            source = archive / folder.relative_to(job.runs)
             _copy(archived_files(source), source, folder)
             folder.mkdir(parents=True, exist_ok=True)
         (job.state / RESTORED).write_text(json.dumps({"from": str(archive), "at": time.time()}) + "\n")

@@ -119,13 +119,13 @@ def main(argv: list[str] | None = None, papers: tuple[str, ...] = PAPERS, prog: 
             return 2
     archive = default_archive(args)
     if archive is not None:
-        print(f"restored {len(restore(jobs, ctx.runs, archive))} finished jobs from {archive}")
+        print(f"restored {len(restore(jobs, archive))} finished jobs from {archive}")
     code = 0
     outcome = None if args.report_only else run_jobs(
         jobs, args.jobs, args.threads or max(1, 2 // args.jobs),
         say=lambda line: print(time.strftime("%H:%M:%S"), line, flush=True))
     if archive is not None:  # a study cut short keeps what finished too, and so do runs made without an archive
-        print(f"saved {len(save(jobs, ctx.runs, archive))} finished jobs into {archive}")
+        print(f"saved {len(save(jobs, archive))} finished jobs into {archive}")
     if outcome is not None:
         print(f"{len(outcome.finished)} finished, {len(outcome.skipped)} already done, "
               f"{len(outcome.failed)} failed, {len(outcome.blocked)} blocked, "
