@@ -13,16 +13,18 @@ resolves, see ``common.study.jobs``) is skipped, so an interrupted study continu
 ``docs/reproduction/records`` before it runs and saves them there after (``common.study.archive``; ``--archive``,
 ``--no-archive``), so its tables regenerate, and the study goes on, on any machine. ``--docs`` defaults to the repository's
 ``docs/reproduction`` for the full budget and to ``<runs>/tiny/reports`` for the tiny one (its numbers measure
-nothing). Exit code 0 when every job finished, 1 when one failed (its log is named), 2 on a bad argument, 75
+nothing); a table there that shows runs the new one lacks is kept (``common.study.publish``, ``--replace-tables``). Exit code 0 when every job finished, 1 when one failed (its log is named), 2 on a bad argument, 75
 when a SIGTERM/SIGUSR1 stopped the study (the same command resumes it).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import importlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from common.study.archive import restore, save
 from common.study.context import BUDGETS, Context
 from common.study.cpu_time import write_cpu_time
 from common.study.jobs import ROOT, Job, run_jobs
+from common.study.publish import publish
 
 PAPERS = ("stochcon", "msbreg", "vcreg")  # each paper's study is the package <paper>.study
 
@@ -68,6 +71,9 @@ def parser(prog: str, papers: tuple[str, ...]) -> argparse.ArgumentParser:
                      help="run only the jobs whose name (<paper>/<run>_s<seed>) matches one of these shell patterns, "
                           "and the jobs they need (e.g. 'vcreg/table3_resnet32_*')")
     top.add_argument("--report-only", action="store_true", help="write the tables and figures, run nothing")
+    top.add_argument("--replace-tables", action="store_true",
+                     help="replace every table, also one that shows runs the new one has not (by default such a "
+                          "table is kept, and named; common.study.publish)")
     return top
 
 
@@ -136,11 +142,19 @@ def main(argv: list[str] | None = None, papers: tuple[str, ...] = PAPERS, prog: 
     seeds = ["--seeds", *map(str, ctx.seeds)]
     command = " ".join([prog, "--budget", args.budget, *seeds] + (
         [] if len(papers) == 1 or len(chosen) == len(papers) else ["--paper", *chosen]))
-    for paper in chosen:
-        for path in study(paper).report(ctx, command):
-            print(f"wrote {path}")
-    # every paper's jobs, whichever ran now: the file is the whole study's account
-    every_job = [job for paper in PAPERS for job in study(paper).jobs(ctx)]
-    every_paper = " ".join(["python -m common.study", "--budget", args.budget, *seeds, "--report-only"])
-    print(f"wrote {write_cpu_time(ctx, every_job, ctx.docs / 'cpu_time.md', every_paper)}")
+    with tempfile.TemporaryDirectory(prefix="study-reports-") as staging:
+        staged = dataclasses.replace(ctx, docs=Path(staging))
+        for paper in chosen:
+            study(paper).report(staged, command)
+        # every paper's jobs, whichever ran now: the file is the whole study's account
+        every_job = [job for paper in PAPERS for job in study(paper).jobs(ctx)]
+        every_paper = " ".join(["python -m common.study", "--budget", args.budget, *seeds, "--report-only"])
+        write_cpu_time(staged, every_job, staged.docs / "cpu_time.md", every_paper)
+        written, kept = publish(staged.docs, ctx.docs, replace=args.replace_tables)
+    for path in written:
+        print(f"wrote {path}")
+    for line in kept:
+        print(line)
+    if kept:
+        print("(--docs DIR writes every table elsewhere; --replace-tables replaces them anyway)")
     return code
