@@ -3,7 +3,7 @@ of its 8 conv-BN-ReLU units for ``blocks``): Tables 2 and 6 (pre-training on fiv
 other five, neural collapse and mutual information), Table 3 (long tail), Table 5 (superclasses, subclass
 probe), Table 4 (SimCLR and VICReg), Figure 1 (two moons).
 
-Every table compares the same six settings, 3 seeds each:
+Every table compares the same seven settings, 3 seeds each:
 
 - ``baseline``: no VCReg layer;
 - ``blocks``: after every block, Algorithm 1's scaling, alpha 0.16 and beta 0.01 -- the paper's placement
@@ -17,7 +17,12 @@ Every table compares the same six settings, 3 seeds each:
 - ``blocks_batch_mean``: ``vcreg.normalization=batch_mean`` (alpha and beta independent of the batch) with
   alpha 0.16 and beta set so that the last stage's covariance pull equals Algorithm 1's at beta 0.01: batch_mean's
   beta = 0.01 * (rows - 1), with rows = images per step x the last stage's 4 x 4 map (Algorithm 1's beta at n rows
-  is batch_mean's beta times n - 1, ``vcreg/layer.py``); earlier stages, with more rows, are then pulled less.
+  is batch_mean's beta times n - 1, ``vcreg/layer.py``); earlier stages, with more rows, are then pulled less;
+- ``blocks_equations``: eqs. 3-4 as written (``batch_mean``) at the paper's point, alpha 0.16 and beta 0.01: the
+  other reading the text allows, at the strength it states.
+
+``blocks``, ``blocks_mild``, ``blocks_strong`` and ``final`` are Algorithm 1 as printed; none of the seven removes the
+batch mean in the forward pass or turns eq. 7 on (the ResNet-32 settings below do).
 
 For each Table 2 run with VCReg layers, ``vcreg.analysis.gradient_share``
 measures how hard each layer pulls against the task at the first and the last step: the paper's alpha and beta
@@ -53,6 +58,8 @@ def variants(batch: int) -> dict[str, list[str]]:
                        "vcreg.normalization=algorithm1"],
         "blocks_batch_mean": on + ["vcreg.placement=blocks", "vcreg.alpha=0.16", f"vcreg.beta={matched_beta:g}",
                                    "vcreg.normalization=batch_mean"],
+        "blocks_equations": on + ["vcreg.placement=blocks", "vcreg.alpha=0.16", f"vcreg.beta={BETA}",
+                                  "vcreg.normalization=batch_mean"],
     }
 
 

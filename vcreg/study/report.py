@@ -22,6 +22,7 @@ SETTINGS = {
     "blocks_strong": "VCReg blocks, alpha 1.28, beta 0.16",
     "final": "VCReg final, alpha 0.16, beta 0.01",
     "blocks_batch_mean": "VCReg blocks, batch_mean, alpha 0.16, beta matched",
+    "blocks_equations": "VCReg blocks, eqs. 3-4, alpha 0.16, beta 0.01",
 }
 SETTINGS_NOTE = ("Settings (`vcreg/study/jobs.py`): *blocks* puts a VCReg layer after each of the CNN's 8 "
                  "conv-BN-ReLU units (Appendix A's choice), *final* only on the pooled features that enter the "
@@ -29,7 +30,9 @@ SETTINGS_NOTE = ("Settings (`vcreg/study/jobs.py`): *blocks* puts a VCReg layer 
                  "paper's grid (the point the paper-scale configs use), 1.28 / 0.16 its strongest, 0.02 / 0.00125 the "
                  "mildest divided by 8 (below the grid, not from the paper); *batch_mean* is "
                  "`vcreg.normalization=batch_mean` with beta chosen so that the last stage's covariance pull equals "
-                 "Algorithm 1's at beta 0.01 (beta = 0.01 x (rows - 1), rows = images per step x 16 locations). "
+                 "Algorithm 1's at beta 0.01 (beta = 0.01 x (rows - 1), rows = images per step x 16 locations); *eqs. 3-4* "
+                 "is `batch_mean` at the paper's alpha and beta (eqs. 3-4 as written); every other VCReg setting is "
+                 "Algorithm 1 as printed, none with Appendix A's forward mean removal or eq. 7. "
                  "\"higher on k/n\": seeds where the setting beats the baseline trained with the same seed.")
 
 
