@@ -1,6 +1,6 @@
 """The fast VCReg layer against its naive autograd loss, each reading's own loss and Algorithm 1; Appendix A's
-mean removal; its scaling with the micro-batch size, accumulation, world size and fp16 loss scale; the losses
-against hand-checked values.
+mean removal; its scaling with the micro-batch size, accumulation, world size and fp16 loss scale (the losses on
+hand-checked values: ``test_vcreg_losses.py``).
 
 Tolerances: comparisons run in float64 wherever the two sides differ only in the order of summation; their
 rounding error is below ``n * 2**-53`` relative to the largest term (``n`` <= 400 here, so < 1e-13), and
@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from common.backward_scale import BackwardScale, attach_backward_scale
 from vcreg import NORMALIZATIONS, VCReg
-from vcreg.losses import covariance_loss, decov_loss, smooth_l1, variance_loss, vicreg_loss, wldreg_loss
+from vcreg.losses import covariance_loss, variance_loss
 from vcreg.naive import NaiveVCReg, naive_vcreg_loss, pop_naive_losses
 
 
@@ -327,48 +327,6 @@ def test_loss_scale_and_world_size_factors_are_exact():
         layer = VCReg(1.28, 0.16)
         layer.backward_scale = scale
         _close(_update(layer, rows.detach()), plain * factor)
-
-
-def test_losses_on_hand_checked_example():
-    # rows (0, 0), (2, 1), (4, 5): means (2, 2); C = [[4, 5], [5, 7]] with 1/(n-1)
-    h = torch.tensor([[0.0, 0.0], [2.0, 1.0], [4.0, 5.0]], dtype=torch.float64)
-    assert variance_loss(h * 0.25, eps=0.0).item() == pytest.approx(((1 - 0.5) + (1 - math.sqrt(7) / 4)) / 2)
-    assert covariance_loss(h).item() == pytest.approx(2 * 25 / 2)
-    assert covariance_loss(h, delta=2.0).item() == pytest.approx(2 * (2 * 2 * 5 - 4) / 2)
-    assert smooth_l1(torch.tensor([0.5, -3.0], dtype=torch.float64), 1.0).tolist() == pytest.approx([0.25, 5.0])
-    # DeCov normalises by n: C = [[8/3, 10/3], [10/3, 14/3]], loss = 1/2 * 2 * (10/3)^2
-    assert decov_loss(h).item() == pytest.approx((10 / 3) ** 2)
-
-
-def test_wldreg_loss_on_hand_checked_example():
-    # units' outputs on two samples: (0, 1, 0) and (1, 1, 3); gamma = 1, s_uv = mean_j exp(-(h_ju - h_jv)^2)
-    h = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 3.0]], dtype=torch.float64)
-    e = math.exp
-    s01, s02, s12 = (e(-1) + 1) / 2, (1 + e(-4)) / 2, (e(-1) + e(-4)) / 2
-    determinant = 1 + 2 * s01 * s02 * s12 - s01 ** 2 - s02 ** 2 - s12 ** 2  # of [[1, s01, s02], ...]
-    assert wldreg_loss(h, gamma=1.0, variant="direct").item() == pytest.approx(2 * (s01 + s02 + s12))
-    assert wldreg_loss(h, gamma=1.0, variant="det").item() == pytest.approx(-determinant)
-    assert wldreg_loss(h, gamma=1.0, variant="logdet").item() == pytest.approx(-math.log(determinant))
-    # gamma scales the squared differences: gamma = 2 on h equals gamma = 1 on h * sqrt(2)
-    assert wldreg_loss(h, 2.0).item() == pytest.approx(wldreg_loss(h * math.sqrt(2), 1.0).item())
-    with pytest.raises(ValueError, match="variant"):
-        wldreg_loss(h, 1.0, "trace")
-
-
-@pytest.mark.parametrize("combine", ["mean", "sum"])
-def test_vicreg_loss_on_hand_checked_example(combine):
-    z1 = torch.tensor([[0.0, 0.0], [2.0, 1.0], [4.0, 5.0]], dtype=torch.float64)
-    z2 = z1 * 0.25
-    out = vicreg_loss(z1, z2, variance_combine=combine)
-    invariance = float(((z1 - z2) ** 2).mean())
-    # z1's stds (2, sqrt 7) exceed 1: no hinge; z2's variances are 4/16 and 7/16
-    v_z2 = ((1 - math.sqrt(4 / 16 + 1e-4)) + (1 - math.sqrt(7 / 16 + 1e-4))) / 2
-    variance = v_z2 / 2 if combine == "mean" else v_z2  # the released code averages the two branches
-    covariance = 2 * 25 / 2 + 2 * (25 / 256) / 2
-    assert out["invariance"].item() == pytest.approx(invariance)
-    assert out["variance"].item() == pytest.approx(variance)
-    assert out["covariance"].item() == pytest.approx(covariance)
-    assert out["loss"].item() == pytest.approx(25 * invariance + 25 * variance + covariance)
 
 
 def _free_port() -> int:
