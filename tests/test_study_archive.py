@@ -47,6 +47,12 @@ def test_a_study_saved_then_restored_elsewhere_reruns_nothing_and_reports_the_sa
     assert study("second", "--report-only") == 0  # a fresh machine: the tables come from the archive alone
     table = "msbreg_table3.md"
     assert (tmp_path / "second" / "docs" / table).read_text() == (tmp_path / "first" / "docs" / table).read_text()
+    # a study of other jobs restores the archived ones too, so its tables show them beside its own
+    assert cli.main(["--budget", "tiny", "--seeds", "0", "--runs", str(tmp_path / "third"), "--data-root", str(data),
+                     "--archive", str(archive), "--docs", str(tmp_path / "third" / "docs"), "--report-only",
+                     "--only", "msbreg/k4_*"], papers=("msbreg",)) == 0
+    assert (tmp_path / "third" / "docs" / table).read_text() == (tmp_path / "first" / "docs" / table).read_text()
+    assert (tmp_path / "third" / "tiny" / "msbreg" / "k2_ls0_lb0_s0" / "results.json").is_file()
     second = tmp_path / "second" / "tiny" / "msbreg"
     jobs = cli.selected(cli.study("msbreg").jobs(cli.context(cli.parser("p", ("msbreg",)).parse_args(
         ["--budget", "tiny", "--seeds", "0", "--runs", str(tmp_path / "second"), "--data-root", str(data)]))),

@@ -10,7 +10,8 @@ run never touches a full study's runs); a job whose result exists under the same
 resolves, see ``common.study.jobs``) is skipped, so an interrupted study continues. Then each paper's tables
 (``<docs>/<paper>_*.md``) and figures (``.png`` beside them) are written from whatever has finished, and
 ``<docs>/cpu_time.md`` sums the CPU time per study of every paper. The full budget restores finished jobs from
-``docs/reproduction/records`` before it runs and saves them there after (``common.study.archive``; ``--archive``,
+``docs/reproduction/records`` before it runs (every one of the chosen papers, also under ``--only``, since the
+reports read them all) and saves them there after (``common.study.archive``; ``--archive``,
 ``--no-archive``), so its tables regenerate, and the study goes on, on any machine. ``--docs`` defaults to the repository's
 ``docs/reproduction`` for the full budget and to ``<runs>/tiny/reports`` for the tiny one (its numbers measure
 nothing); a table there that shows runs the new one lacks is kept (``common.study.publish``, ``--replace-tables``). Exit code 0 when every job finished, 1 when one failed (its log is named), 2 on a bad argument, 75
@@ -117,15 +118,14 @@ def main(argv: list[str] | None = None, papers: tuple[str, ...] = PAPERS, prog: 
         return 2
     ctx = context(args)
     chosen = papers if getattr(args, "paper", "all") == "all" else (args.paper,)
-    jobs = [job for paper in chosen for job in study(paper).jobs(ctx)]
-    if args.only:
-        jobs = selected(jobs, args.only)
-        if not jobs:
-            print(f"error: --only {' '.join(args.only)} matches no job", file=sys.stderr)
-            return 2
+    every_chosen = [job for paper in chosen for job in study(paper).jobs(ctx)]
+    jobs = selected(every_chosen, args.only) if args.only else every_chosen
+    if args.only and not jobs:
+        print(f"error: --only {' '.join(args.only)} matches no job", file=sys.stderr)
+        return 2
     archive = default_archive(args)
-    if archive is not None:
-        print(f"restored {len(restore(jobs, archive))} finished jobs from {archive}")
+    if archive is not None:  # every archived job, not only the selected ones: the reports read them all
+        print(f"restored {len(restore(every_chosen, archive))} finished jobs from {archive}")
     code = 0
     outcome = None if args.report_only else run_jobs(
         jobs, args.jobs, args.threads or max(1, 2 // args.jobs),
