@@ -35,8 +35,13 @@ def test_fewer_runs_compares_cell_by_cell():
     assert fewer_runs(partial, full) is None  # more seeds replace fewer
     # a table written for seed 0 alone against the 3-seed table with that one seed: the same runs
     assert fewer_runs(table("0", "| base | 81.0 | — |"), table("0 1 2", "| base | 81.0 (1 of 3 seeds) | — |")) is None
-    # a new row, a dropped row, a new column: nothing shown before is lost
-    assert fewer_runs(full, table("0 1 2", "| base | 81.2 ± 0.5 | — |", "| new | not run | — |")) is None
+    # a new row: nothing shown before is lost; a dropped row with runs is lost (a renamed one: --replace-tables),
+    # as is every row of a table that came out as one "not run" line (VCReg's Figure 1 without its runs)
+    assert fewer_runs(full, full.replace("\n\nnotes", "\n| new | not run | — |\n\nnotes")) is None
+    dropped = table("0 1 2", "| base | 81.2 ± 0.5 | — |")
+    assert fewer_runs(full, dropped) == "row 'vcreg', column 'top-1 %': 80.1 ± 1.0 -> no such cell"
+    nothing = table("0 1 2", "| not run |  |  |")
+    assert fewer_runs(full, nothing) == "row 'base', column 'top-1 %': 81.2 ± 0.5 -> no such cell"
 
 
 def test_publish_keeps_a_table_with_runs_and_its_figure_and_moves_the_rest(tmp_path):

@@ -4,7 +4,8 @@ The reports are written from whatever runs and records a machine has. On a machi
 that wrote ``docs/reproduction/`` (a fresh clone before every table's runs are archived, a study whose jobs
 failed), a report would replace cells that show runs with "not run". So the command writes its reports into a
 staging folder, and ``publish`` moves each table there, with its figures and data files, over the old one only
-when no cell of the old table showed runs that the same cell of the new one does not (``fewer_runs``), and no
+when no cell of the old table showed runs that the same cell of the new one does not (``fewer_runs``; a cell the
+new table lacks shows none), and no
 data file had more numbers. A table it keeps is named, with the first cell it would have lost.
 
 A table is a generated markdown file; its group is every file whose name starts with the table's name
@@ -63,8 +64,9 @@ def fewer_runs(old: str, new: str) -> str | None:
     old_cells, new_cells = table_cells(old), table_cells(new)
     old_seeds, new_seeds = seed_count(old), seed_count(new)
     for key, before in old_cells.items():
-        after = new_cells.get(key)
-        if after is not None and runs_shown(after, new_seeds) < runs_shown(before, old_seeds):
+        # a row or column the new table lacks shows no runs (a renamed one is replaced with --replace-tables)
+        after = new_cells.get(key, "no such cell")
+        if runs_shown(after if key in new_cells else "", new_seeds) < runs_shown(before, old_seeds):
             return f"row '{key[0]}', column '{key[1]}': {before} -> {after}"
     return None
 
